@@ -1,0 +1,34 @@
+"""The public API for ollama-governor policy authors.
+
+A policy is an async callable ``(ctx: Context, decision: Decision) -> Decision``: a plain
+function, or a class whose ``__init__`` takes the options written in the config. The config
+lists policies per rule; they run in that order, each receiving the decision so far.
+
+    from policies import Context, Decision
+
+    class NightShift:
+        def __init__(self, max_ctx: int = 65536) -> None:
+            self.max_ctx = max_ctx
+
+        async def __call__(self, ctx: Context, decision: Decision) -> Decision:
+            return decision.replace(num_ctx=self.max_ctx, reason="night shift")
+"""
+
+from policies.context import Context, Endpoint, FrozenJSON, GpuDevice, GpuSnapshot, LoadedModel
+from policies.decision import Decision
+from policies.duration import KeepAlive, keep_alive_seconds, parse_go_duration
+from policies.protocol import Policy
+
+__all__ = [
+    "Context",
+    "Decision",
+    "Endpoint",
+    "FrozenJSON",
+    "GpuDevice",
+    "GpuSnapshot",
+    "KeepAlive",
+    "LoadedModel",
+    "Policy",
+    "keep_alive_seconds",
+    "parse_go_duration",
+]

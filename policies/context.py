@@ -1,0 +1,153 @@
+"""What a policy sees: one frozen ``Context`` per request, built before the chain runs.
+
+Everything here is plain, immutable data gathered off the request path (GPU samples, ``/api/show``,
+``/api/ps``), so a policy is a pure function of it and is tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from policies.duration import KeepAlive
+
+if TYPE_CHECKING:
+    from policies.model import ModelFacts
+
+Endpoint = Literal["generate", "chat"]
+
+
+class FrozenJSON(Mapping[str, Any]):
+    """A read-only view of a parsed JSON object: nested objects are views, arrays are tuples.
+
+    Wrapping is lazy, so a request with a long message history costs nothing until a policy
+    actually looks inside it.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return freeze(self._data[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenJSON({list(self._data)!r})"
+
+
+def freeze(value: Any) -> Any:
+    """Read-only form of a JSON value."""
+    if isinstance(value, dict):
+        return FrozenJSON(value)
+    if isinstance(value, list):
+        return tuple(freeze(item) for item in value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """One GPU as last sampled. Byte counts come from NVML, or from config minus ``/api/ps``."""
+
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    used_bytes: int
+    utilization_pct: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSnapshot:
+    """The GPUs Ollama uses, as of ``taken_at`` (unix seconds).
+
+    ``devices`` is empty when the state is unknown (no NVML, source ``none``, a failure); then
+    ``error`` says why and policies should leave ``num_ctx`` alone.
+    """
+
+    source: str
+    devices: tuple[GpuDevice, ...] = ()
+    taken_at: float = 0.0
+    error: str | None = None
+    reserve_bytes: int = 0
+
+    @property
+    def known(self) -> bool:
+        """True when at least one device was read."""
+        return bool(self.devices)
+
+    @property
+    def free_bytes(self) -> int | None:
+        """Free memory summed over the devices, or None when unknown."""
+        return sum(d.free_bytes for d in self.devices) if self.devices else None
+
+    @property
+    def total_bytes(self) -> int | None:
+        """Total memory summed over the devices, or None when unknown."""
+        return sum(d.total_bytes for d in self.devices) if self.devices else None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model Ollama holds in memory, from ``/api/ps``.
+
+    ``spilled`` is true only when the host has a GPU and part of the model sits in system RAM;
+    on a CPU-only host Ollama reports ``size_vram`` 0 for everything, which is not a spill.
+    """
+
+    name: str
+    digest: str
+    size_bytes: int
+    size_vram_bytes: int
+    context_length: int | None
+    expires_at: str | None
+    spilled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Everything a policy may read about one ``/api/generate`` or ``/api/chat`` request.
+
+    Attributes:
+        endpoint: ``"generate"`` or ``"chat"``.
+        model_name: the model exactly as the client sent it (``"llama3.1"``, ``"gemma3:27b"``).
+        body: a read-only view of the client's JSON body. Prompts and messages are here for
+            policies that need them; never log them.
+        client: the client's address, or None when unknown.
+        headers: the client's request headers (read-only).
+        client_num_ctx: ``options.num_ctx`` the client sent, or None.
+        client_keep_alive: ``keep_alive`` the client sent, or None.
+        num_predict: ``options.num_predict`` the client sent, or None (room to keep for the reply).
+        gpu: the last GPU sample, or None when no sampler runs.
+        model: facts about the model from ``/api/show`` and ``/api/tags``, or None when unknown.
+        loaded: this model as ``/api/ps`` last showed it, or None when it is not loaded.
+        all_loaded: every model Ollama holds, this one included.
+        prompt_tokens: an estimate of the prompt's tokens, or None when unknown.
+        ollama_version: Ollama's version as (major, minor, patch), or None when unknown.
+        num_parallel: ``OLLAMA_NUM_PARALLEL`` as configured for the governor (KV cache scales with it).
+        kv_cache_type: ``OLLAMA_KV_CACHE_TYPE`` as configured (f16, q8_0, q4_0).
+    """
+
+    endpoint: Endpoint
+    model_name: str
+    body: Mapping[str, Any]
+    client: str | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: FrozenJSON({}))
+    client_num_ctx: int | None = None
+    client_keep_alive: KeepAlive | None = None
+    num_predict: int | None = None
+    gpu: GpuSnapshot | None = None
+    model: ModelFacts | None = None
+    loaded: LoadedModel | None = None
+    all_loaded: tuple[LoadedModel, ...] = ()
+    prompt_tokens: int | None = None
+    ollama_version: tuple[int, int, int] | None = None
+    num_parallel: int = 1
+    kv_cache_type: str = "f16"

@@ -1,0 +1,80 @@
+"""The decision a policy chain folds over: what ``num_ctx`` and ``keep_alive`` to send upstream."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from dataclasses import replace as _dc_replace
+
+from policies.duration import KeepAlive, validate_keep_alive
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+UNSET = _Unset.UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What will be sent to Ollama for one request.
+
+    The chain starts from the client's own values, so a rule with no policies changes nothing.
+    Policies never mutate it: they return ``decision.replace(...)`` or ``decision.reject(...)``.
+
+    Attributes:
+        num_ctx: ``options.num_ctx`` to send; ``None`` leaves it out (Ollama then uses the
+            Modelfile value or its default, which reloads a model loaded at another size).
+        keep_alive: ``keep_alive`` to send, as Ollama takes it (seconds or "30m"); ``None``
+            leaves it out (the runner keeps the last value it was given, else OLLAMA_KEEP_ALIVE).
+        reasons: one readable line per policy that spoke, in chain order, with its figures.
+        rejection: when set, the client gets ``400 {"error": rejection}`` and nothing is sent.
+    """
+
+    num_ctx: int | None = None
+    keep_alive: KeepAlive | None = None
+    reasons: tuple[str, ...] = field(default=())
+    rejection: str | None = None
+
+    def replace(
+        self,
+        *,
+        num_ctx: int | _Unset | None = UNSET,
+        keep_alive: KeepAlive | _Unset | None = UNSET,
+        reason: str | None = None,
+    ) -> Decision:
+        """A new decision with the given fields changed and ``reason`` appended.
+
+        Values are checked here so a policy bug surfaces as that policy's error, never as an
+        Ollama 400/500 for the client.
+        """
+        changes: dict[str, object] = {}
+        if num_ctx is not UNSET:
+            changes["num_ctx"] = _checked_num_ctx(num_ctx)
+        if keep_alive is not UNSET:
+            changes["keep_alive"] = None if keep_alive is None else validate_keep_alive(keep_alive)
+        if reason:
+            changes["reasons"] = (*self.reasons, reason)
+        return _dc_replace(self, **changes)  # type: ignore[arg-type]
+
+    def reject(self, message: str) -> Decision:
+        """A decision that refuses the request with ``400 {"error": message}``."""
+        if not message:
+            raise ValueError("a rejection needs a message for the client")
+        return _dc_replace(self, rejection=message)
+
+    @property
+    def rejected(self) -> bool:
+        """True when a policy refused the request."""
+        return self.rejection is not None
+
+
+def _checked_num_ctx(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"num_ctx must be an int or None, not {value!r}")
+    if value < 1:
+        raise ValueError(f"num_ctx must be positive, not {value}")
+    return value

@@ -1,0 +1,51 @@
+"""A loaded configuration: the rules with their policies instantiated, swapped whole on reload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.config import Config, RuleConfig
+from proxy.loader import LoadedPolicy, load_policy
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A rule from the config with its policies ready to run."""
+
+    config: RuleConfig
+    policies: tuple[LoadedPolicy, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Governor:
+    """Everything a request needs to be decided. Immutable: a reload builds a new one."""
+
+    config: Config
+    rules: tuple[Rule, ...]
+
+    @classmethod
+    def build(cls, config: Config) -> Governor:
+        """Load every policy of every rule now, so a bad spec stops start-up or a reload."""
+        rules = tuple(
+            Rule(rule, tuple(load_policy(spec) for spec in rule.policies)) for rule in config.rules
+        )
+        return cls(config, rules)
+
+    def rule_for(self, model_name: str) -> Rule | None:
+        """The first rule whose globs match the model, or None."""
+        for rule in self.rules:
+            if rule.config.matches(model_name):
+                return rule
+        return None
+
+    def policies_for(self, model_name: str) -> tuple[LoadedPolicy, ...]:
+        """The policies that govern this model (empty: forward as sent)."""
+        rule = self.rule_for(model_name)
+        return rule.policies if rule is not None else ()
+
+
+class GovernorHolder:
+    """The current governor; requests read it once, a reload replaces it atomically."""
+
+    def __init__(self, governor: Governor) -> None:
+        self.current = governor

@@ -1,0 +1,117 @@
+"""Shared fixtures: a fake Ollama and the governor in front of it, both real servers on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.app import STATE, create_app, make_runner
+from proxy.config import Config, load_config
+from proxy.governor import Governor
+from tests.fake_ollama import FakeOllama
+
+
+@dataclass
+class Running:
+    """A server started by a fixture: its URL and what it runs."""
+
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+
+async def start_app(app: web.Application, port: int = 0) -> Running:
+    """Start ``app`` on 127.0.0.1 with the production runner settings."""
+    runner = make_runner(app, shutdown_timeout_s=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    host, bound = runner.addresses[0][:2]
+    return Running(f"http://{host}:{bound}", app, runner)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (yet)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+StartFake = Callable[..., Awaitable[FakeOllama]]
+StartProxy = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_fake() -> AsyncIterator[StartFake]:
+    """Start fake Ollamas with the given options; each gets a ``url`` attribute."""
+    running: list[Running] = []
+
+    async def start(port: int = 0, **options: Any) -> FakeOllama:
+        fake = FakeOllama(**options)
+        server = await start_app(fake.app, port)
+        fake.url = server.url  # type: ignore[attr-defined]
+        running.append(server)
+        return fake
+
+    yield start
+    for server in running:
+        await server.runner.cleanup()
+
+
+@pytest.fixture
+async def fake(start_fake: StartFake) -> FakeOllama:
+    """A CPU-only fake Ollama serving the small gemma3-270m model."""
+    return await start_fake()
+
+
+@pytest.fixture
+async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
+    """Start the governor in front of ``upstream`` with a TOML config text (or a Config)."""
+    running: list[Running] = []
+
+    async def start(
+        upstream: str, config: str | Config = "", **create_options: Any
+    ) -> Running:
+        if isinstance(config, str):
+            path = tmp_path / f"config{len(running)}.toml"
+            path.write_text(textwrap.dedent(config))
+            loaded = load_config(path)
+            config_path: str | None = str(path)
+        else:
+            loaded, config_path = config, None
+        loaded = dataclasses.replace(loaded, upstream=upstream)
+        app = create_app(Governor.build(loaded), config_path=config_path, **create_options)
+        server = await start_app(app)
+        running.append(server)
+        return server
+
+    yield start
+    for server in running:
+        await server.runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(fake: FakeOllama, start_proxy: StartProxy) -> Running:
+    """The governor with no rules in front of ``fake``: a pure pass-through."""
+    return await start_proxy(fake.url)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client that leaves bytes alone, for byte-level comparisons."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def state_of(server: Running) -> Any:
+    """The running proxy's AppState."""
+    return server.app[STATE]

@@ -1,0 +1,106 @@
+"""The policy chain: a fold in config order, with one error boundary around every policy."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from policies import Context, Decision
+from policies.static import Static
+from proxy.chain import run_chain
+from proxy.loader import LoadedPolicy
+
+
+def ctx(**overrides: Any) -> Context:
+    values: dict[str, Any] = {"endpoint": "chat", "model_name": "llama3.1:8b", "body": {}}
+    values.update(overrides)
+    return Context(**values)
+
+
+def named(name: str, call: Any) -> LoadedPolicy:
+    return LoadedPolicy(name=name, call=call)
+
+
+async def set_ctx(value: int) -> Any:
+    async def policy(c: Context, d: Decision) -> Decision:
+        return d.replace(num_ctx=value, reason=f"set {value}")
+
+    return policy
+
+
+class TestFold:
+    async def test_order_is_config_order(self) -> None:
+        """Each policy sees the decision of the one before; the last word wins."""
+        seen: list[int | None] = []
+
+        async def record(c: Context, d: Decision) -> Decision:
+            seen.append(d.num_ctx)
+            return d
+
+        chain = [named("a", await set_ctx(1024)), named("rec", record), named("b", await set_ctx(4096))]
+        outcome = await run_chain(chain, ctx(), Decision(num_ctx=512), 1.0)
+        assert seen == [1024]
+        assert outcome.decision.num_ctx == 4096
+        assert [(e.policy, e.fields, e.reason) for e in outcome.effects] == [
+            ("a", ("num_ctx",), "set 1024"),
+            ("b", ("num_ctx",), "set 4096"),
+        ]
+
+    async def test_plain_sync_function_is_accepted(self) -> None:
+        """A policy that returns a Decision directly (not awaitable) works too."""
+        outcome = await run_chain(
+            [named("sync", lambda c, d: d.replace(keep_alive="1h"))], ctx(), Decision(), 1.0
+        )
+        assert outcome.decision.keep_alive == "1h"
+
+    async def test_rejection_stops_the_chain(self) -> None:
+        """After a rejection no further policy runs."""
+        async def refuse(c: Context, d: Decision) -> Decision:
+            return d.reject("no")
+
+        outcome = await run_chain(
+            [named("refuse", refuse), named("later", await set_ctx(1))], ctx(), Decision(), 1.0
+        )
+        assert outcome.decision.rejection == "no" and outcome.rejected_by == "refuse"
+        assert outcome.decision.num_ctx is None
+
+    async def test_static_respects_client_when_asked(self) -> None:
+        """static with respect_client leaves the client's own value."""
+        policy = named("static", Static(num_ctx=8192, keep_alive="30m", respect_client=True))
+        outcome = await run_chain([policy], ctx(client_num_ctx=2048), Decision(num_ctx=2048), 1.0)
+        assert (outcome.decision.num_ctx, outcome.decision.keep_alive) == (2048, "30m")
+
+
+class TestErrorBoundary:
+    @pytest.mark.parametrize(
+        ("behaviour", "error"),
+        [
+            ("raise", "broken: ZeroDivisionError: division by zero"),
+            ("hang", "broken: timed out after 50 ms"),
+            ("wrong", "broken: returned dict, not a Decision"),
+            ("bad_value", "broken: ValueError: num_ctx must be positive, not -1"),
+        ],
+    )
+    async def test_failing_policy_is_skipped_and_logged(self, behaviour: str, error: str) -> None:
+        """A policy that raises, hangs or returns junk is skipped; the others still apply."""
+
+        async def broken(c: Context, d: Decision) -> Any:
+            if behaviour == "raise":
+                return 1 / 0
+            if behaviour == "hang":
+                await asyncio.sleep(10)
+            if behaviour == "bad_value":
+                return d.replace(num_ctx=-1)
+            return {"num_ctx": 1}
+
+        chain = [named("first", await set_ctx(2048)), named("broken", broken), named("last", Static(keep_alive="5m"))]
+        with capture_logs() as logs:
+            outcome = await run_chain(chain, ctx(), Decision(), 0.05)
+        assert (outcome.decision.num_ctx, outcome.decision.keep_alive) == (2048, "5m")
+        assert outcome.errors == (error,)
+        [entry] = [e for e in logs if e["event"] == "policy_error"]
+        assert entry["policy"] == "broken" and entry["log_level"] == "error"
+        assert entry["model"] == "llama3.1:8b"

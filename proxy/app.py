@@ -3,7 +3,7 @@ passed through. State lives on the app (``web.AppKey``), never in module globals
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from proxy.admin import admin_routes
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError
 from proxy.forward import relay
 from proxy.governor import Governor
 from proxy.intercept import GOVERNED_PATHS, ContextBuilder, Interceptor, basic_context
@@ -29,7 +29,7 @@ class AppState:
     results: Results
     session: aiohttp.ClientSession | None = None
     upstream_link: Upstream | None = None
-    config_path: str | None = None
+    load_config: Callable[[], Config] | None = None
 
     def upstream(self) -> Upstream:
         """The upstream for the current config (only valid while the app runs)."""
@@ -50,9 +50,15 @@ class AppState:
             self.upstream_link = Upstream(governor.config.upstream, self.session)
 
     def reload(self) -> bool:
-        """Re-read the config file and policies; keep the old ones if anything is wrong."""
+        """Re-read the config file and policies; keep the old ones if anything is wrong.
+
+        ``load_config`` re-applies the command line's overrides, so ``--upstream`` survives.
+        """
+        if self.load_config is None:
+            log.warning("reload_unsupported", reason="this governor was not started from a config")
+            return False
         try:
-            config = load_config(self.config_path)
+            config = self.load_config()
             new = Governor.build(config)
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc), action="kept the previous configuration")
@@ -79,13 +85,13 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     governor: Governor,
     *,
-    config_path: str | None = None,
+    load_config: Callable[[], Config] | None = None,
     sinks: list[Sink] | None = None,
     build_context: ContextBuilder = basic_context,
     extra_routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
     """Build the proxy application for ``governor``."""
-    state = AppState(governor=governor, results=Results(sinks), config_path=config_path)
+    state = AppState(governor=governor, results=Results(sinks), load_config=load_config)
     app = web.Application(handler_args={"max_field_size": 65536})
     app[STATE] = state
     app.cleanup_ctx.append(_client_session)
@@ -98,7 +104,7 @@ def create_app(
     app.router.add_routes(extra_routes or [])
     app.router.add_routes(admin_routes(state.upstream))
     for path in GOVERNED_PATHS:
-        app.router.add_post(path, interceptor)
+        app.router.add_post(path, interceptor.handle)
     app.router.add_route("*", "/{tail:.*}", passthrough)
     return app
 

@@ -87,8 +87,12 @@ def describe(governor: Governor) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ollama-governor`` command."""
     args = _parser().parse_args(argv)
+
+    def configured() -> Config:
+        return _with_overrides(load_config(args.config), args)
+
     try:
-        config = _with_overrides(load_config(args.config), args)
+        config = configured()
         governor = Governor.build(config)
     except ConfigError as exc:
         print(f"ollama-governor: error: {exc}", file=sys.stderr)
@@ -100,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_format, config.log_level)
     from proxy.server import serve
 
-    _run(serve(governor, config_path=args.config))
+    _run(serve(governor, load_config=configured))
     return 0
 
 

@@ -169,7 +169,8 @@ class Interceptor:
         self.build_context = build_context
         self.after_response = after_response
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Govern one request and relay its answer."""
         started = time.perf_counter()
         started_ts = time.time()
         endpoint = GOVERNED_PATHS[request.path]

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
 from proxy.app import STATE, create_app, make_runner
+from proxy.config import Config
 from proxy.governor import Governor
 
 log = structlog.get_logger("ollama_governor.server")
 
 
-async def serve(governor: Governor, *, config_path: str | None = None) -> None:
+async def serve(governor: Governor, *, load_config: Callable[[], Config] | None = None) -> None:
     """Serve until a stop signal; in-flight streams get the shutdown timeout to finish."""
     config = governor.config
-    app = create_app(governor, config_path=config_path)
+    app = create_app(governor, load_config=load_config)
     runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.listen_host, config.listen_port, reuse_address=True)

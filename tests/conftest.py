@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import ollama
 import pytest
 from aiohttp import web
 
@@ -84,12 +85,17 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
         if isinstance(config, str):
             path = tmp_path / f"config{len(running)}.toml"
             path.write_text(textwrap.dedent(config))
-            loaded = load_config(path)
-            config_path: str | None = str(path)
+
+            def reload() -> Config:
+                return dataclasses.replace(load_config(path), upstream=upstream)
+
         else:
-            loaded, config_path = config, None
-        loaded = dataclasses.replace(loaded, upstream=upstream)
-        app = create_app(Governor.build(loaded), config_path=config_path, **create_options)
+            fixed = dataclasses.replace(config, upstream=upstream)
+
+            def reload() -> Config:
+                return fixed
+
+        app = create_app(Governor.build(reload()), load_config=reload, **create_options)
         server = await start_app(app)
         running.append(server)
         return server
@@ -115,3 +121,21 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def state_of(server: Running) -> Any:
     """The running proxy's AppState."""
     return server.app[STATE]
+
+
+OllamaClients = Callable[[str], ollama.AsyncClient]
+
+
+@pytest.fixture
+async def ollama_client() -> AsyncIterator[OllamaClients]:
+    """Official async ollama clients for a host, closed after the test."""
+    clients: list[ollama.AsyncClient] = []
+
+    def make(host: str) -> ollama.AsyncClient:
+        client = ollama.AsyncClient(host=host)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()

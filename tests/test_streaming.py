@@ -1,0 +1,82 @@
+"""Streaming: every NDJSON line reaches the client as soon as Ollama sends it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.conftest import StartFake, StartProxy
+
+
+async def wait_until(condition: object, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/pull"])
+async def test_first_line_arrives_while_ollama_still_holds_the_rest(
+    start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession, path: str
+) -> None:
+    """The fake sends one line and then waits; a buffering proxy would deliver nothing."""
+    hold = asyncio.Event()
+    fake = await start_fake()
+    fake.hold = hold
+    proxy = await start_proxy(fake.url, '[[rules]]\nmodels = ["*"]\npolicies = [{ use = "static", num_ctx = 2048 }]')
+    payload = {"model": "gemma3-270m", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post(proxy.url + path, json=payload) as response:
+        first = await asyncio.wait_for(response.content.readline(), timeout=5)
+        assert json.loads(first)
+        assert not hold.is_set()
+        hold.set()
+        rest = await response.read()
+    lines = [json.loads(line) for line in (first + rest).splitlines()]
+    assert lines[-1].get("done") is True or lines[-1] == {"status": "success"}
+
+
+async def test_client_disconnect_cancels_upstream(
+    start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """When the client goes away mid-stream the upstream request is closed, so Ollama stops."""
+    fake = await start_fake()
+    fake.hold = asyncio.Event()  # never set: Ollama would go on generating forever
+    proxy = await start_proxy(fake.url)
+    payload = {"model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}]}
+    response = await http.post(proxy.url + "/api/chat", json=payload)
+    await asyncio.wait_for(response.content.readline(), timeout=5)
+    response.close()  # the client hangs up
+    await wait_until(lambda: fake.cancelled == ["/api/chat"])
+
+
+async def test_upstream_dying_mid_stream_ends_with_ollama_error_line(
+    start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """If Ollama dies mid-stream the client gets an error line in Ollama's shape, not silence."""
+
+    async def dying_ollama(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        line = b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(line):x}\r\n".encode() + line + b"\r\n"
+        )
+        await writer.drain()
+        writer.close()  # the process died: no terminating chunk
+
+    server = await asyncio.start_server(dying_ollama, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await start_proxy(f"http://127.0.0.1:{port}")
+        payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(proxy.url + "/api/chat", json=payload) as response:
+            body = await asyncio.wait_for(response.read(), timeout=5)
+    finally:
+        server.close()
+    first, last = (json.loads(line) for line in body.splitlines())
+    assert first["message"]["content"] == "a"
+    assert last["error"].startswith("upstream closed the stream")

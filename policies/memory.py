@@ -1,0 +1,623 @@
+"""How much GPU memory a model needs at a given ``num_ctx``, and the largest context that fits.
+
+The KV cache is computed exactly as llama.cpp (Ollama 0.30 and later) or Ollama's own engine
+(before 0.30) allocates it; see ``ollama-facts.md`` §3. Weights come from the model's size on
+disk, and the compute buffer from a deliberately simple, generous heuristic. Whatever that misses
+is learnt per model by ``Calibration`` from what Ollama reports once the model is loaded.
+
+Everything here is pure arithmetic on ``ModelFacts``: no I/O, no clocks, no global state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeGuard
+
+from policies.model import IncompleteModelFacts, ModelFacts, per_layer, uses_llama_server
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+TIB = 1024 * GIB
+
+KV_CELL_PADDING = 256
+"""llama.cpp and Ollama's engine both round KV cell counts up to a multiple of 256."""
+
+DEFAULT_NUM_BATCH = 512
+"""Ollama's default ``num_batch``; before 0.30 the batch that sized SWA caches and graphs."""
+
+_KV_TYPE_LAYOUT: Mapping[str, tuple[int, int]] = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q5_1": (32, 24),
+    "q5_0": (32, 22),
+    "q4_1": (32, 20),
+    "q4_0": (32, 18),
+    "iq4_nl": (32, 18),
+}
+"""ggml block layout per cache type: (elements per block, bytes per block).
+
+Rows are stored as whole blocks, so the exact size of a row of ``n`` elements is
+``ceil(n / elements) * bytes`` (ggml ``ggml_row_size``).
+"""
+
+_LEGACY_KV_TYPE_LAYOUT: Mapping[str, tuple[int, int]] = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "q8_0": (1, 1),
+    "q4_0": (2, 1),
+}
+"""Ollama <= 0.24 accepted only f16, q8_0 and q4_0 (f32 is its internal fallback) and counted
+1 and 0.5 bytes per element for the quantised two."""
+
+KV_BYTES_PER_ELEMENT: Mapping[str, float] = {
+    name: size_bytes / elements for name, (elements, size_bytes) in _KV_TYPE_LAYOUT.items()
+}
+"""Bytes per cached element for each ``OLLAMA_KV_CACHE_TYPE`` on Ollama 0.30 and later."""
+
+LEGACY_KV_BYTES_PER_ELEMENT: Mapping[str, float] = {
+    name: size_bytes / elements for name, (elements, size_bytes) in _LEGACY_KV_TYPE_LAYOUT.items()
+}
+"""Bytes per cached element as Ollama <= 0.24 counted them."""
+
+DEFAULT_VOCAB_SIZE = 262_144
+"""Vocabulary assumed when a model does not report one: Gemma's, the largest in common use."""
+
+COMPUTE_BASE_BYTES = 64 * MIB
+"""Fixed part of the compute estimate: scratch tensors, output and mask buffers."""
+
+ACTIVATIONS_PER_TOKEN = 24
+"""f32 tensors of ``embedding_length`` per batch token assumed live at the compute peak."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryEstimate:
+    """One estimate, broken down so that a decision can say where the bytes go."""
+
+    num_ctx: int
+    """The per-slot context after clamping to the trained length."""
+    parallel: int
+    """Parallel slots (``OLLAMA_NUM_PARALLEL``); the KV cache scales with it."""
+    n_ubatch: int
+    """The micro-batch the estimate assumed (Ollama's automatic choice unless overridden)."""
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    raw_bytes: int
+    """``weights_bytes + kv_bytes + compute_bytes``: what ``Calibration`` learns from."""
+    total_bytes: int
+    """``raw_bytes`` corrected by the calibration, if one was given."""
+
+
+SINGLE_SLOT_ARCHITECTURES = frozenset(
+    {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe"}
+)
+"""Architectures Ollama always loads with one slot, whatever ``OLLAMA_NUM_PARALLEL`` says
+(plus every ``nemotron_h*`` and every embedding model; facts §2)."""
+
+
+def effective_parallel(model: ModelFacts, num_parallel: int) -> int:
+    """The slot count Ollama will really use for ``model``: ``max(OLLAMA_NUM_PARALLEL, 1)``, or 1.
+
+    Pass the result as ``parallel`` to the functions below, since the KV cache scales with it.
+    """
+    architecture = model.architecture or ""
+    if (
+        architecture in SINGLE_SLOT_ARCHITECTURES
+        or architecture.startswith("nemotron_h")
+        or "embedding" in model.capabilities
+    ):
+        return 1
+    return max(num_parallel, 1)
+
+
+def pad_cells(cells: int) -> int:
+    """Round a KV cell count up to the 256-cell padding both engines use."""
+    return -(-cells // KV_CELL_PADDING) * KV_CELL_PADDING
+
+
+def clamp_num_ctx(model: ModelFacts, num_ctx: int) -> int:
+    """The ``num_ctx`` Ollama actually loads: at most the trained context length."""
+    if num_ctx < 1:
+        raise ValueError(f"num_ctx must be at least 1, got {num_ctx}")
+    if model.context_length is not None and model.context_length > 0:
+        return min(num_ctx, model.context_length)
+    return num_ctx
+
+
+def kv_cache_bytes(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int = 1,
+    kv_cache_type: str = "f16",
+    n_ubatch: int = DEFAULT_NUM_BATCH,
+    version: tuple[int, int, int] | None = None,
+) -> int:
+    """Bytes of K and V cache Ollama allocates for ``num_ctx`` tokens in each of ``parallel`` slots.
+
+    Ollama 0.30 and later (and ``version=None``) follow llama.cpp with one KV stream per slot:
+    ``n_ctx = pad256(num_ctx * P)``, ``n_ctx_seq = pad256(n_ctx / P)``; a full-attention layer
+    holds ``n_ctx_seq * P`` cells and a sliding-window layer
+    ``P * pad256(min(n_ctx_seq, window + n_ubatch))``. Older versions follow Ollama's engine:
+    ``pad256(P * num_ctx)`` cells, and ``pad256(P * window' + num_batch)`` on sliding-window layers
+    (``window' = window + 1`` when ``P > 1``); pass that ``num_batch`` as ``n_ubatch``.
+
+    Layers with 0 KV heads (recurrent or convolution blocks) and layers that share an earlier
+    layer's cache count 0: their fixed-size recurrent state does not grow with ``num_ctx`` and is
+    left to the calibration offset. ``parallel`` below 1 counts as 1, as in Ollama.
+    """
+    parallel = max(parallel, 1)
+    if n_ubatch < 1:
+        raise ValueError(f"n_ubatch must be at least 1, got {n_ubatch}")
+    legacy = not uses_llama_server(version)
+    elements_per_block, bytes_per_block = _kv_layout(kv_cache_type, legacy=legacy)
+    full_cells, swa_cells = _kv_cells(
+        clamp_num_ctx(model, num_ctx), parallel, model.sliding_window, n_ubatch, legacy=legacy
+    )
+
+    def row_bytes(elements: int) -> int:
+        return -(-elements // elements_per_block) * bytes_per_block
+
+    total_bytes = 0
+    for is_swa, key_elements, value_elements in _kv_layers(model):
+        cells = swa_cells if is_swa else full_cells
+        total_bytes += cells * (row_bytes(key_elements) + row_bytes(value_elements))
+    return total_bytes
+
+
+def auto_num_batch(
+    num_ctx: int,
+    parallel: int = 1,
+    *,
+    version: tuple[int, int, int] | None = None,
+    predicted_bytes: int | None = None,
+    free_bytes: int | None = None,
+) -> int:
+    """The ``num_batch`` (= llama.cpp ``n_ubatch``) Ollama picks when neither request nor Modelfile
+    sets one.
+
+    From 0.30: 2048 when ``num_ctx * P`` exceeds 32768, 1024 above 4096, else 512; stepped down
+    unless Ollama's own prediction (``ollama_predicted_bytes``) is within 60% (for 2048) or 75%
+    (for 1024) of ``free_bytes``. Without ``free_bytes`` the largest choice is returned, which
+    gives the larger estimate. The CUDA-without-flash-attention rule (512 or 256) is not modelled.
+    Before 0.30 the batch was always 512.
+    """
+    if not uses_llama_server(version):
+        return DEFAULT_NUM_BATCH
+    ctx_total = num_ctx * max(parallel, 1)
+    if ctx_total > 32768:
+        num_batch = 2048
+    elif ctx_total > 4096:
+        num_batch = 1024
+    else:
+        num_batch = 512
+    if predicted_bytes is not None and free_bytes is not None:
+        if num_batch == 2048 and predicted_bytes > 0.60 * free_bytes:
+            num_batch = 1024
+        if num_batch == 1024 and predicted_bytes > 0.75 * free_bytes:
+            num_batch = 512
+    return num_batch
+
+
+def ollama_predicted_bytes(model: ModelFacts, num_ctx: int, parallel: int = 1) -> int:
+    """Ollama 0.30+'s own footprint prediction (``PredictServerVRAM``), which drives its placement,
+    eviction and automatic ``num_batch``.
+
+    ``weights + 2 * block_count * min(head_count_kv) * (embedding_length / max(head_count))
+    * num_ctx * P * 2``. It ignores the cache type, SWA and ``key_length``, so it can be far off
+    (81 GiB of KV for gemma3:27b at 131072 where 10.6 GiB are allocated); use it to predict what
+    Ollama will do, not what fits.
+    """
+    name = model.name
+    weights_bytes = _require(model.weights_bytes, name, "weights_bytes", "the /api/tags size")
+    block_count = _require(model.block_count, name, "block_count", "model_info block_count")
+    embedding_length = _require(
+        model.embedding_length, name, "embedding_length", "model_info embedding_length"
+    )
+    head_count = _layers(model.head_count, block_count, name, "head_count")
+    head_count_kv = _layers(model.head_count_kv, block_count, name, "head_count_kv")
+    ctx_total = clamp_num_ctx(model, num_ctx) * max(parallel, 1)
+    head_dim = embedding_length // max(max(head_count), 1)
+    return weights_bytes + 2 * block_count * min(head_count_kv) * head_dim * ctx_total * 2
+
+
+def compute_buffer_bytes(model: ModelFacts, num_ctx: int, parallel: int, n_ubatch: int) -> int:
+    """A generous guess at llama.cpp's compute buffer, which has no closed form (facts §3a).
+
+    ``64 MiB + n_ubatch * embedding_length * 4 * 24 + 2 * n_ubatch * cells + 4 * P * vocab``:
+    about 24 live f32 activations of hidden size per batch token (the FFN's gate, up and product
+    dominate), an f16 attention mask over the whole cache as flash attention uses, and one row of
+    f32 logits per slot. That gives 264 MiB for llama3.1:8b at 8192 (llama.cpp logs about 260)
+    and more than a tiny model really needs; calibration pulls it in after the first load.
+    """
+    embedding_length = _require(
+        model.embedding_length, model.name, "embedding_length", "model_info embedding_length"
+    )
+    parallel = max(parallel, 1)
+    vocab_size = model.vocab_size or DEFAULT_VOCAB_SIZE
+    cells = pad_cells(clamp_num_ctx(model, num_ctx) * parallel)
+    activations_bytes = n_ubatch * embedding_length * 4 * ACTIVATIONS_PER_TOKEN
+    mask_bytes = 2 * n_ubatch * cells
+    logits_bytes = 4 * parallel * vocab_size
+    return COMPUTE_BASE_BYTES + activations_bytes + mask_bytes + logits_bytes
+
+
+def estimate(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int = 1,
+    kv_cache_type: str = "f16",
+    *,
+    version: tuple[int, int, int] | None = None,
+    calibration: Calibration | None = None,
+    n_ubatch: int | None = None,
+) -> MemoryEstimate:
+    """Weights + KV cache + compute buffer for one load, with the breakdown.
+
+    ``n_ubatch`` defaults to Ollama's automatic choice for the context (``auto_num_batch`` without
+    free-memory step-down, i.e. the largest). Raises ``IncompleteModelFacts`` when a needed fact
+    is unknown.
+    """
+    clamped_ctx = clamp_num_ctx(model, num_ctx)
+    parallel = max(parallel, 1)
+    if n_ubatch is None:
+        n_ubatch = auto_num_batch(clamped_ctx, parallel, version=version)
+    weights_bytes = _require(model.weights_bytes, model.name, "weights_bytes", "the /api/tags size")
+    kv_bytes = kv_cache_bytes(model, clamped_ctx, parallel, kv_cache_type, n_ubatch=n_ubatch, version=version)
+    compute_bytes = compute_buffer_bytes(model, clamped_ctx, parallel, n_ubatch)
+    raw_bytes = weights_bytes + kv_bytes + compute_bytes
+    total_bytes = calibration.apply(raw_bytes) if calibration is not None else raw_bytes
+    return MemoryEstimate(
+        num_ctx=clamped_ctx,
+        parallel=parallel,
+        n_ubatch=n_ubatch,
+        weights_bytes=weights_bytes,
+        kv_bytes=kv_bytes,
+        compute_bytes=compute_bytes,
+        raw_bytes=raw_bytes,
+        total_bytes=total_bytes,
+    )
+
+
+def estimate_bytes(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int = 1,
+    kv_cache_type: str = "f16",
+    *,
+    version: tuple[int, int, int] | None = None,
+    calibration: Calibration | None = None,
+    n_ubatch: int | None = None,
+) -> int:
+    """Total bytes Ollama will hold for this model at ``num_ctx``; see ``estimate``."""
+    return estimate(
+        model,
+        num_ctx,
+        parallel,
+        kv_cache_type,
+        version=version,
+        calibration=calibration,
+        n_ubatch=n_ubatch,
+    ).total_bytes
+
+
+def largest_fitting_ctx(
+    model: ModelFacts,
+    budget_bytes: int,
+    *,
+    step: int = 1024,
+    min_ctx: int = 2048,
+    max_ctx: int | None = None,
+    parallel: int = 1,
+    kv_cache_type: str = "f16",
+    version: tuple[int, int, int] | None = None,
+    calibration: Calibration | None = None,
+    n_ubatch: int | None = None,
+) -> int | None:
+    """The largest ``num_ctx`` whose estimate fits in ``budget_bytes``, or ``None`` if none does.
+
+    Candidates are the multiples of ``step`` between ``min_ctx`` and the ceiling
+    (``min(max_ctx, trained context length)``), plus ``min_ctx`` and the ceiling themselves, so
+    a model can be offered its whole trained context even when that is not a multiple of
+    ``step``. A ``min_ctx`` above the ceiling is lowered to it. The estimate never decreases as
+    ``num_ctx`` grows, so a binary search finds the answer in a handful of estimates.
+    """
+    if step < 1:
+        raise ValueError(f"step must be at least 1, got {step}")
+    if min_ctx < 1:
+        raise ValueError(f"min_ctx must be at least 1, got {min_ctx}")
+    ceiling = _ctx_ceiling(model, max_ctx)
+    floor = min(min_ctx, ceiling)
+    first_multiple = -(-floor // step) * step
+    candidates: list[int] = sorted({floor, ceiling, *range(first_multiple, ceiling + 1, step)})
+
+    def fits(num_ctx: int) -> bool:
+        total_bytes = estimate_bytes(
+            model,
+            num_ctx,
+            parallel,
+            kv_cache_type,
+            version=version,
+            calibration=calibration,
+            n_ubatch=n_ubatch,
+        )
+        return total_bytes <= budget_bytes
+
+    if not fits(candidates[0]):
+        return None
+    low, high = 0, len(candidates) - 1  # candidates[low] fits; the answer is in [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(candidates[middle]):
+            low = middle
+        else:
+            high = middle - 1
+    return candidates[low]
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """A per-model linear correction learnt from what Ollama reported after real loads.
+
+    ``apply(raw) = slope * raw + offset_bytes``. Each ``observe`` keeps the sample (newest wins
+    per ``num_ctx``, at most ``MAX_SAMPLES``) and refits: one distinct context fixes only the
+    offset, two or more give a least-squares line. The slope is held within ``SLOPE_BOUNDS``
+    (then the offset is refitted), because noisy samples close together can suggest a wild slope,
+    and extrapolating one to a much larger context is worse than a bounded error.
+
+    A calibration belongs to one model digest, ``parallel``, cache type and Ollama version; the
+    proxy keys and persists it (``to_json``/``from_json``).
+    """
+
+    offset_bytes: float = 0.0
+    slope: float = 1.0
+    samples: tuple[tuple[int, int, int], ...] = ()
+    """``(num_ctx, raw_estimate_bytes, reported_bytes)``, oldest first."""
+
+    MAX_SAMPLES: ClassVar[int] = 16
+    SLOPE_BOUNDS: ClassVar[tuple[float, float]] = (0.5, 2.0)
+    JSON_FORMAT: ClassVar[int] = 1
+
+    def observe(self, num_ctx: int, raw_estimate: int, reported: int) -> Calibration:
+        """A new calibration that also accounts for one load of ``num_ctx``.
+
+        ``raw_estimate`` is the uncalibrated ``estimate(...).raw_bytes`` for that load and
+        ``reported`` what Ollama said it holds (``/api/ps`` ``size``).
+        """
+        for label, value in (
+            ("num_ctx", num_ctx),
+            ("raw_estimate", raw_estimate),
+            ("reported", reported),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"calibration {label} must be a positive integer, got {value!r}")
+        kept = tuple(sample for sample in self.samples if sample[0] != num_ctx)
+        samples = (*kept, (num_ctx, raw_estimate, reported))[-self.MAX_SAMPLES :]
+        slope, offset_bytes = _fit_line(samples, self.SLOPE_BOUNDS)
+        return Calibration(offset_bytes=offset_bytes, slope=slope, samples=samples)
+
+    def apply(self, raw_bytes: int) -> int:
+        """The calibrated estimate for an uncalibrated ``raw_bytes``; never negative."""
+        return max(0, round(self.slope * raw_bytes + self.offset_bytes))
+
+    def to_json(self) -> str:
+        """Serialise for the proxy's state directory."""
+        return json.dumps(
+            {
+                "format": self.JSON_FORMAT,
+                "offset_bytes": self.offset_bytes,
+                "slope": self.slope,
+                "samples": [list(sample) for sample in self.samples],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Calibration:
+        """Read what ``to_json`` wrote; ``ValueError`` says what is wrong with anything else."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"calibration JSON is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError("calibration JSON must be an object")
+        if data.get("format") != cls.JSON_FORMAT:
+            raise ValueError(
+                f"calibration JSON has format {data.get('format')!r}, expected {cls.JSON_FORMAT}"
+            )
+        offset_bytes = data.get("offset_bytes")
+        slope = data.get("slope")
+        if not _is_finite_number(offset_bytes):
+            raise ValueError(f"calibration offset_bytes must be a number, got {offset_bytes!r}")
+        if not _is_finite_number(slope) or slope <= 0:
+            raise ValueError(f"calibration slope must be a positive number, got {slope!r}")
+        raw_samples = data.get("samples")
+        if not isinstance(raw_samples, list):
+            raise ValueError("calibration samples must be a list")
+        samples: list[tuple[int, int, int]] = []
+        for sample in raw_samples:
+            if not (
+                isinstance(sample, list)
+                and len(sample) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in sample)
+            ):
+                raise ValueError(
+                    f"calibration sample must be [num_ctx, raw_bytes, reported_bytes], got {sample!r}"
+                )
+            samples.append((sample[0], sample[1], sample[2]))
+        return cls(offset_bytes=float(offset_bytes), slope=float(slope), samples=tuple(samples))
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS: Mapping[str, int] = {
+    "b": 1,
+    "kib": KIB,
+    "mib": MIB,
+    "gib": GIB,
+    "tib": TIB,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from a config value: ``"512MiB"``, ``"24GiB"``, ``"1.5 GB"``, ``"1024"`` or an int.
+
+    KiB/MiB/GiB/TiB are binary and KB/MB/GB/TB decimal, case-insensitively. A bare letter such as
+    ``"24G"`` is refused because it could mean either.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"size must be a number of bytes or a string like '24GiB', got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"size must be a number of bytes or a string like '24GiB', got {value!r}")
+    match = _SIZE_RE.match(value)
+    if match is None:
+        raise ValueError(
+            f"cannot read size {value!r}: expected a number and a unit such as '512MiB', '24GiB' or '1.5GB'"
+        )
+    number, unit = match.groups()
+    multiplier = _SIZE_UNITS.get(unit.lower() if unit else "b")
+    if multiplier is None:
+        raise ValueError(
+            f"unknown size unit {unit!r} in {value!r}: use B, KiB, MiB, GiB, TiB (binary) "
+            "or KB, MB, GB, TB (decimal)"
+        )
+    return round(float(number) * multiplier)
+
+
+def format_bytes(n: int | float) -> str:
+    """``14.2 GiB``: binary units with one decimal, plain bytes below 1 KiB."""
+    magnitude = abs(n)
+    if magnitude < KIB:
+        return f"{int(n)} B"
+    for unit, size in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if magnitude >= size or unit == "KiB":
+            return f"{n / size:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _kv_layout(kv_cache_type: str, *, legacy: bool) -> tuple[int, int]:
+    layouts = _LEGACY_KV_TYPE_LAYOUT if legacy else _KV_TYPE_LAYOUT
+    layout = layouts.get(kv_cache_type.lower())
+    if layout is None:
+        engine = "Ollama before 0.30" if legacy else "Ollama 0.30 and later"
+        raise ValueError(
+            f"unknown KV cache type {kv_cache_type!r} for {engine}: "
+            f"expected one of {', '.join(sorted(layouts))}"
+        )
+    return layout
+
+
+def _kv_cells(
+    num_ctx: int, parallel: int, window: int | None, n_ubatch: int, *, legacy: bool
+) -> tuple[int, int]:
+    """Cells of a full-attention layer and of a sliding-window layer (facts §3a and §3b)."""
+    if legacy:
+        full_cells = pad_cells(parallel * num_ctx)
+        if window is None or num_ctx < window:
+            return full_cells, full_cells
+        window_cells = window + 1 if parallel > 1 else window
+        return full_cells, pad_cells(parallel * window_cells + n_ubatch)
+    n_ctx_seq = pad_cells(pad_cells(num_ctx * parallel) // parallel)
+    full_cells = n_ctx_seq * parallel
+    if window is None:
+        return full_cells, full_cells
+    return full_cells, parallel * pad_cells(min(n_ctx_seq, window + n_ubatch))
+
+
+def _kv_layers(model: ModelFacts) -> list[tuple[bool, int, int]]:
+    """``(is_swa, key_elements, value_elements)`` per token for each layer that owns a cache."""
+    name = model.name
+    block_count = _require(model.block_count, name, "block_count", "model_info block_count")
+    head_count_kv = _layers(model.head_count_kv, block_count, name, "head_count_kv")
+    key_length = model.key_length or _default_head_dim(model, block_count)
+    value_length = model.value_length or key_length
+    layers: list[tuple[bool, int, int]] = []
+    for il, kv_heads in enumerate(head_count_kv):
+        if kv_heads <= 0 or not model.has_own_kv(il):
+            continue
+        is_swa = model.is_swa_layer(il)
+        layer_key_length = (model.key_length_swa if is_swa else None) or key_length
+        layer_value_length = (model.value_length_swa if is_swa else None) or value_length
+        layers.append((is_swa, kv_heads * layer_key_length, kv_heads * layer_value_length))
+    return layers
+
+
+def _default_head_dim(model: ModelFacts, block_count: int) -> int:
+    embedding_length = _require(
+        model.embedding_length, model.name, "embedding_length", "model_info embedding_length"
+    )
+    head_count = _layers(model.head_count, block_count, model.name, "head_count")
+    if head_count[0] <= 0:
+        raise IncompleteModelFacts(f"model {model.name!r}: key_length unknown and head_count of layer 0 is 0")
+    return embedding_length // head_count[0]
+
+
+def _require(value: int | None, model_name: str, field_name: str, source: str) -> int:
+    if value is None:
+        raise IncompleteModelFacts(f"model {model_name!r}: {field_name} is unknown; it comes from {source}")
+    return value
+
+
+def _layers(
+    value: int | Sequence[int] | None, block_count: int, model_name: str, field_name: str
+) -> tuple[int, ...]:
+    if value is None:
+        raise IncompleteModelFacts(
+            f"model {model_name!r}: {field_name} is unknown; it may be a per-layer array that "
+            "/api/show hides unless asked with verbose:true"
+        )
+    try:
+        return per_layer(value, block_count)
+    except ValueError as error:
+        raise IncompleteModelFacts(f"model {model_name!r}: {field_name}: {error}") from None
+
+
+def _ctx_ceiling(model: ModelFacts, max_ctx: int | None) -> int:
+    limits = [limit for limit in (max_ctx, model.context_length) if limit is not None]
+    if not limits:
+        raise IncompleteModelFacts(
+            f"model {model.name!r}: context_length is unknown; pass max_ctx to bound the search"
+        )
+    ceiling = min(limits)
+    if ceiling < 1:
+        raise ValueError(f"context ceiling must be at least 1, got {ceiling}")
+    return ceiling
+
+
+def _fit_line(
+    samples: Sequence[tuple[int, int, int]], slope_bounds: tuple[float, float]
+) -> tuple[float, float]:
+    """Least-squares ``reported = slope * raw + offset`` with the slope kept within bounds.
+
+    When the free slope falls outside the bounds, the constrained optimum has the slope at the
+    nearest bound and the offset that centres the residuals, which is what is returned.
+    """
+    raws = [float(raw) for _, raw, _ in samples]
+    reported = [float(value) for _, _, value in samples]
+    mean_offset = sum(y - x for x, y in zip(raws, reported, strict=True)) / len(samples)
+    mean_raw = sum(raws) / len(raws)
+    variance = sum((x - mean_raw) ** 2 for x in raws)
+    if len(set(raws)) < 2 or variance == 0.0:
+        return 1.0, mean_offset
+    mean_reported = sum(reported) / len(reported)
+    covariance = sum((x - mean_raw) * (y - mean_reported) for x, y in zip(raws, reported, strict=True))
+    low, high = slope_bounds
+    slope = min(max(covariance / variance, low), high)
+    return slope, mean_reported - slope * mean_raw
+
+
+def _is_finite_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -17,18 +17,32 @@ lists policies per rule; they run in that order, each receiving the decision so 
 from policies.context import Context, Endpoint, FrozenJSON, GpuDevice, GpuSnapshot, LoadedModel
 from policies.decision import Decision
 from policies.duration import KeepAlive, keep_alive_seconds, parse_go_duration
+from policies.headroom import Headroom, outcome_of
+from policies.keep_alive import KeepAlivePolicy
+from policies.memory import Calibration, estimate_bytes, format_bytes, parse_size
+from policies.model import ModelFacts
 from policies.protocol import Policy
+from policies.static import Static
 
 __all__ = [
+    "Calibration",
     "Context",
     "Decision",
     "Endpoint",
     "FrozenJSON",
     "GpuDevice",
     "GpuSnapshot",
+    "Headroom",
     "KeepAlive",
+    "KeepAlivePolicy",
     "LoadedModel",
+    "ModelFacts",
     "Policy",
+    "Static",
+    "estimate_bytes",
+    "format_bytes",
     "keep_alive_seconds",
+    "outcome_of",
     "parse_go_duration",
+    "parse_size",
 ]

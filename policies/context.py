@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from policies.duration import KeepAlive
 
 if TYPE_CHECKING:
+    from policies.memory import Calibration
     from policies.model import ModelFacts
 
 Endpoint = Literal["generate", "chat"]
@@ -133,6 +134,9 @@ class Context:
         ollama_version: Ollama's version as (major, minor, patch), or None when unknown.
         num_parallel: ``OLLAMA_NUM_PARALLEL`` as configured for the governor (KV cache scales with it).
         kv_cache_type: ``OLLAMA_KV_CACHE_TYPE`` as configured (f16, q8_0, q4_0).
+        calibration: the correction learnt from this model's past loads (same digest, parallel,
+            cache type and version), or None; pass it to the ``policies.memory`` estimates so
+            they match what Ollama really allocates.
     """
 
     endpoint: Endpoint
@@ -151,3 +155,4 @@ class Context:
     ollama_version: tuple[int, int, int] | None = None
     num_parallel: int = 1
     kv_cache_type: str = "f16"
+    calibration: Calibration | None = None

@@ -70,6 +70,8 @@ class Config:
     log_format: str = "auto"
     log_level: str = "info"
     state_dir: Path | None = None
+    warm: tuple[str, ...] = ()
+    admin_token: str | None = None
     source: str = "<defaults>"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -167,6 +169,13 @@ def as_seconds(value: object) -> float:
     return seconds
 
 
+def as_model_list(value: object) -> tuple[str, ...]:
+    """A list of model names."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError(f"expected an array of model names, got {_kind(value)}")
+    return tuple(value)
+
+
 def one_of(*choices: str) -> Callable[[object], str]:
     """A string restricted to ``choices``."""
 
@@ -257,12 +266,6 @@ def _parse_rule(source: str, data: object, index: int) -> RuleConfig:
     return RuleConfig(models=tuple(models), policies=tuple(policies), where=table.path)
 
 
-SectionParser = Callable[[_Table], Mapping[str, Any]]
-"""Reads one optional top-level section (``[gpu]``, ``[ollama]``...) into ``Config.extra``."""
-
-SECTIONS: dict[str, SectionParser] = {}
-
-
 def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     """Validate a parsed TOML document into a Config."""
     top = _Table(source, dict(data), "")
@@ -271,6 +274,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{source}: rules: expected an array of tables ([[rules]]), got {_kind(raw_rules)}")
     state_dir = top.get("state_dir", as_str, None)
+    from proxy.sections import SECTIONS  # the sections' owners import this module
+
     extra: dict[str, Any] = {}
     for name, parse_section in SECTIONS.items():
         if name in top.data:
@@ -285,6 +290,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
         log_format=top.get("log_format", one_of("auto", "json", "console"), "auto"),
         log_level=top.get("log_level", one_of("debug", "info", "warning", "error"), "info"),
         state_dir=Path(state_dir).expanduser() if state_dir else None,
+        warm=top.get("warm", as_model_list, ()),
+        admin_token=top.get("admin_token", as_str, None) or None,
         source=source,
         extra=extra,
     )

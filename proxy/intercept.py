@@ -7,6 +7,7 @@ the client gets Ollama's own answer; a broken policy or missing fact never block
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from proxy.forward import error_response, relay
 from proxy.governor import Governor
 from proxy.results import DoneMetrics, Results
 from proxy.tap import FinalObjectTap
+from proxy.tokens import PromptSize, measure
 from proxy.upstream import Upstream
 
 log = structlog.get_logger("ollama_governor.intercept")
@@ -45,6 +47,7 @@ class GovernedRequest:
     client_keep_alive: KeepAlive | None
     num_predict: int | None
     stream: bool
+    prompt: PromptSize
 
 
 def parse_governed(endpoint: Endpoint, raw: bytes) -> GovernedRequest | None:
@@ -79,6 +82,7 @@ def parse_governed(endpoint: Endpoint, raw: bytes) -> GovernedRequest | None:
         client_keep_alive=keep_alive,
         num_predict=num_predict or None,
         stream=stream is not False,
+        prompt=measure(endpoint, body),
     )
 
 
@@ -114,6 +118,8 @@ def rewrite_body(request: GovernedRequest, decision: Decision) -> bytes | None:
 
 
 ContextBuilder = Callable[[GovernedRequest, web.Request], Awaitable[Context]]
+AfterResponse = Callable[["GovernedRequest", dict[str, Any]], Awaitable[None] | None]
+"""Adds facts to a finished request's result; an awaitable delays recording (not the client)."""
 
 
 async def basic_context(request: GovernedRequest, http_request: web.Request) -> Context:
@@ -161,13 +167,14 @@ class Interceptor:
         governor: Callable[[], Governor],
         results: Results,
         build_context: ContextBuilder = basic_context,
-        after_response: Callable[[GovernedRequest, dict[str, Any]], None] | None = None,
+        after_response: AfterResponse | None = None,
     ) -> None:
         self.upstream = upstream
         self.governor = governor
         self.results = results
         self.build_context = build_context
         self.after_response = after_response
+        self.pending: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Govern one request and relay its answer."""
@@ -209,10 +216,27 @@ class Interceptor:
         if relayed.error:
             event["error"] = relayed.error
         _add_metrics(event, metrics)
-        if self.after_response is not None:
-            self.after_response(parsed, event)
-        self.results.record(event)
+        later = self.after_response(parsed, event) if self.after_response is not None else None
+        if later is None:
+            self.results.record(event)
+        else:
+            # The client has its answer; the result waits for facts read after a load.
+            task = asyncio.create_task(self._record_after(later, event))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
         return relayed.response
+
+    async def _record_after(self, later: Awaitable[None], event: dict[str, Any]) -> None:
+        try:
+            await later
+        except Exception as exc:
+            log.error("result_facts_error", model=event["model"], error=f"{type(exc).__name__}: {exc}")
+        self.results.record(event)
+
+    async def drain(self) -> None:
+        """Record every result still waiting for facts (at shutdown)."""
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
 
     async def _decide(
         self, governor: Governor, parsed: GovernedRequest, request: web.Request
@@ -226,7 +250,12 @@ class Interceptor:
         except Exception as exc:  # facts are best effort; the request must go on
             log.error("context_error", model=parsed.model, error=f"{type(exc).__name__}: {exc}")
             ctx = await basic_context(parsed, request)
-        return await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+        outcome = await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+        for reason in outcome.decision.reasons:
+            for flag in ("overflow", "truncate"):
+                if f"[{flag}]" in reason:
+                    log.warning(flag, model=parsed.model, num_ctx=outcome.decision.num_ctx, reason=reason)
+        return outcome
 
     @staticmethod
     def _event(

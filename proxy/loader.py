@@ -24,6 +24,8 @@ ENTRY_POINT_GROUP = "ollama_governor.policies"
 
 BUILTINS: Mapping[str, str] = {
     "static": "policies.static:Static",
+    "headroom": "policies.headroom:Headroom",
+    "keep_alive": "policies.keep_alive:KeepAlivePolicy",
 }
 """Built-in policies by name; they resolve even when the package metadata is not installed."""
 

@@ -15,7 +15,12 @@ import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 from yarl import URL
 
+from proxy import __version__
+
 CONNECT_TIMEOUT_S = 10.0
+OWN_USER_AGENT = f"ollama-governor/{__version__}"
+"""Sent on the governor's own requests (facts, health, warm-up), never on relayed ones."""
+OWN_HEADERS = {"User-Agent": OWN_USER_AGENT}
 
 
 class UpstreamUnavailable(Exception):
@@ -95,7 +100,7 @@ class Upstream:
     async def get_json(self, path: str, timeout_s: float = 5.0) -> Any:
         """GET a JSON document from Ollama (for health and facts, never for client traffic)."""
         async with self.session.get(
-            self.url(path), timeout=aiohttp.ClientTimeout(total=timeout_s)
+            self.url(path), headers=OWN_HEADERS, timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             response.raise_for_status()
             return await response.json(content_type=None)
@@ -103,7 +108,7 @@ class Upstream:
     async def post_json(self, path: str, payload: Any, timeout_s: float = 30.0) -> Any:
         """POST JSON to Ollama and return the JSON answer (facts and warm-up calls)."""
         async with self.session.post(
-            self.url(path), json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            self.url(path), json=payload, headers=OWN_HEADERS, timeout=aiohttp.ClientTimeout(total=timeout_s)
         ) as response:
             body = await response.read()
             if response.status >= 400:

@@ -15,10 +15,11 @@ import ollama
 import pytest
 from aiohttp import web
 
-from proxy.app import STATE, create_app, make_runner
+from proxy.app import INTERCEPTOR, STATE, create_app, make_runner
 from proxy.config import Config, load_config
 from proxy.governor import Governor
-from tests.fake_ollama import FakeOllama
+from proxy.upstream import OWN_USER_AGENT
+from tests.fake_ollama import FakeOllama, Recorded
 
 
 @dataclass
@@ -116,6 +117,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client that leaves bytes alone, for byte-level comparisons."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+def client_requests(fake: FakeOllama) -> list[Recorded]:
+    """What clients sent through the proxy, leaving out the governor's own fact-gathering."""
+    return [r for r in fake.requests if r.headers.get("User-Agent") != OWN_USER_AGENT]
+
+
+async def settled(server: Running) -> None:
+    """Wait until every finished request's result has been recorded (some wait for /api/ps)."""
+    await server.app[INTERCEPTOR].drain()
 
 
 def state_of(server: Running) -> Any:

@@ -13,7 +13,7 @@ import ollama
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import OllamaClients, Running, StartFake, StartProxy, free_port, state_of
+from tests.conftest import OllamaClients, Running, StartFake, StartProxy, client_requests, free_port, settled, state_of
 from tests.fake_ollama import FakeOllama
 
 STATIC_8192 = """
@@ -99,7 +99,7 @@ class TestRewriting:
         raw = b'{ "model" : "gemma3:4b", "prompt": "hi",  "stream": false, "options": {"num_ctx": 1024} }'
         async with http.post(proxy.url + "/api/generate", data=raw) as response:
             assert response.status == 200
-        assert fake.requests[-1].body == raw
+        assert client_requests(fake)[-1].body == raw
 
     async def test_invalid_json_gets_ollamas_own_answer(
         self, fake: FakeOllama, governed: Running, http: aiohttp.ClientSession
@@ -111,7 +111,7 @@ class TestRewriting:
         async with http.post(governed.url + "/api/generate", data=raw) as response:
             proxied = (response.status, await response.read())
         assert proxied == direct and proxied[0] == 400
-        assert fake.requests[-1].body == raw
+        assert client_requests(fake)[-1].body == raw
 
     async def test_wrong_option_type_gets_ollamas_500(
         self, fake: FakeOllama, governed: Running, http: aiohttp.ClientSession
@@ -131,7 +131,8 @@ class TestRewriting:
         with capture_logs() as logs:
             async with http.post(proxy.url + "/api/generate", data=raw) as response:
                 assert response.status == 200
-        assert fake.requests[-1].body == raw
+            await settled(proxy)
+        assert client_requests(fake)[-1].body == raw
         [result] = events(logs, "result")
         assert result["dry_run"] is True and result["applied_num_ctx"] == 8192
 
@@ -144,7 +145,9 @@ class TestResults:
         client = ollama_client(governed.url)
         with capture_logs() as logs:
             await client.chat(model="gemma3-270m", messages=[{"role": "user", "content": SECRET}])
+            await settled(governed)
             await client.generate(model="gemma3-270m", prompt=SECRET, stream=False)
+            await settled(governed)
         chat, generate = events(logs, "result")
         assert chat["endpoint"] == "chat" and generate["endpoint"] == "generate"
         for result in (chat, generate):
@@ -168,6 +171,7 @@ class TestResults:
         with capture_logs() as logs:
             for num_ctx in (2048, 2048, 4096):
                 await client.generate(model="gemma3-270m", prompt="hi", options={"num_ctx": num_ctx})
+                await settled(proxy)
         changes = events(logs, "change")
         assert [(c["model"], c["field"], c["from"], c["to"]) for c in changes] == [
             ("gemma3-270m", "num_ctx", 2048, 4096)
@@ -209,6 +213,7 @@ class TestPolicies:
         proxy = await start_proxy(fake.url, config)  # type: ignore[attr-defined]
         with capture_logs() as logs:
             reply = await ollama_client(proxy.url).generate(model="gemma3-270m", prompt="hi")
+            await settled(proxy)
         assert reply.done
         assert fake.bodies("/api/generate")[0]["keep_alive"] == "2m"
         [error] = events(logs, "policy_error")
@@ -226,7 +231,7 @@ class TestPolicies:
         with pytest.raises(ollama.ResponseError) as info:
             await ollama_client(proxy.url).chat(model="gemma3-270m", messages=[{"role": "user", "content": "x"}])
         assert (info.value.status_code, info.value.error) == (400, "closed for maintenance")
-        assert fake.requests == []
+        assert client_requests(fake) == []
 
 
 class TestUpstreamFailures:

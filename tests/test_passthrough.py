@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import Running
+from tests.conftest import Running, client_requests
 from tests.fake_ollama import FakeOllama
 
 COMPARED_HEADERS = ("Content-Type", "Content-Length", "Date")
@@ -78,7 +78,7 @@ class TestEndpoints:
         assert status == 200
         status, _, _ = await exchange(http, proxy.url, "DELETE", "/api/delete", json={"model": "mine"})
         assert status == 200
-        assert [r.path for r in fake.requests] == ["/api/pull", "/api/copy", "/api/create", "/api/delete"]
+        assert [r.path for r in client_requests(fake)] == ["/api/pull", "/api/copy", "/api/create", "/api/delete"]
 
     async def test_openai_streaming_passes_through(
         self, fake: FakeOllama, proxy: Running, http: aiohttp.ClientSession
@@ -105,7 +105,7 @@ class TestEndpoints:
         }
         async with http.get(URL(proxy.url + "/api/tags?x=1&y=%2Fz&y=2", encoded=True), headers=headers) as response:
             assert response.status == 200
-        [received] = fake.requests
+        [received] = client_requests(fake)
         assert received.query == "x=1&y=%2Fz&y=2"
         names = {k.lower() for k in received.headers}
         assert {"x-hop", "keep-alive", "te", "proxy-authorization"}.isdisjoint(names)

@@ -7,8 +7,9 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.conftest import StartFake, StartProxy
+from tests.conftest import StartFake, StartProxy, start_app
 
 
 async def wait_until(condition: object, timeout_s: float = 5.0) -> None:
@@ -58,25 +59,25 @@ async def test_upstream_dying_mid_stream_ends_with_ollama_error_line(
 ) -> None:
     """If Ollama dies mid-stream the client gets an error line in Ollama's shape, not silence."""
 
-    async def dying_ollama(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        line = b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n'
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + f"{len(line):x}\r\n".encode() + line + b"\r\n"
-        )
-        await writer.drain()
-        writer.close()  # the process died: no terminating chunk
+    async def dying_chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n')
+        await asyncio.sleep(0.1)  # generating...
+        assert request.transport is not None
+        request.transport.close()  # the process died: no terminating chunk
+        return response
 
-    server = await asyncio.start_server(dying_ollama, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    app = web.Application()
+    app.router.add_post("/api/chat", dying_chat)
+    dying = await start_app(app)
     try:
-        proxy = await start_proxy(f"http://127.0.0.1:{port}")
+        proxy = await start_proxy(dying.url)
         payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         async with http.post(proxy.url + "/api/chat", json=payload) as response:
             body = await asyncio.wait_for(response.read(), timeout=5)
     finally:
-        server.close()
+        await dying.runner.cleanup()
     first, last = (json.loads(line) for line in body.splitlines())
     assert first["message"]["content"] == "a"
     assert last["error"].startswith("upstream closed the stream")

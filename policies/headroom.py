@@ -1,0 +1,348 @@
+"""The ``headroom`` policy: give each request the context it needs, sized to stay on the GPU.
+
+A ``num_ctx`` too large for free VRAM makes Ollama put part of the model in system RAM, which is
+many times slower; a ``num_ctx`` that differs from the loaded one makes Ollama reload the model
+(seconds to minutes). This policy picks a value that fits the GPU and, when the loaded model
+already has room for the prompt, keeps the loaded value so that nothing reloads.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections import OrderedDict
+from typing import Final, Literal, get_args
+
+from policies.context import Context, LoadedModel
+from policies.decision import Decision
+from policies.memory import (
+    Calibration,
+    effective_parallel,
+    estimate_bytes,
+    format_bytes,
+    largest_fitting_ctx,
+)
+from policies.model import ModelFacts
+
+OnOverflow = Literal["spill", "reject", "truncate"]
+"""What to do when the prompt needs more context than fits in free GPU memory."""
+
+ON_OVERFLOW_CHOICES: Final[tuple[str, ...]] = get_args(OnOverflow)
+
+STICKY: Final = "sticky"
+"""The loaded context already had room; it was kept so that Ollama does not reload."""
+REFIT: Final = "refit"
+"""The loaded model spills to system RAM; it is reloaded at a context that fits."""
+OVERFLOW: Final = "overflow"
+"""The prompt needs more than fits; ``on_overflow="spill"`` sent it anyway (slower, or capped)."""
+TRUNCATE: Final = "truncate"
+"""The prompt needs more than fits; the context that fits was sent and the prompt will be cut."""
+REJECT: Final = "reject"
+"""The prompt needs more than fits; the request was refused with a 400."""
+UNKNOWN: Final = "unknown"
+"""GPU memory or model facts were unknown; ``num_ctx`` was left as it was (fail open)."""
+
+OUTCOMES: Final[frozenset[str]] = frozenset({STICKY, REFIT, OVERFLOW, TRUNCATE, REJECT, UNKNOWN})
+
+_PREFIX: Final = "headroom["
+
+_MAX_FIT_KEYS: Final = 64
+"""Model/parallel/cache-type/version/calibration combinations whose fits are remembered."""
+_MAX_INTERVALS_PER_KEY: Final = 64
+"""Budget intervals remembered per combination: one per bucket, so a whole model's range."""
+
+_FitKey = tuple[ModelFacts, int, str, tuple[int, int, int] | None, Calibration | None]
+_Interval = tuple[float, float, int | None]
+"""``(lowest_budget, budget_limit, fit)``: every budget in ``[lowest, limit)`` gives ``fit``."""
+
+
+class _Intervals:
+    """The budget intervals whose fit is known for one key: disjoint, sorted, found by bisection.
+
+    They are disjoint because each is exactly the set of budgets giving one answer.
+    """
+
+    __slots__ = ("entries", "lowest")
+
+    def __init__(self) -> None:
+        self.lowest: list[float] = []
+        self.entries: list[_Interval] = []
+
+    def find(self, budget_bytes: int) -> tuple[bool, int | None]:
+        """``(True, fit)`` when ``budget_bytes`` lies in a known interval, else ``(False, None)``."""
+        index = bisect_right(self.lowest, budget_bytes) - 1
+        if index >= 0:
+            _, limit, fit = self.entries[index]
+            if budget_bytes < limit:
+                return True, fit
+        return False, None
+
+    def add(self, interval: _Interval) -> None:
+        """Remember ``interval``; when full, forget the end farthest from it."""
+        index = bisect_right(self.lowest, interval[0])
+        self.lowest.insert(index, interval[0])
+        self.entries.insert(index, interval)
+        if len(self.entries) > _MAX_INTERVALS_PER_KEY:
+            drop = 0 if index >= len(self.entries) // 2 else -1
+            del self.lowest[drop], self.entries[drop]
+
+
+def outcome_of(reason: str) -> str | None:
+    """The outcome token of a headroom reason (``"overflow"`` for ``"headroom[overflow]: ..."``).
+
+    ``None`` for a plain ``"headroom: ..."`` reason and for other policies' reasons, so the proxy
+    can count and log outcomes without parsing prose.
+    """
+    if not reason.startswith(_PREFIX):
+        return None
+    end = reason.find("]", len(_PREFIX))
+    token = reason[len(_PREFIX) : end] if end > 0 else ""
+    return token if token in OUTCOMES else None
+
+
+class Headroom:
+    """Set ``num_ctx`` to what the prompt needs, as large as free GPU memory allows, without reloads.
+
+    Each request goes through these steps:
+
+    1. **need**: the estimated prompt tokens plus room for the reply (the client's positive
+       ``num_predict``, else ``reply_tokens``), rounded up to a multiple of ``step`` and at least
+       ``min_ctx``. Rounding to buckets keeps similar prompts on the same ``num_ctx``, so they do
+       not reload the model.
+    2. **fit**: the largest bucket whose estimated footprint fits in free VRAM, plus what this
+       model already holds on the GPU (a reload frees it), minus the GPU reserve; never above
+       ``max_ctx`` or the model's trained context length.
+    3. **sticky**: if the model is loaded entirely on the GPU with a context of at least *need*
+       (and not above ``max_ctx``), that context is sent, whatever the client asked. It is set
+       explicitly because Ollama reloads when ``num_ctx`` is omitted after a load that set it.
+    4. otherwise the value asked so far (the client's, or an earlier policy's), or *fit* when none
+       was asked, kept within ``[need, fit]``. When *need* exceeds *fit*, ``on_overflow`` decides:
+       ``"spill"`` sends *need* (the answer is right but part of the model runs from system RAM),
+       ``"reject"`` refuses the request with a 400, ``"truncate"`` sends *fit* and lets Ollama cut
+       the prompt. *need* above the ``max_ctx`` or trained-length cap is capped, whatever the mode.
+    5. a loaded model that spills to system RAM is never sticky, so step 4 reloads it at a
+       context that fits.
+
+    With GPU memory or the model's facts unknown, ``num_ctx`` is left alone: a governor that
+    guesses would do more harm than Ollama's own default.
+
+    Every reason starts ``"headroom: "`` or, for an outcome the proxy may want to count or warn
+    about, ``"headroom[TOKEN]: "`` where TOKEN is one of ``sticky``, ``refit``, ``overflow``,
+    ``truncate``, ``reject`` or ``unknown`` (the module constants; ``outcome_of`` reads it back).
+    These tokens are a stable interface; the prose after them is not.
+
+    Sizing the fit takes a few hundred microseconds of estimates, so results are remembered per
+    model, parallel slots, cache type, version and calibration as budget intervals: a later
+    request whose budget falls in a known interval costs a dictionary lookup.
+    """
+
+    def __init__(
+        self,
+        min_ctx: int = 2048,
+        max_ctx: int | None = None,
+        step: int = 2048,
+        reply_tokens: int = 1024,
+        on_overflow: OnOverflow = "spill",
+    ) -> None:
+        _check_int("min_ctx", min_ctx, minimum=1)
+        if max_ctx is not None:
+            _check_int("max_ctx", max_ctx, minimum=1)
+            if min_ctx > max_ctx:
+                raise ValueError(f"headroom: min_ctx ({min_ctx}) must not exceed max_ctx ({max_ctx})")
+        _check_int("step", step, minimum=1)
+        _check_int("reply_tokens", reply_tokens, minimum=0)
+        if on_overflow not in ON_OVERFLOW_CHOICES:
+            raise ValueError(
+                f"headroom: on_overflow must be one of {', '.join(ON_OVERFLOW_CHOICES)}, not {on_overflow!r}"
+            )
+        self.min_ctx = min_ctx
+        self.max_ctx = max_ctx
+        self.step = step
+        self.reply_tokens = reply_tokens
+        self.on_overflow: OnOverflow = on_overflow
+        self._fits: OrderedDict[_FitKey, _Intervals] = OrderedDict()
+
+    async def __call__(self, ctx: Context, decision: Decision) -> Decision:
+        return self.decide(ctx, decision)
+
+    def decide(self, ctx: Context, decision: Decision) -> Decision:
+        """The policy itself, synchronous: a pure function of ``ctx`` and ``decision``."""
+        asked = decision.num_ctx
+        gpu = ctx.gpu
+        if gpu is None or not gpu.known:
+            why = "no GPU sampler" if gpu is None else gpu.error or f"no devices from {gpu.source}"
+            return _fail_open(decision, f"GPU memory unknown ({why})")
+        model = ctx.model
+        if model is None:
+            return _fail_open(decision, f"no facts about model {ctx.model_name!r}")
+        ceiling = self._ceiling(model)
+        if ceiling is None:
+            return _fail_open(
+                decision, f"model {model.name!r}: context_length is unknown and max_ctx is not set"
+            )
+
+        prompt_tokens = max(ctx.prompt_tokens, 0) if ctx.prompt_tokens is not None else None
+        reply_tokens = ctx.num_predict if ctx.num_predict is not None and ctx.num_predict > 0 else None
+        reply_tokens = self.reply_tokens if reply_tokens is None else reply_tokens
+        wanted = (prompt_tokens or 0) + reply_tokens
+        need = max(self.min_ctx, -(-wanted // self.step) * self.step)
+        if wanted <= ceiling:
+            need = min(need, ceiling)
+        prompt_text = "?" if prompt_tokens is None else f"~{prompt_tokens}"
+        needs_text = f"prompt needs {need} ({prompt_text} + {reply_tokens} reply)"
+        asked_text = "none" if asked is None else str(asked)
+
+        loaded = ctx.loaded
+        spilled = loaded is not None and _spilled(loaded)
+        if (
+            loaded is not None
+            and not spilled
+            and loaded.context_length is not None
+            and need <= loaded.context_length <= ceiling
+        ):
+            kept = loaded.context_length
+            return decision.replace(
+                num_ctx=kept,
+                reason=f"headroom[{STICKY}]: asked {asked_text}, loaded at {kept} fully on GPU; "
+                f"{needs_text}; keeping {kept} (no reload)",
+            )
+
+        free_bytes = gpu.free_bytes or 0
+        own_vram_bytes = loaded.size_vram_bytes if loaded is not None else 0
+        budget_bytes = free_bytes + own_vram_bytes - gpu.reserve_bytes
+        parallel = effective_parallel(model, ctx.num_parallel)
+        try:
+            fit = self._largest_fitting(model, budget_bytes, parallel, ctx, ceiling)
+        except ValueError as error:  # IncompleteModelFacts, unknown cache type
+            return _fail_open(decision, f"cannot estimate memory: {error}")
+
+        held_text = f" + {format_bytes(own_vram_bytes)} held by this model" if own_vram_bytes else ""
+        parallel_text = f", parallel {parallel}" if parallel > 1 else ""
+        if fit is None:
+            fit_text = "nothing fits"
+        elif fit == ceiling:
+            fit_text = f"{fit} fit ({self._cap_name(model, ceiling)} cap)"
+        else:
+            fit_text = f"{fit} fit"
+        figures = (
+            f"asked {asked_text}, {fit_text} in {format_bytes(free_bytes)} free{held_text} "
+            f"(reserve {format_bytes(gpu.reserve_bytes)}{parallel_text}); {needs_text}"
+        )
+        refit_text = ""
+        if spilled and loaded is not None:
+            refit_text = (
+                f"; loaded at {loaded.context_length} with "
+                f"{format_bytes(loaded.size_bytes - loaded.size_vram_bytes)} in system RAM"
+            )
+
+        limit = fit or 0
+        if need <= limit:
+            chosen = min(max(asked if asked is not None else limit, need), limit)
+            tag = f"[{REFIT}]" if spilled else ""
+            return decision.replace(
+                num_ctx=chosen, reason=f"headroom{tag}: {figures}{refit_text}; using {chosen}"
+            )
+
+        capped = fit is not None and fit == ceiling  # the cap binds, not memory
+        if self.on_overflow == "reject":
+            if capped:
+                message = f"prompt needs ~{need} tokens of context; {ctx.model_name} allows at most {ceiling}"
+            else:
+                message = f"prompt needs ~{need} tokens of context; at most {limit} fit in free GPU memory"
+            return decision.replace(reason=f"headroom[{REJECT}]: {figures}; rejecting").reject(message)
+        if self.on_overflow == "truncate":
+            chosen = fit if fit is not None else min(self.min_ctx, ceiling)
+            return decision.replace(
+                num_ctx=chosen,
+                reason=f"headroom[{TRUNCATE}]: {figures}{refit_text}; using {chosen}, "
+                "Ollama will cut the prompt",
+            )
+        chosen = min(need, ceiling)
+        consequence = (
+            f"the prompt exceeds the {self._cap_name(model, ceiling)} cap, Ollama will cut it"
+            if capped
+            else "more than fits, part of the model will run from system RAM"
+        )
+        return decision.replace(
+            num_ctx=chosen,
+            reason=f"headroom[{OVERFLOW}]: {figures}{refit_text}; using {chosen}, {consequence}",
+        )
+
+    def _ceiling(self, model: ModelFacts) -> int | None:
+        """The largest context this policy may send: ``max_ctx`` and the trained length."""
+        trained = model.context_length if model.context_length else None
+        limits = [limit for limit in (self.max_ctx, trained) if limit is not None]
+        return min(limits) if limits else None
+
+    def _cap_name(self, model: ModelFacts, ceiling: int) -> str:
+        return "max_ctx" if ceiling == self.max_ctx and ceiling != model.context_length else "trained length"
+
+    def _largest_fitting(
+        self, model: ModelFacts, budget_bytes: int, parallel: int, ctx: Context, ceiling: int
+    ) -> int | None:
+        """``memory.largest_fitting_ctx``, remembered as the budget interval that gives each answer.
+
+        The answer ``fit`` holds for every budget from its own estimate up to (not including) the
+        estimate of the next candidate, because estimates never decrease with ``num_ctx``. So a
+        miss costs the search plus two estimates, and any later budget in the interval is exact.
+        """
+        if budget_bytes <= 0:
+            return None
+        key: _FitKey = (model, parallel, ctx.kv_cache_type, ctx.ollama_version, ctx.calibration)
+        intervals = self._fits.get(key)
+        if intervals is None:
+            intervals = self._fits[key] = _Intervals()
+            if len(self._fits) > _MAX_FIT_KEYS:
+                self._fits.popitem(last=False)
+        else:
+            self._fits.move_to_end(key)
+            known, fit = intervals.find(budget_bytes)
+            if known:
+                return fit
+
+        fit = largest_fitting_ctx(
+            model,
+            budget_bytes,
+            step=self.step,
+            min_ctx=self.min_ctx,
+            max_ctx=self.max_ctx,
+            parallel=parallel,
+            kv_cache_type=ctx.kv_cache_type,
+            version=ctx.ollama_version,
+            calibration=ctx.calibration,
+        )
+
+        def estimated(num_ctx: int) -> int:
+            return estimate_bytes(
+                model,
+                num_ctx,
+                parallel,
+                ctx.kv_cache_type,
+                version=ctx.ollama_version,
+                calibration=ctx.calibration,
+            )
+
+        if fit is None:
+            interval: _Interval = (-math.inf, estimated(min(self.min_ctx, ceiling)), None)
+        else:
+            following = min((fit // self.step + 1) * self.step, ceiling)
+            limit = estimated(following) if following > fit else math.inf
+            interval = (estimated(fit), limit, fit)
+        intervals.add(interval)
+        return fit
+
+
+def _spilled(loaded: LoadedModel) -> bool:
+    """Part of the model is in system RAM (only checked once the GPU is known to exist)."""
+    return loaded.spilled or loaded.size_vram_bytes < loaded.size_bytes
+
+
+def _fail_open(decision: Decision, why: str) -> Decision:
+    kept = "none" if decision.num_ctx is None else str(decision.num_ctx)
+    return decision.replace(reason=f"headroom[{UNKNOWN}]: {why}; leaving num_ctx {kept}")
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum >= 1 else "a non-negative integer"
+        raise ValueError(f"headroom: {name} must be {kind}, not {value!r}")

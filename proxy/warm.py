@@ -1,0 +1,99 @@
+"""Preload models with the governor's own decision, so the first real request skips the load.
+
+Ollama treats a generate call with an empty prompt as a preload that honours ``num_ctx`` and
+``keep_alive``; the decision comes from the same rules and policies as a real request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from policies.decision import Decision
+from policies.duration import format_keep_alive
+from proxy.chain import ChainOutcome, run_chain
+from proxy.contexts import ContextFactory
+from proxy.governor import Governor
+from proxy.intercept import GovernedRequest, parse_governed
+from proxy.results import DoneMetrics, Results
+from proxy.upstream import Upstream
+
+log = structlog.get_logger("ollama_governor.warm")
+
+WARM_TIMEOUT_S = 900.0
+"""A cold load of a big model on a slow disk takes minutes."""
+FACTS_WAIT_S = 60.0
+
+
+def preload_body(model: str, decision: Decision) -> dict[str, Any]:
+    """Ollama's preload call: empty prompt, with the decided num_ctx and keep_alive."""
+    body: dict[str, Any] = {"model": model, "prompt": "", "stream": False}
+    if decision.keep_alive is not None:
+        body["keep_alive"] = decision.keep_alive
+    if decision.num_ctx is not None:
+        body["options"] = {"num_ctx": decision.num_ctx}
+    return body
+
+
+async def decide_warm(
+    governor: Governor, contexts: ContextFactory, model: str
+) -> tuple[GovernedRequest, ChainOutcome]:
+    """The decision a request for ``model`` with an empty prompt would get."""
+    parsed = parse_governed("generate", json.dumps({"model": model, "prompt": ""}).encode())
+    assert parsed is not None
+    start = Decision()
+    policies = governor.policies_for(model)
+    if not policies:
+        return parsed, ChainOutcome(start)
+    ctx = await contexts.build(parsed, None, facts_wait_s=FACTS_WAIT_S)
+    return parsed, await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+
+
+async def warm_models(
+    governor: Governor,
+    upstream: Callable[[], Upstream],
+    contexts: ContextFactory,
+    results: Results | None,
+    models: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Preload each model in turn; a failure is logged and the next model is tried."""
+    done = []
+    for model in models:
+        started = time.time()
+        try:
+            parsed, outcome = await decide_warm(governor, contexts, model)
+            if outcome.decision.rejected:
+                log.warning("warm_rejected", model=model, reason=outcome.decision.rejection)
+                continue
+            answer = await upstream().post_json(
+                "/api/generate", preload_body(model, outcome.decision), timeout_s=WARM_TIMEOUT_S
+            )
+        except Exception as exc:
+            log.error("warm_failed", model=model, error=f"{type(exc).__name__}: {exc}")
+            continue
+        metrics = DoneMetrics.from_final(answer if isinstance(answer, dict) else None)
+        event: dict[str, Any] = {
+            "ts": round(started, 3),
+            "model": model,
+            "endpoint": "generate",
+            "warm": True,
+            "client_num_ctx": None,
+            "applied_num_ctx": outcome.decision.num_ctx,
+            "client_keep_alive": None,
+            "applied_keep_alive": format_keep_alive(outcome.decision.keep_alive),
+            "changed_by": [effect.as_dict() for effect in outcome.effects],
+            "status": 200,
+            "done_reason": metrics.done_reason if metrics else None,
+            "load_ms": round((time.time() - started) * 1000, 3),
+            "dry_run": False,
+        }
+        log.info("warmed", model=model, num_ctx=event["applied_num_ctx"], keep_alive=event["applied_keep_alive"], load_ms=event["load_ms"])
+        await contexts.facts.refresh_loaded_soon()
+        if results is not None:
+            results.record(event)
+        done.append(event)
+    return done

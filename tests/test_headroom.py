@@ -1,0 +1,593 @@
+"""The headroom policy: need, fit, sticky, overflow, fail-open, each step checked on plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from policies.context import Context
+from policies.decision import Decision
+from policies.headroom import OUTCOMES, Headroom, outcome_of
+from policies.memory import (
+    GIB,
+    Calibration,
+    effective_parallel,
+    estimate_bytes,
+    format_bytes,
+    largest_fitting_ctx,
+)
+from tests.builders import ctx, facts, gpu, loaded, start, unknown_gpu, with_model
+
+
+def decide(context: Context, **options: Any) -> Decision:
+    """Run a fresh ``Headroom(**options)`` from the chain's starting decision."""
+    return Headroom(**options).decide(context, start(context))
+
+
+def budget_of(context: Context) -> int:
+    """Free VRAM plus this model's own VRAM minus the reserve: what the policy may fill."""
+    assert context.gpu is not None and context.gpu.free_bytes is not None
+    own = context.loaded.size_vram_bytes if context.loaded is not None else 0
+    return context.gpu.free_bytes + own - context.gpu.reserve_bytes
+
+
+def largest(context: Context, budget: int | None = None, **options: Any) -> int | None:
+    """What ``memory.largest_fitting_ctx`` says for this context, with the policy's defaults."""
+    assert context.model is not None
+    return largest_fitting_ctx(
+        context.model,
+        budget_of(context) if budget is None else budget,
+        step=options.get("step", 2048),
+        min_ctx=options.get("min_ctx", 2048),
+        max_ctx=options.get("max_ctx"),
+        parallel=effective_parallel(context.model, context.num_parallel),
+        kv_cache_type=context.kv_cache_type,
+        version=context.ollama_version,
+        calibration=context.calibration,
+    )
+
+
+def footprint(context: Context, num_ctx: int) -> int:
+    """Estimated bytes of this context's model loaded at ``num_ctx``."""
+    assert context.model is not None
+    return estimate_bytes(
+        context.model,
+        num_ctx,
+        effective_parallel(context.model, context.num_parallel),
+        context.kv_cache_type,
+        version=context.ollama_version,
+        calibration=context.calibration,
+    )
+
+
+ROOMY = {"gpu": gpu(free_gib=70.0, total_gib=80.0)}
+"""An H100 with room for gemma3:27b at its whole trained context, so only *need* matters."""
+
+
+class TestOptions:
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            ({"min_ctx": 0}, "headroom: min_ctx must be a positive integer, not 0"),
+            ({"min_ctx": True}, "headroom: min_ctx must be a positive integer, not True"),
+            ({"max_ctx": "8k"}, "headroom: max_ctx must be a positive integer, not '8k'"),
+            ({"step": 0}, "headroom: step must be a positive integer, not 0"),
+            ({"step": -256}, "headroom: step must be a positive integer, not -256"),
+            ({"reply_tokens": -1}, "headroom: reply_tokens must be a non-negative integer, not -1"),
+            (
+                {"min_ctx": 8192, "max_ctx": 4096},
+                "headroom: min_ctx (8192) must not exceed max_ctx (4096)",
+            ),
+            (
+                {"on_overflow": "drop"},
+                "headroom: on_overflow must be one of spill, reject, truncate, not 'drop'",
+            ),
+        ],
+    )
+    def test_bad_options_are_refused_with_one_exact_message(
+        self, options: dict[str, Any], message: str
+    ) -> None:
+        """Each bad option raises ValueError saying which option and what is allowed."""
+        with pytest.raises(ValueError) as raised:
+            Headroom(**options)
+        assert str(raised.value) == message
+
+    def test_defaults(self) -> None:
+        """The defaults are 2048-token buckets from 2048, 1024 reply tokens, spill on overflow."""
+        policy = Headroom()
+        assert (policy.min_ctx, policy.max_ctx, policy.step, policy.reply_tokens, policy.on_overflow) == (
+            2048,
+            None,
+            2048,
+            1024,
+            "spill",
+        )
+
+    async def test_is_an_async_policy(self) -> None:
+        """Awaiting the policy gives the same decision as ``decide``."""
+        context = ctx(client_num_ctx=131072, prompt_tokens=5000)
+        policy = Headroom()
+        assert await policy(context, start(context)) == policy.decide(context, start(context))
+
+
+class TestNeed:
+    """Step 1: prompt plus reply room, rounded up to a bucket, at least min_ctx."""
+
+    def test_prompt_plus_reply_tokens_rounded_up(self) -> None:
+        """3000 prompt + 1024 reply = 4024 tokens, rounded up to the 4096 bucket."""
+        decision = decide(ctx(client_num_ctx=2048, prompt_tokens=3000, **ROOMY))
+        assert decision.num_ctx == 4096
+        assert "prompt needs 4096 (~3000 + 1024 reply)" in decision.reasons[0]
+
+    def test_positive_num_predict_replaces_reply_tokens(self) -> None:
+        """A client that asks for 4000 reply tokens gets room for them: 7000 -> 8192."""
+        decision = decide(ctx(client_num_ctx=2048, prompt_tokens=3000, num_predict=4000, **ROOMY))
+        assert decision.num_ctx == 8192
+
+    @pytest.mark.parametrize("num_predict", [-1, -2, 0])
+    def test_unbounded_num_predict_uses_reply_tokens(self, num_predict: int) -> None:
+        """num_predict -1 (until the window), -2 (fill it) or 0 fall back to reply_tokens."""
+        decision = decide(
+            ctx(client_num_ctx=2048, prompt_tokens=3000, num_predict=num_predict, **ROOMY), reply_tokens=5000
+        )
+        assert decision.num_ctx == 8192
+
+    def test_at_least_min_ctx(self) -> None:
+        """A tiny prompt still gets min_ctx."""
+        decision = decide(ctx(client_num_ctx=512, prompt_tokens=10, **ROOMY), min_ctx=4096)
+        assert decision.num_ctx == 4096
+
+    def test_unknown_prompt_size_needs_reply_room_only(self) -> None:
+        """Without a token estimate only the reply room counts, and the reason shows '?'."""
+        decision = decide(ctx(client_num_ctx=1024, prompt_tokens=None, **ROOMY))
+        assert decision.num_ctx == 2048
+        assert "prompt needs 2048 (? + 1024 reply)" in decision.reasons[0]
+
+    @pytest.mark.parametrize("client_num_ctx", [None, 2048, 131072])
+    @pytest.mark.parametrize(
+        ("prompts", "reply_tokens", "expected_need"),
+        [((3000, 3100), 512, 4096), ((2500, 3000), 1024, 4096), ((6500, 7000), 1024, 8192)],
+    )
+    def test_bucket_rounding_is_stable(
+        self, client_num_ctx: int | None, prompts: tuple[int, int], reply_tokens: int, expected_need: int
+    ) -> None:
+        """Prompts a few hundred tokens apart in one bucket get the same num_ctx: no reload between them."""
+        first, second = (
+            decide(ctx(client_num_ctx=client_num_ctx, prompt_tokens=tokens), reply_tokens=reply_tokens)
+            for tokens in prompts
+        )
+        assert first.num_ctx == second.num_ctx
+        assert f"prompt needs {expected_need} " in first.reasons[0]
+        assert f"prompt needs {expected_need} " in second.reasons[0]
+
+    def test_need_rounded_past_an_odd_trained_length_is_capped(self) -> None:
+        """A model trained on 5000 tokens serves 4924 needed tokens at 5000, not as an overflow to 6144."""
+        context = ctx(client_num_ctx=None, prompt_tokens=3900, model=facts(context_length=5000), **ROOMY)
+        decision = decide(context)
+        assert decision.num_ctx == 5000
+        assert outcome_of(decision.reasons[0]) is None
+
+
+class TestFit:
+    """Step 2: the largest bucket that fits in free VRAM + this model's VRAM - reserve."""
+
+    @pytest.mark.parametrize("num_parallel", [1, 3])
+    def test_seed_scenario_picks_the_largest_bucket_that_fits(self, num_parallel: int) -> None:
+        """gemma3:27b on 24 GiB asked for 131072 gets the largest 2048-bucket whose estimate fits."""
+        context = ctx(client_num_ctx=131072, prompt_tokens=5000, num_parallel=num_parallel)
+        chosen = decide(context).num_ctx
+        assert chosen is not None and 6144 <= chosen < 131072
+        assert chosen % 2048 == 0
+        assert footprint(context, chosen) <= budget_of(context)
+        assert footprint(context, chosen + 2048) > budget_of(context)
+
+    def test_more_parallel_slots_fit_less(self) -> None:
+        """The KV cache scales with OLLAMA_NUM_PARALLEL, so three slots get a smaller context."""
+        one = decide(ctx(client_num_ctx=131072, prompt_tokens=5000, num_parallel=1)).num_ctx
+        three = decide(ctx(client_num_ctx=131072, prompt_tokens=5000, num_parallel=3)).num_ctx
+        assert one is not None and three is not None and three < one
+
+    def test_single_slot_architectures_ignore_num_parallel(self) -> None:
+        """Ollama loads some architectures with one slot whatever OLLAMA_NUM_PARALLEL says."""
+        mllama = facts(architecture="mllama")
+        at_one = decide(ctx(client_num_ctx=None, model=mllama, num_parallel=1)).num_ctx
+        at_four = decide(ctx(client_num_ctx=None, model=mllama, num_parallel=4)).num_ctx
+        assert at_one == at_four
+
+    def test_memory_this_model_holds_counts_as_free(self) -> None:
+        """A reload frees the model's own VRAM, so 6 GiB free + 18 GiB held fits like 24 GiB free."""
+        held = ctx(
+            client_num_ctx=None,
+            prompt_tokens=5000,
+            gpu=gpu(free_gib=6.0),
+            loaded=loaded(context_length=2048, size_gib=18.0),
+        )
+        empty = ctx(client_num_ctx=None, prompt_tokens=5000, gpu=gpu(free_gib=24.0))
+        assert decide(held).num_ctx == decide(empty).num_ctx == largest(held)
+        assert "6.0 GiB free + 18.0 GiB held by this model" in decide(held).reasons[0]
+
+    def test_reserve_is_kept_free(self) -> None:
+        """A larger reserve leaves less to fill."""
+        small = ctx(client_num_ctx=None, gpu=gpu(reserve_gib=0.5))
+        large = ctx(client_num_ctx=None, gpu=gpu(reserve_gib=3.0))
+        small_ctx, large_ctx = decide(small).num_ctx, decide(large).num_ctx
+        assert small_ctx == largest(small) and large_ctx == largest(large)
+        assert small_ctx is not None and large_ctx is not None and large_ctx < small_ctx
+
+    def test_calibration_is_applied(self) -> None:
+        """A calibration saying loads take 1.5 GiB more than estimated shrinks the fit to match."""
+        calibration = Calibration(offset_bytes=1.5 * GIB)
+        plain = ctx(client_num_ctx=None)
+        calibrated = ctx(client_num_ctx=None, calibration=calibration)
+        plain_ctx, calibrated_ctx = decide(plain).num_ctx, decide(calibrated).num_ctx
+        assert calibrated_ctx == largest(calibrated)
+        assert plain_ctx is not None and calibrated_ctx is not None and calibrated_ctx < plain_ctx
+
+    def test_quantised_kv_cache_fits_more(self) -> None:
+        """q8_0 halves the KV cache, so more context fits."""
+        f16 = decide(ctx(client_num_ctx=None)).num_ctx
+        q8 = decide(ctx(client_num_ctx=None, kv_cache_type="q8_0")).num_ctx
+        assert f16 is not None and q8 is not None and q8 > f16
+
+    def test_max_ctx_caps_the_fit(self) -> None:
+        """With room for everything, max_ctx is the most that is sent, and the reason says why."""
+        decision = decide(ctx(client_num_ctx=None, **ROOMY), max_ctx=32768)
+        assert decision.num_ctx == 32768
+        assert "32768 fit (max_ctx cap)" in decision.reasons[0]
+
+    def test_trained_length_caps_the_fit(self) -> None:
+        """A client asking beyond the trained length gets the trained length."""
+        decision = decide(ctx(client_num_ctx=262144, **ROOMY))
+        assert decision.num_ctx == 131072
+        assert "131072 fit (trained length cap)" in decision.reasons[0]
+
+    @pytest.mark.parametrize("step", [2048, 256])
+    def test_remembered_fits_agree_with_largest_fitting_ctx(self, step: int) -> None:
+        """One policy instance, asked about many budgets in any order, answers exactly as memory does.
+
+        With 256-token buckets there are more intervals than the policy remembers, so this also
+        covers forgetting them.
+        """
+        policy = Headroom(step=step)
+        budgets_gib = [21.5, 17.0, 21.49, 30.0, 16.3, 21.5, 19.25, 45.0, 17.0, 25.0, 21.6, 16.0]
+        budgets_gib += [16.5 + (i * 7919 % 1000) / 100 for i in range(200)]  # 16.5-26.5 GiB, shuffled
+        for budget_gib in budgets_gib:
+            context = ctx(client_num_ctx=None, gpu=gpu(free_gib=budget_gib + 1.0, total_gib=48.0))
+            decision = policy.decide(context, start(context))
+            expected = largest(context, step=step)
+            if expected is None:
+                assert decision.num_ctx == 2048 and outcome_of(decision.reasons[0]) == "overflow"
+            else:
+                assert decision.num_ctx == expected, budget_gib
+
+    def test_fit_is_remembered(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A budget seen before is answered without estimating memory again (the chain's hot path)."""
+        import policies.headroom as headroom_module
+
+        calls = {"fit": 0, "estimate": 0}
+        real_fit, real_estimate = headroom_module.largest_fitting_ctx, headroom_module.estimate_bytes
+
+        def counting_fit(*args: Any, **kwargs: Any) -> Any:
+            calls["fit"] += 1
+            return real_fit(*args, **kwargs)
+
+        def counting_estimate(*args: Any, **kwargs: Any) -> Any:
+            calls["estimate"] += 1
+            return real_estimate(*args, **kwargs)
+
+        monkeypatch.setattr(headroom_module, "largest_fitting_ctx", counting_fit)
+        monkeypatch.setattr(headroom_module, "estimate_bytes", counting_estimate)
+        policy = Headroom()
+        context = ctx(client_num_ctx=131072, prompt_tokens=5000)
+        first = policy.decide(context, start(context))
+        assert calls["fit"] == 1
+        before = dict(calls)
+        again = [policy.decide(context, start(context)) for _ in range(100)]
+        assert calls == before
+        assert {d.num_ctx for d in again} == {first.num_ctx}
+
+
+class TestSticky:
+    """Step 3: a model loaded fully on the GPU with enough context keeps it: no reload."""
+
+    def test_alternating_clients_keep_the_loaded_context(self) -> None:
+        """Clients asking 4096, 16384, 4096 all get 16384, the context already loaded."""
+        chosen = []
+        for client_num_ctx in (4096, 16384, 4096):
+            context = ctx(
+                client_num_ctx=client_num_ctx, prompt_tokens=1000, loaded=loaded(context_length=16384)
+            )
+            decision = decide(context)
+            chosen.append(decision.num_ctx)
+            assert outcome_of(decision.reasons[0]) == "sticky"
+        assert chosen == [16384, 16384, 16384]
+
+    def test_omitted_num_ctx_is_set_explicitly(self) -> None:
+        """Ollama reloads when num_ctx is omitted after a load that set it, so sticky always sets it."""
+        decision = decide(ctx(client_num_ctx=None, prompt_tokens=1000, loaded=loaded(context_length=16384)))
+        assert decision.num_ctx == 16384
+
+    def test_reason(self) -> None:
+        """The reason says what was asked, what is loaded and that nothing reloads."""
+        decision = decide(ctx(client_num_ctx=4096, prompt_tokens=3000, loaded=loaded(context_length=16384)))
+        assert decision.reasons == (
+            "headroom[sticky]: asked 4096, loaded at 16384 fully on GPU; "
+            "prompt needs 4096 (~3000 + 1024 reply); keeping 16384 (no reload)",
+        )
+
+    def test_sticky_even_when_gpu_is_full(self) -> None:
+        """A loaded model already fits; a full GPU (its own memory) is no reason to reload."""
+        context = ctx(client_num_ctx=8192, prompt_tokens=1000, gpu=gpu(free_gib=0.2), loaded=loaded())
+        assert decide(context).num_ctx == 16384
+
+    def test_prompt_larger_than_loaded_context_reloads(self) -> None:
+        """A prompt that does not fit the loaded context gets a larger one."""
+        context = ctx(client_num_ctx=4096, prompt_tokens=20000, loaded=loaded(context_length=16384))
+        decision = decide(context)
+        assert decision.num_ctx == 22528
+        assert outcome_of(decision.reasons[0]) is None
+
+    def test_loaded_context_above_max_ctx_is_not_kept(self) -> None:
+        """After max_ctx is lowered, a model loaded above it is reloaded within the cap."""
+        context = ctx(client_num_ctx=None, loaded=loaded(context_length=65536, size_gib=22.0), **ROOMY)
+        assert decide(context, max_ctx=32768).num_ctx == 32768
+
+    def test_unknown_loaded_context_is_not_sticky(self) -> None:
+        """Ollama before 0.9.7 does not report the loaded context, so nothing is kept."""
+        context = ctx(client_num_ctx=8192, prompt_tokens=1000, loaded=loaded(context_length=None))
+        assert decide(context).num_ctx == 8192
+
+
+class TestChoice:
+    """Step 4: the value asked, or the fit when none, within [need, fit]."""
+
+    def test_value_within_need_and_fit_is_kept(self) -> None:
+        """A client asking 8192 for a 5000-token prompt, with room, gets 8192."""
+        decision = decide(ctx(client_num_ctx=8192, prompt_tokens=5000))
+        assert decision.num_ctx == 8192
+
+    def test_no_value_gets_the_fit(self) -> None:
+        """A client that sets no num_ctx gets the largest that fits."""
+        context = ctx(client_num_ctx=None, prompt_tokens=5000)
+        assert decide(context).num_ctx == largest(context)
+
+    def test_value_above_fit_is_lowered(self) -> None:
+        """A client asking 131072 on 24 GiB gets what fits."""
+        context = ctx(client_num_ctx=131072, prompt_tokens=5000)
+        assert decide(context).num_ctx == largest(context)
+
+    def test_big_prompt_raises_the_client_value(self) -> None:
+        """A 20000-token prompt with num_ctx 4096 would be truncated; it gets 22528 instead."""
+        decision = decide(ctx(client_num_ctx=4096, prompt_tokens=20000))
+        assert decision.num_ctx == 22528
+
+    def test_earlier_policy_value_counts_as_asked(self) -> None:
+        """The decision so far, not the raw client value, is what headroom adjusts."""
+        context = ctx(client_num_ctx=131072, prompt_tokens=1000)
+        decision = Headroom().decide(context, Decision(num_ctx=8192, reasons=("static: num_ctx 8192",)))
+        assert decision.num_ctx == 8192
+        assert decision.reasons[0] == "static: num_ctx 8192"
+
+    def test_reason_has_the_figures(self) -> None:
+        """The reason gives asked, fit, free, reserve, need and the result."""
+        context = ctx(client_num_ctx=131072, prompt_tokens=5000)
+        fit = largest(context)
+        assert decide(context).reasons == (
+            f"headroom: asked 131072, {fit} fit in 22.5 GiB free (reserve 1.0 GiB); "
+            f"prompt needs 6144 (~5000 + 1024 reply); using {fit}",
+        )
+
+    def test_reason_names_parallel_slots(self) -> None:
+        """With several slots the reason says so, since they multiply the KV cache."""
+        assert "(reserve 1.0 GiB, parallel 3)" in decide(ctx(client_num_ctx=None, num_parallel=3)).reasons[0]
+
+
+BIG_PROMPT = {"client_num_ctx": 8192, "prompt_tokens": 60000}
+"""A 60000-token prompt (need 61440) on the seed GPU, where well under 61440 fits."""
+
+
+class TestOverflow:
+    """When need exceeds fit, on_overflow decides: spill, reject or truncate."""
+
+    def test_spill_sends_need_and_says_overflow(self) -> None:
+        """The default sends what the prompt needs and flags the outcome as overflow."""
+        context = ctx(**BIG_PROMPT)
+        fit = largest(context)
+        decision = decide(context)
+        assert fit is not None and fit < 61440
+        assert decision.num_ctx == 61440
+        assert outcome_of(decision.reasons[0]) == "overflow"
+        assert decision.reasons == (
+            f"headroom[overflow]: asked 8192, {fit} fit in 22.5 GiB free (reserve 1.0 GiB); "
+            "prompt needs 61440 (~60000 + 1024 reply); using 61440, "
+            "more than fits, part of the model will run from system RAM",
+        )
+
+    def test_reject_refuses_with_the_exact_message(self) -> None:
+        """reject answers 400 with need and fit, and leaves num_ctx alone."""
+        context = ctx(**BIG_PROMPT)
+        fit = largest(context)
+        decision = decide(context, on_overflow="reject")
+        assert decision.rejection == (
+            f"prompt needs ~61440 tokens of context; at most {fit} fit in free GPU memory"
+        )
+        assert decision.num_ctx == 8192
+        assert outcome_of(decision.reasons[0]) == "reject"
+
+    def test_truncate_sends_the_fit(self) -> None:
+        """truncate sends what fits and says the prompt will be cut."""
+        context = ctx(**BIG_PROMPT)
+        decision = decide(context, on_overflow="truncate")
+        assert decision.num_ctx == largest(context)
+        assert outcome_of(decision.reasons[0]) == "truncate"
+        assert decision.reasons[0].endswith(f"using {largest(context)}, Ollama will cut the prompt")
+
+    @pytest.mark.parametrize(
+        ("on_overflow", "num_ctx", "rejection"),
+        [
+            ("spill", 131072, None),
+            ("truncate", 131072, None),
+            ("reject", 8192, "prompt needs ~141312 tokens of context; gemma3:27b allows at most 131072"),
+        ],
+    )
+    def test_prompt_beyond_the_trained_length(
+        self, on_overflow: str, num_ctx: int, rejection: str | None
+    ) -> None:
+        """A prompt longer than the model can take is capped or refused, never sent above the cap."""
+        context = ctx(client_num_ctx=8192, prompt_tokens=140000, **ROOMY)
+        decision = decide(context, on_overflow=on_overflow)
+        assert (decision.num_ctx, decision.rejection) == (num_ctx, rejection)
+
+    def test_spill_beyond_max_ctx_is_capped(self) -> None:
+        """max_ctx is a hard cap: an overflowing prompt gets max_ctx, and the reason says so."""
+        decision = decide(ctx(client_num_ctx=8192, prompt_tokens=40000, **ROOMY), max_ctx=32768)
+        assert decision.num_ctx == 32768
+        assert decision.reasons[0].endswith(
+            "using 32768, the prompt exceeds the max_ctx cap, Ollama will cut it"
+        )
+
+    @pytest.mark.parametrize(
+        ("on_overflow", "num_ctx", "rejection"),
+        [
+            ("spill", 6144, None),
+            ("truncate", 2048, None),
+            ("reject", 4096, "prompt needs ~6144 tokens of context; at most 0 fit in free GPU memory"),
+        ],
+    )
+    def test_weights_alone_do_not_fit(self, on_overflow: str, num_ctx: int, rejection: str | None) -> None:
+        """With less free memory than the weights, nothing fits: spill, min_ctx or a refusal."""
+        context = ctx(client_num_ctx=4096, prompt_tokens=5000, gpu=gpu(free_gib=10.0))
+        decision = decide(context, on_overflow=on_overflow)
+        assert (decision.num_ctx, decision.rejection) == (num_ctx, rejection)
+        assert "nothing fits in 10.0 GiB free" in decision.reasons[0]
+
+
+class TestSpilledRefit:
+    """Step 5: a loaded model that spills to system RAM is reloaded at a context that fits."""
+
+    def test_spilled_model_is_reloaded_at_the_fit(self) -> None:
+        """Loaded at 131072 with 10 GiB in RAM, it is reloaded at the largest context that fits."""
+        context = ctx(
+            client_num_ctx=131072,
+            prompt_tokens=3000,
+            gpu=gpu(free_gib=0.5),
+            loaded=loaded(context_length=131072, size_gib=30.0, vram_gib=20.0),
+        )
+        decision = decide(context)
+        fit = largest(context)
+        assert fit is not None and decision.num_ctx == fit < 131072
+        assert decision.reasons == (
+            f"headroom[refit]: asked 131072, {fit} fit in 512.0 MiB free + 20.0 GiB held by this model "
+            "(reserve 1.0 GiB); prompt needs 4096 (~3000 + 1024 reply); "
+            f"loaded at 131072 with 10.0 GiB in system RAM; using {fit}",
+        )
+
+    def test_spilled_model_is_not_sticky_even_with_room_for_the_prompt(self) -> None:
+        """A client asking the spilled context again still gets one that fits."""
+        context = ctx(
+            client_num_ctx=65536,
+            prompt_tokens=1000,
+            gpu=gpu(free_gib=0.5),
+            loaded=loaded(context_length=65536, size_gib=28.0, vram_gib=21.0),
+        )
+        assert decide(context).num_ctx == largest(context)
+
+    def test_spilled_flag_alone_counts(self) -> None:
+        """The facts provider's spilled flag is trusted even when the sizes look equal."""
+        context = ctx(client_num_ctx=8192, prompt_tokens=1000, loaded=loaded(spilled=True))
+        assert outcome_of(decide(context).reasons[0]) == "refit"
+
+
+class TestFailOpen:
+    """With GPU or model facts unknown, num_ctx is left as it came, and the reason says why."""
+
+    def test_no_gpu_sampler(self) -> None:
+        """No GPU snapshot at all."""
+        decision = decide(ctx(client_num_ctx=131072, gpu=None))
+        assert decision.num_ctx == 131072
+        assert decision.reasons == (
+            "headroom[unknown]: GPU memory unknown (no GPU sampler); leaving num_ctx 131072",
+        )
+
+    def test_gpu_read_failed(self) -> None:
+        """A snapshot with no devices reports the sampler's error."""
+        decision = decide(ctx(client_num_ctx=None, gpu=unknown_gpu()))
+        assert decision.num_ctx is None
+        assert decision.reasons == (
+            "headroom[unknown]: GPU memory unknown (NVML Shared Library Not Found); leaving num_ctx none",
+        )
+
+    def test_gpu_unknown_without_error(self) -> None:
+        """A snapshot with no devices and no error names its source."""
+        decision = decide(ctx(client_num_ctx=4096, gpu=unknown_gpu(error=None, source="none")))
+        assert (
+            decision.reasons[0]
+            == "headroom[unknown]: GPU memory unknown (no devices from none); leaving num_ctx 4096"
+        )
+
+    def test_no_model_facts(self) -> None:
+        """A model /api/show did not describe."""
+        decision = decide(ctx(client_num_ctx=4096, model=None))
+        assert decision.num_ctx == 4096
+        assert decision.reasons == (
+            "headroom[unknown]: no facts about model 'gemma3:27b'; leaving num_ctx 4096",
+        )
+
+    def test_incomplete_kv_facts(self) -> None:
+        """A non-verbose /api/show blanks per-layer arrays; the estimate's error is passed on."""
+        decision = decide(with_model(ctx(client_num_ctx=4096, prompt_tokens=1000), head_count_kv=None))
+        assert decision.num_ctx == 4096
+        assert outcome_of(decision.reasons[0]) == "unknown"
+        assert "cannot estimate memory: model 'gemma3:27b': head_count_kv is unknown" in decision.reasons[0]
+
+    def test_unknown_weights_size(self) -> None:
+        """Without the /api/tags size there is no estimate either."""
+        decision = decide(with_model(ctx(client_num_ctx=4096), weights_bytes=None))
+        assert decision.num_ctx == 4096 and "weights_bytes is unknown" in decision.reasons[0]
+
+    def test_unknown_cache_type(self) -> None:
+        """An OLLAMA_KV_CACHE_TYPE the memory model does not know fails open too."""
+        decision = decide(ctx(client_num_ctx=4096, kv_cache_type="turbo"))
+        assert decision.num_ctx == 4096 and "unknown KV cache type 'turbo'" in decision.reasons[0]
+
+    def test_unknown_trained_length_without_max_ctx(self) -> None:
+        """Without a trained length or max_ctx there is no ceiling to search up to."""
+        context = with_model(ctx(client_num_ctx=4096), context_length=None)
+        decision = decide(context)
+        assert decision.reasons == (
+            "headroom[unknown]: model 'gemma3:27b': context_length is unknown and max_ctx is not set; "
+            "leaving num_ctx 4096",
+        )
+
+    def test_unknown_trained_length_with_max_ctx(self) -> None:
+        """max_ctx alone is a ceiling, so the policy can still size the context."""
+        context = with_model(ctx(client_num_ctx=None, **ROOMY), context_length=None)
+        assert decide(context, max_ctx=32768).num_ctx == 32768
+
+
+class TestOutcomeOf:
+    @pytest.mark.parametrize(
+        ("reason", "outcome"),
+        [
+            ("headroom[overflow]: asked 8192, ...", "overflow"),
+            ("headroom[sticky]: asked 4096, ...", "sticky"),
+            ("headroom[unknown]: GPU memory unknown", "unknown"),
+            ("headroom: asked 131072, ...", None),
+            ("headroom[bogus]: ...", None),
+            ("headroom[overflow", None),
+            ("static: num_ctx 8192", None),
+        ],
+    )
+    def test_reads_the_token(self, reason: str, outcome: str | None) -> None:
+        """The bracketed token is returned only when it is a known outcome."""
+        assert outcome_of(reason) == outcome
+
+    def test_every_outcome_is_a_token(self) -> None:
+        """The documented tokens are exactly the outcomes."""
+        assert set(OUTCOMES) == {"sticky", "refit", "overflow", "truncate", "reject", "unknown"}
+
+    def test_format_bytes_matches_reason_figures(self) -> None:
+        """Reasons use memory.format_bytes, so figures read the same across the proxy."""
+        reason = decide(ctx(client_num_ctx=None, gpu=gpu(free_gib=14.2))).reasons[0]
+        assert f"in {format_bytes(round(14.2 * GIB))} free" in reason

@@ -101,6 +101,11 @@ class LoadedModel:
 
     ``spilled`` is true only when the host has a GPU and part of the model sits in system RAM;
     on a CPU-only host Ollama reports ``size_vram`` 0 for everything, which is not a spill.
+
+    ``provisional`` is true between the governor sending a request that (re)loads the model
+    at ``context_length`` and the next ``/api/ps`` read: the context is what Ollama is loading,
+    the sizes are not known yet (0). It lets a second request arriving during the load reuse
+    the same context instead of triggering another reload.
     """
 
     name: str
@@ -110,6 +115,7 @@ class LoadedModel:
     context_length: int | None
     expires_at: str | None
     spilled: bool = False
+    provisional: bool = False
 
 
 @dataclass(frozen=True, slots=True)

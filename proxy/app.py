@@ -107,8 +107,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.install(state.governor)
     state.gpu.start()
     state.facts.start()
-    if state.governor.config.warm:
-        state.spawn(warm_models(state.governor, state.upstream, state.contexts, state.results, state.governor.config.warm))
+    governor = state.governor
+    if governor.config.warm:
+        warm = warm_models(governor, state.upstream, state.contexts, state.results, governor.config.warm)
+        state.spawn(warm)
     yield
     for task in list(state.background):
         task.cancel()
@@ -164,7 +166,12 @@ def create_app(
         for model, (num_ctx, keep_alive) in store.last_applied().items():
             state.results.changes.seed(model, num_ctx, keep_alive)
     interceptor = Interceptor(
-        state.upstream, state.current, state.results, state.contexts.build, state.contexts.after_response
+        state.upstream,
+        state.current,
+        state.results,
+        state.contexts.build,
+        state.contexts.after_response,
+        state.contexts.on_forward,
     )
     app = web.Application(handler_args={"max_field_size": 65536})
     app[STATE] = state

@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
 from proxy.governor import Governor
 from proxy.logs import configure_logging
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a config file and print its rules")
     _config_arg(check)
+
+    warm = commands.add_parser(
+        "warm", help="preload models with the governor's decision so the first request skips the load"
+    )
+    warm.add_argument("models", nargs="+", metavar="MODEL")
+    _config_arg(warm)
+    warm.add_argument("--upstream", help="Ollama's URL (default: from the config)")
+    warm.add_argument("--state-dir", type=Path, help="where calibrations are kept")
     return parser
 
 
@@ -101,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(governor))
         print("ok")
         return 0
+    if args.command == "warm":
+        configure_logging("console" if sys.stderr.isatty() else "json", config.log_level, sys.stderr)
+        from proxy.warm import warm_once
+
+        return _run(warm_once(governor, args.models))
     configure_logging(config.log_format, config.log_level)
     from proxy.server import serve
 
@@ -108,13 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run(main_coro: object) -> None:
+def _run(main_coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is installed (faster I/O), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main_coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(main_coro)  # type: ignore[arg-type]
+        return asyncio.run(main_coro)
+    return uvloop.run(main_coro)
 
 
 if __name__ == "__main__":

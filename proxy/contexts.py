@@ -65,6 +65,11 @@ class ContextFactory:
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
         )
 
+    def on_forward(self, request: GovernedRequest, num_ctx: int | None) -> None:
+        """Remember the context Ollama is about to hold the model at (see ``expect_loaded``)."""
+        if num_ctx is not None:
+            self.facts.expect_loaded(request.model, num_ctx)
+
     def after_response(self, request: GovernedRequest, event: dict[str, Any]) -> Awaitable[None] | None:
         """Learn from the answer; after a load, return the ps read the result must wait for."""
         estimate = self.tokens.estimate(request.model, request.prompt)
@@ -77,7 +82,8 @@ class ContextFactory:
                 prompt_tokens,
                 counts_cached=uses_llama_server(self.facts.version),
             )
-        if event.get("reloaded") or self.facts.loaded_model(request.model) is None:
+        loaded = self.facts.loaded_model(request.model)
+        if event.get("reloaded") or loaded is None or loaded.provisional or event.get("status") != 200:
             return self._after_load(request, event)
         self._annotate(request, event)
         return None

@@ -119,7 +119,7 @@ class Facts:
         self._tags_task: asyncio.Task[None] | None = None
         self._show_tasks: dict[str, asyncio.Task[ModelFacts | None]] = {}
         self._show_failed: dict[str, float] = {}
-        self._ps_task: asyncio.Task[None] | None = None
+        self._ps_queued: asyncio.Task[None] | None = None
         self._ps_lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._logged: set[str] = set()
@@ -132,7 +132,7 @@ class Facts:
 
     async def stop(self) -> None:
         """Stop background work and persist calibrations."""
-        tasks = [t for t in (self._poller, self._ps_task, self._tags_task, *self._show_tasks.values()) if t]
+        tasks = [t for t in (self._poller, self._ps_queued, self._tags_task, *self._show_tasks.values()) if t]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -169,33 +169,69 @@ class Facts:
                 return model
         return None
 
+    def expect_loaded(self, name: str, num_ctx: int) -> None:
+        """Note that a request just sent will have Ollama hold ``name`` at ``num_ctx``.
+
+        Until ``/api/ps`` confirms it, the entry is provisional, so concurrent requests see the
+        context being loaded rather than a stale one (and do not trigger a second reload).
+        """
+        current = self.loaded_model(name)
+        facts = self.cached_facts(name)
+        if facts is not None and facts.context_length:
+            num_ctx = min(num_ctx, facts.context_length)  # Ollama clamps to the trained length
+        if current is not None and current.context_length == num_ctx:
+            return
+        provisional = LoadedModel(
+            name=current.name if current else canonical_model(name),
+            digest=current.digest if current else (facts.digest or "" if facts else ""),
+            size_bytes=0,
+            size_vram_bytes=0,
+            context_length=num_ctx,
+            expires_at=None,
+            provisional=True,
+        )
+        others = tuple(m for m in self.loaded if m is not current)
+        self.loaded = (*others, provisional)
+
     def refresh_loaded_soon(self) -> asyncio.Task[None]:
-        """Schedule an ``/api/ps`` read now (after a load), sharing one that is under way."""
-        if self._ps_task is None or self._ps_task.done():
-            self._ps_task = asyncio.create_task(self.refresh_loaded())
-        return self._ps_task
+        """Schedule an ``/api/ps`` read that starts after this call (a load just finished).
+
+        Callers that arrive while such a read is still waiting to start share it, so a burst
+        of finished requests costs one read, and none of them gets a read from before it.
+        """
+        if self._ps_queued is None or self._ps_queued.done():
+            self._ps_queued = asyncio.create_task(self._queued_refresh())
+        return self._ps_queued
+
+    async def _queued_refresh(self) -> None:
+        async with self._ps_lock:
+            self._ps_queued = None
+            await self._read_loaded()
 
     async def refresh_loaded(self) -> None:
         """Read ``/api/ps`` once and calibrate from any load not seen before."""
         async with self._ps_lock:
-            if self.detected_version is None:
-                await self._read_version()
-            try:
-                answer = await self.upstream().get_json("/api/ps", timeout_s=5.0)
-            except Exception as exc:
-                self._once("ps_unavailable", error=f"{type(exc).__name__}: {exc}")
-                return
-            self._logged.discard("ps_unavailable")
-            models = answer.get("models") if isinstance(answer, dict) else None
-            snapshot = self.gpu()
-            gpu_host = bool(snapshot and snapshot.known) or any(
-                isinstance(m, dict) and _int(m.get("size_vram")) > 0
-                for m in (models if isinstance(models, list) else ())
-            )
-            self.loaded = parse_loaded(models, gpu_host=gpu_host)
-            self.loaded_at = time.time()
-            if any(self._calibrate(model) for model in self.loaded):
-                await asyncio.to_thread(self.calibrations.save)
+            await self._read_loaded()
+
+    async def _read_loaded(self) -> None:
+        if self.detected_version is None:
+            await self._read_version()
+        try:
+            answer = await self.upstream().get_json("/api/ps", timeout_s=5.0)
+        except Exception as exc:
+            self._once("ps_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._logged.discard("ps_unavailable")
+        models = answer.get("models") if isinstance(answer, dict) else None
+        snapshot = self.gpu()
+        gpu_host = bool(snapshot and snapshot.known) or any(
+            isinstance(m, dict) and _int(m.get("size_vram")) > 0
+            for m in (models if isinstance(models, list) else ())
+        )
+        self.loaded = parse_loaded(models, gpu_host=gpu_host)
+        self.loaded_at = time.time()
+        if any(self._calibrate(model) for model in self.loaded):
+            await asyncio.to_thread(self.calibrations.save)
 
     def _calibrate(self, loaded: LoadedModel) -> bool:
         facts = self._by_digest.get(loaded.digest)
@@ -275,7 +311,8 @@ class Facts:
             return facts
         except Exception as exc:
             self._show_failed[name] = time.monotonic() + 30.0
-            self._once(f"facts_failed:{name}", event="facts_unavailable", model=name, error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            self._once(f"facts_failed:{name}", event="facts_unavailable", model=name, error=error)
             return None
 
     async def _current_tags(self, *, refresh: bool) -> dict[str, Mapping[str, Any]]:

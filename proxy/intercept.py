@@ -168,12 +168,14 @@ class Interceptor:
         results: Results,
         build_context: ContextBuilder = basic_context,
         after_response: AfterResponse | None = None,
+        on_forward: Callable[[GovernedRequest, int | None], None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.governor = governor
         self.results = results
         self.build_context = build_context
         self.after_response = after_response
+        self.on_forward = on_forward
         self.pending: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -198,6 +200,8 @@ class Interceptor:
             self.results.record(event)
             return error_response(400, outcome.decision.rejection)
         new_body = None if governor.config.dry_run else rewrite_body(parsed, outcome.decision)
+        if self.on_forward is not None:
+            self.on_forward(parsed, parsed.client_num_ctx if new_body is None else outcome.decision.num_ctx)
         tap = FinalObjectTap()
         relayed = await relay(
             request,

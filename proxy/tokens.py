@@ -89,10 +89,7 @@ class TokenEstimator:
             return  # too little text to say anything about the ratio
         observed = min(max(size.chars / text_tokens, _RATIO_BOUNDS[0]), _RATIO_BOUNDS[1])
         current = self._ratio.get(model)
-        if current is None:
-            learned = observed
-        else:
-            learned = current + _LEARN_WEIGHT * (observed - current)
+        learned = observed if current is None else current + _LEARN_WEIGHT * (observed - current)
         if not counts_cached:
             learned = min(learned, current if current is not None else self.default)
         self._ratio[model] = learned

@@ -6,19 +6,21 @@ Ollama treats a generate call with an empty prompt as a preload that honours ``n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from aiohttp import web
 
 from policies.decision import Decision
 from policies.duration import format_keep_alive
 from proxy.chain import ChainOutcome, run_chain
 from proxy.contexts import ContextFactory
 from proxy.governor import Governor
-from proxy.intercept import GovernedRequest, parse_governed
+from proxy.intercept import parse_governed
 from proxy.results import DoneMetrics, Results
 from proxy.upstream import Upstream
 
@@ -39,18 +41,16 @@ def preload_body(model: str, decision: Decision) -> dict[str, Any]:
     return body
 
 
-async def decide_warm(
-    governor: Governor, contexts: ContextFactory, model: str
-) -> tuple[GovernedRequest, ChainOutcome]:
+async def decide_warm(governor: Governor, contexts: ContextFactory, model: str) -> ChainOutcome:
     """The decision a request for ``model`` with an empty prompt would get."""
     parsed = parse_governed("generate", json.dumps({"model": model, "prompt": ""}).encode())
     assert parsed is not None
     start = Decision()
     policies = governor.policies_for(model)
     if not policies:
-        return parsed, ChainOutcome(start)
+        return ChainOutcome(start)
     ctx = await contexts.build(parsed, None, facts_wait_s=FACTS_WAIT_S)
-    return parsed, await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+    return await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
 
 
 async def warm_models(
@@ -65,7 +65,7 @@ async def warm_models(
     for model in models:
         started = time.time()
         try:
-            parsed, outcome = await decide_warm(governor, contexts, model)
+            outcome = await decide_warm(governor, contexts, model)
             if outcome.decision.rejected:
                 log.warning("warm_rejected", model=model, reason=outcome.decision.rejection)
                 continue
@@ -91,9 +91,37 @@ async def warm_models(
             "load_ms": round((time.time() - started) * 1000, 3),
             "dry_run": False,
         }
-        log.info("warmed", model=model, num_ctx=event["applied_num_ctx"], keep_alive=event["applied_keep_alive"], load_ms=event["load_ms"])
+        log.info(
+            "warmed",
+            model=model,
+            num_ctx=event["applied_num_ctx"],
+            keep_alive=event["applied_keep_alive"],
+            load_ms=event["load_ms"],
+        )
         await contexts.facts.refresh_loaded_soon()
         if results is not None:
             results.record(event)
         done.append(event)
     return done
+
+
+async def warm_once(governor: Governor, models: Sequence[str]) -> int:
+    """``ollama-governor warm``: gather facts like ``serve`` would, preload, report; 1 on failure."""
+    from proxy.app import STATE, create_app  # the app imports this module for start-up warming
+
+    app = create_app(Governor(dataclasses.replace(governor.config, warm=()), governor.rules))
+    runner = web.AppRunner(app)
+    await runner.setup()  # runs the app's start-up (session, GPU sampler, facts) without listening
+    try:
+        state = app[STATE]
+        await state.gpu.refresh()
+        await state.facts.refresh_loaded()
+        done = await warm_models(governor, state.upstream, state.contexts, None, models)
+    finally:
+        await runner.cleanup()
+    for event in done:
+        print(
+            f"{event['model']}: loaded with num_ctx {event['applied_num_ctx'] or 'default'}, "
+            f"keep_alive {event['applied_keep_alive'] or 'default'} in {event['load_ms'] / 1000:.1f} s"
+        )
+    return 0 if len(done) == len(models) else 1

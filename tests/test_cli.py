@@ -155,3 +155,35 @@ async def test_serve_reloads_on_sighup_without_dropping_streams(
     served.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.process.wait(), timeout=20) == 0
     await served.wait_for("stopped")
+
+
+async def test_warm_preloads_with_the_governors_decision(start_fake: StartFake, tmp_path: Path) -> None:
+    """``warm MODEL`` sends Ollama's preload call (empty prompt) with the decided num_ctx and keep_alive."""
+    fake = await start_fake(models=[gemma3_4b()])
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[[rules]]\nmodels = ["gemma3:*"]\npolicies = [{ use = "static", num_ctx = 8192, keep_alive = "30m" }]\n'
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "warm", "gemma3:4b", "--config", str(config), "--upstream", fake.url,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().startswith("gemma3:4b: loaded with num_ctx 8192, keep_alive 30m in ")
+    assert fake.bodies("/api/generate") == [
+        {"model": "gemma3:4b", "prompt": "", "stream": False, "keep_alive": "30m", "options": {"num_ctx": 8192}}
+    ]
+    assert fake.loads == [("gemma3:4b", 8192)]
+
+
+async def test_warm_reports_failure(start_fake: StartFake, tmp_path: Path) -> None:
+    """An unknown model makes warm exit 1 with the error logged."""
+    fake = await start_fake()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "warm", "no-such-model", "--upstream", fake.url,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 1
+    assert "warm_failed" in stderr.decode() and "no-such-model" in stderr.decode()

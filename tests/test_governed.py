@@ -13,7 +13,16 @@ import ollama
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import OllamaClients, Running, StartFake, StartProxy, client_requests, free_port, settled, state_of
+from tests.conftest import (
+    OllamaClients,
+    Running,
+    StartFake,
+    StartProxy,
+    client_requests,
+    free_port,
+    settled,
+    state_of,
+)
 from tests.fake_ollama import FakeOllama
 
 STATIC_8192 = """

@@ -6,9 +6,7 @@ import asyncio
 import sys
 import threading
 import time
-import types
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -31,104 +29,7 @@ from proxy.gpu import (
 )
 from proxy.upstream import Upstream
 from tests.conftest import StartFake, free_port
-
-# ---------------------------------------------------------------------------- a fake NVML
-
-
-class FakeNVMLError(Exception):
-    """Like pynvml.NVMLError: str() is NVML's error string."""
-
-
-class FakeLibraryNotFound(FakeNVMLError):
-    def __init__(self) -> None:
-        super().__init__("NVML Shared Library Not Found")
-
-
-@dataclass
-class FakeGpu:
-    uuid: str
-    name: str
-    total_bytes: int
-    used_bytes: int
-    utilization_pct: int | None = 0
-
-
-def two_gpus() -> list[FakeGpu]:
-    return [
-        FakeGpu("GPU-aaaa-0000", "NVIDIA GeForce RTX 4090", 24 * GIB, 2 * GIB, utilization_pct=37),
-        FakeGpu("GPU-bbbb-1111", "NVIDIA RTX A4000", 16 * GIB, 1 * GIB, utilization_pct=None),
-    ]
-
-
-class FakeNvml(types.ModuleType):
-    """The slice of pynvml that NvmlSource uses; records calls and the threads they ran on."""
-
-    NVMLError = FakeNVMLError
-
-    def __init__(self, gpus: list[FakeGpu] | None = None) -> None:
-        super().__init__("fake_pynvml")
-        self.gpus = two_gpus() if gpus is None else gpus
-        self.init_error: Exception | None = None
-        self.read_error: Exception | None = None
-        self.inits = 0
-        self.shutdowns = 0
-        self.calls = 0
-        self.threads: set[int] = set()
-
-    def _call(self) -> None:
-        self.calls += 1
-        self.threads.add(threading.get_ident())
-
-    def nvmlInit(self) -> None:
-        self._call()
-        if self.init_error is not None:
-            raise self.init_error
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self._call()
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        self._call()
-        return len(self.gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        self._call()
-        if not 0 <= index < len(self.gpus):
-            raise FakeNVMLError("Invalid Argument")
-        return index
-
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:
-        self._call()
-        for index, gpu in enumerate(self.gpus):
-            if gpu.uuid == uuid:
-                return index
-        raise FakeNVMLError("Not Found")
-
-    def nvmlDeviceGetIndex(self, handle: int) -> int:
-        self._call()
-        return handle
-
-    def nvmlDeviceGetName(self, handle: int) -> bytes:
-        self._call()
-        return self.gpus[handle].name.encode()  # old pynvml returns bytes
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
-        self._call()
-        if self.read_error is not None:
-            raise self.read_error
-        gpu = self.gpus[handle]
-        return types.SimpleNamespace(
-            total=gpu.total_bytes, used=gpu.used_bytes, free=gpu.total_bytes - gpu.used_bytes
-        )
-
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
-        self._call()
-        utilization_pct = self.gpus[handle].utilization_pct
-        if utilization_pct is None:
-            raise FakeNVMLError("Not Supported")
-        return types.SimpleNamespace(gpu=utilization_pct, memory=0)
+from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, FakeNVMLError
 
 
 def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:

@@ -12,6 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from policies.context import LoadedModel
 from proxy.admin import admin_routes
 from proxy.config import Config, ConfigError
 from proxy.contexts import ContextFactory
@@ -20,6 +21,8 @@ from proxy.forward import relay
 from proxy.governor import Governor
 from proxy.gpu import GpuSampler, GpuSource, build_sampler
 from proxy.intercept import GOVERNED_PATHS, Interceptor
+from proxy.live import LiveSources, RecentDecisions, admin_auth_middleware, live_routes, summarise_config
+from proxy.metrics import GovernorMetrics
 from proxy.results import Results, Sink
 from proxy.sections import gpu_settings, ollama_settings, store_settings
 from proxy.store import DB_FILENAME, ResultStore
@@ -45,6 +48,7 @@ class AppState:
     session: aiohttp.ClientSession | None = None
     upstream_link: Upstream | None = None
     load_config: Callable[[], Config] | None = None
+    metrics: GovernorMetrics | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def upstream(self) -> Upstream:
@@ -149,9 +153,9 @@ def create_app(
         upstream, ollama_settings(config.extra), gpu=lambda: gpu.snapshot, state_dir=config.state_dir
     )
     store = _open_store(config)
-    all_sinks = list(sinks or [])
-    if store is not None:
-        all_sinks.insert(0, store.add)
+    metrics, recent = GovernorMetrics(), RecentDecisions()
+    all_sinks: list[Sink] = [store.add] if store is not None else []
+    all_sinks += [metrics.observe_result, recent.add, *(sinks or [])]
     state = AppState(
         governor=governor,
         results=Results(all_sinks),
@@ -160,6 +164,7 @@ def create_app(
         contexts=ContextFactory(facts, lambda: gpu.snapshot),
         store=store,
         load_config=load_config,
+        metrics=metrics,
     )
     holder.append(state)
     if store is not None:
@@ -173,7 +178,23 @@ def create_app(
         state.contexts.after_response,
         state.contexts.on_forward,
     )
-    app = web.Application(handler_args={"max_field_size": 65536})
+    def admin_token() -> str | None:
+        return state.current().config.admin_token  # read per request: a reload can rotate it
+
+    async def loaded_models() -> tuple[LoadedModel, ...]:
+        return state.facts.loaded
+
+    live = LiveSources(
+        config_summary=lambda: summarise_config(state.current().config),
+        loaded_models=loaded_models,
+        store=lambda: state.store,
+        gpu=lambda: state.gpu.snapshot,
+        metrics=metrics,
+        recent=recent,
+    )
+    app = web.Application(
+        middlewares=[admin_auth_middleware(admin_token)], handler_args={"max_field_size": 65536}
+    )
     app[STATE] = state
     app[INTERCEPTOR] = interceptor
     app.cleanup_ctx.append(_lifecycle)
@@ -186,6 +207,7 @@ def create_app(
         return relayed.response
 
     app.router.add_routes(extra_routes or [])
+    app.router.add_routes(live_routes(live, admin_token=admin_token))
     app.router.add_routes(admin_routes(state.upstream))
     for path in GOVERNED_PATHS:
         app.router.add_post(path, interceptor.handle)

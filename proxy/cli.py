@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -14,8 +16,11 @@ from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
 from proxy.governor import Governor
 from proxy.logs import configure_logging
+from proxy.store import default_state_dir
 
 T = TypeVar("T")
+STATE_DIR_ENV = "OLLAMA_GOVERNOR_STATE_DIR"
+"""Where results and calibrations live when neither --state-dir nor the config says."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dry-run", action="store_true", help="log decisions, forward bodies unchanged")
     serve.add_argument("--log-format", choices=("auto", "json", "console"), help="log rendering")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    serve.add_argument("--state-dir", type=Path, help="where results and calibration are kept")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where results and calibrations are kept (default $OLLAMA_GOVERNOR_STATE_DIR, else "
+        "$XDG_STATE_HOME/ollama-governor)",
+    )
 
     check = commands.add_parser("check", help="validate a config file and print its rules")
     _config_arg(check)
@@ -45,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(warm)
     warm.add_argument("--upstream", help="Ollama's URL (default: from the config)")
     warm.add_argument("--state-dir", type=Path, help="where calibrations are kept")
+
+    report = commands.add_parser(
+        "report", help="what every change did: load time and tokens/s, from the results store"
+    )
+    _config_arg(report)
+    report.add_argument("--state-dir", type=Path, help="the directory serve keeps results in")
+    report.add_argument("--model", metavar="GLOB", help="only models matching this glob")
+    report.add_argument("--since", metavar="AGE", help="only the last AGE, e.g. 7d, 12h, 30m")
+    report.add_argument("--json", action="store_true", help="machine-readable JSON")
     return parser
 
 
@@ -70,7 +89,11 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
     for name in ("log_format", "log_level", "state_dir"):
         if getattr(args, name, None):
             changes[name] = getattr(args, name)
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    config = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+    if config.state_dir is None:
+        env = os.environ.get(STATE_DIR_ENV)
+        config = dataclasses.replace(config, state_dir=Path(env) if env else default_state_dir())
+    return config
 
 
 def describe(governor: Governor) -> str:
@@ -112,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(governor))
         print("ok")
         return 0
+    if args.command == "report":
+        return _report(config.state_dir, args)
     if args.command == "warm":
         configure_logging("console" if sys.stderr.isatty() else "json", config.log_level, sys.stderr)
         from proxy.warm import warm_once
@@ -121,6 +146,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     from proxy.server import serve
 
     _run(serve(governor, load_config=configured))
+    return 0
+
+
+def _report(state_dir: Path | None, args: argparse.Namespace) -> int:
+    from proxy.report import build_report, parse_since, render_text, report_to_json
+    from proxy.store import DB_FILENAME
+
+    assert state_dir is not None
+    db_path = state_dir / DB_FILENAME
+    if not db_path.exists():
+        print(
+            f"ollama-governor: error: no results store at {db_path} (serve with --state-dir {state_dir})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        since_s = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"ollama-governor: error: --since: {exc}", file=sys.stderr)
+        return 2
+    report = build_report(db_path, model_glob=args.model, since_s=since_s)
+    if args.json:
+        print(json.dumps(report_to_json(report), indent=2))
+    else:
+        print(render_text(report))
     return 0
 
 

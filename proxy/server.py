@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.app import STATE, create_app, make_runner
 from proxy.config import Config
 from proxy.governor import Governor
+from proxy.live import warn_if_exposed
 
 log = structlog.get_logger("ollama_governor.server")
 
@@ -29,6 +30,7 @@ async def serve(governor: Governor, *, load_config: Callable[[], Config] | None 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app[STATE].reload)
+    warn_if_exposed(config.listen_host, config.admin_token, log)
     log.info(
         "listening",
         listen=config.listen,

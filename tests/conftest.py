@@ -21,6 +21,9 @@ from proxy.governor import Governor
 from proxy.upstream import OWN_USER_AGENT
 from tests.fake_ollama import FakeOllama, Recorded
 
+ROOT_DIR = Path(__file__).resolve().parent.parent
+"""The repository root, where ``python -m proxy`` runs from in subprocess tests."""
+
 
 @dataclass
 class Running:

@@ -123,7 +123,9 @@ async def test_serve_reloads_on_sighup_without_dropping_streams(
     config = tmp_path / "config.toml"
     config.write_text(static_config(2048))
     port = free_port()
-    served = await serve_process("--config", str(config), "--listen", f"127.0.0.1:{port}", "--upstream", fake.url)
+    served = await serve_process(
+        "--config", str(config), "--listen", f"127.0.0.1:{port}", "--upstream", fake.url, "--state-dir", str(tmp_path)
+    )
     base = f"http://127.0.0.1:{port}"
     chat = {"model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as http:
@@ -166,6 +168,7 @@ async def test_warm_preloads_with_the_governors_decision(start_fake: StartFake, 
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "warm", "gemma3:4b", "--config", str(config), "--upstream", fake.url,
+        "--state-dir", str(tmp_path),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
@@ -181,7 +184,7 @@ async def test_warm_reports_failure(start_fake: StartFake, tmp_path: Path) -> No
     """An unknown model makes warm exit 1 with the error logged."""
     fake = await start_fake()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "warm", "no-such-model", "--upstream", fake.url,
+        sys.executable, "-m", "proxy", "warm", "no-such-model", "--upstream", fake.url, "--state-dir", str(tmp_path),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)

@@ -65,15 +65,19 @@ class ContextFactory:
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
         )
 
-    def on_forward(self, request: GovernedRequest, num_ctx: int | None) -> None:
+    def on_forward(self, request: GovernedRequest, num_ctx: int | None, event: dict[str, Any]) -> None:
         """Remember the context Ollama is about to hold the model at (see ``expect_loaded``)."""
         if num_ctx is not None:
-            self.facts.expect_loaded(request.model, num_ctx)
+            event["load_expected"] = self.facts.expect_loaded(request.model, num_ctx)
 
     def after_response(self, request: GovernedRequest, event: dict[str, Any]) -> Awaitable[None] | None:
         """Learn from the answer; after a load, return the ps read the result must wait for."""
         estimate = self.tokens.estimate(request.model, request.prompt)
         event["estimated_prompt_tokens"] = estimate
+        if event.pop("load_expected", False) and event.get("status") == 200 and event.get("done_reason"):
+            # Ollama held the model at another context (or not at all) when this went out: a
+            # fast load, e.g. a small model from the page cache, is still a load.
+            event["reloaded"] = True
         prompt_tokens = event.get("prompt_tokens")
         if isinstance(prompt_tokens, int) and event.get("status") == 200:
             self.tokens.learn(

@@ -169,8 +169,9 @@ class Facts:
                 return model
         return None
 
-    def expect_loaded(self, name: str, num_ctx: int) -> None:
-        """Note that a request just sent will have Ollama hold ``name`` at ``num_ctx``.
+    def expect_loaded(self, name: str, num_ctx: int) -> bool:
+        """Note that a request just sent will have Ollama hold ``name`` at ``num_ctx``; True when
+        that means a (re)load, as far as the last ``/api/ps`` read tells.
 
         Until ``/api/ps`` confirms it, the entry is provisional, so concurrent requests see the
         context being loaded rather than a stale one (and do not trigger a second reload).
@@ -180,7 +181,7 @@ class Facts:
         if facts is not None and facts.context_length:
             num_ctx = min(num_ctx, facts.context_length)  # Ollama clamps to the trained length
         if current is not None and current.context_length == num_ctx:
-            return
+            return False
         provisional = LoadedModel(
             name=current.name if current else canonical_model(name),
             digest=current.digest if current else (facts.digest or "" if facts else ""),
@@ -192,6 +193,7 @@ class Facts:
         )
         others = tuple(m for m in self.loaded if m is not current)
         self.loaded = (*others, provisional)
+        return True
 
     def refresh_loaded_soon(self) -> asyncio.Task[None]:
         """Schedule an ``/api/ps`` read that starts after this call (a load just finished).

@@ -168,7 +168,7 @@ class Interceptor:
         results: Results,
         build_context: ContextBuilder = basic_context,
         after_response: AfterResponse | None = None,
-        on_forward: Callable[[GovernedRequest, int | None], None] | None = None,
+        on_forward: Callable[[GovernedRequest, int | None, dict[str, Any]], None] | None = None,
     ) -> None:
         self.upstream = upstream
         self.governor = governor
@@ -201,7 +201,8 @@ class Interceptor:
             return error_response(400, outcome.decision.rejection)
         new_body = None if governor.config.dry_run else rewrite_body(parsed, outcome.decision)
         if self.on_forward is not None:
-            self.on_forward(parsed, parsed.client_num_ctx if new_body is None else outcome.decision.num_ctx)
+            sent_num_ctx = parsed.client_num_ctx if new_body is None else outcome.decision.num_ctx
+            self.on_forward(parsed, sent_num_ctx, event)
         tap = FinalObjectTap()
         relayed = await relay(
             request,

@@ -38,7 +38,7 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
 ) -> None:
     """8192 -> 131072 on gemma3:27b with 24 GiB: the second context spills; the store, the log
     and the report all say so, with before/after figures."""
-    fake = await start_fake(vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002)
+    fake = await start_fake(vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002, load_delay_s=0.05)
     proxy = await start_proxy(fake.url, static(8192, tmp_path), gpu_source=NvmlSource(nvml=nvml_for(fake)))  # type: ignore[attr-defined]
     client = ollama_client(proxy.url)
     state = state_of(proxy)
@@ -64,6 +64,7 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
     db.close()
     assert [r[0] for r in rows] == [8192] * 3 + [131072] * 3
     assert [r[1] for r in rows] == [0, 0, 0, 1, 1, 1]
+    assert [r[2] for r in rows] == [1, 0, 0, 1, 0, 0]  # a load at first and after the change, even a fast one
 
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", "report", "--state-dir", str(tmp_path), "--json",

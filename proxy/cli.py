@@ -12,10 +12,12 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from policies.memory import format_bytes
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
 from proxy.governor import Governor
 from proxy.logs import configure_logging
+from proxy.sections import gpu_settings, ollama_settings
 from proxy.store import default_state_dir
 
 T = TypeVar("T")
@@ -105,7 +107,21 @@ def describe(governor: Governor) -> str:
         f"upstream: {config.upstream}",
         f"dry run: {'yes' if config.dry_run else 'no'}",
         f"policy timeout: {config.policy_timeout_s * 1000:.0f} ms",
+        f"state dir: {config.state_dir or '(none: results are only logged)'}",
+        f"admin token: {'set' if config.admin_token else 'not set'}",
     ]
+    ollama, gpu = ollama_settings(config.extra), gpu_settings(config.extra)
+    lines.append(
+        f"ollama: num_parallel {ollama.num_parallel}, kv_cache_type {ollama.kv_cache_type}, "
+        f"version {'.'.join(map(str, ollama.version)) if ollama.version else 'from /api/version'}"
+    )
+    lines.append(
+        f"gpu: source {gpu.source}, reserve {format_bytes(gpu.reserve_bytes)}"
+        + (f", devices {', '.join(gpu.devices)}" if gpu.devices else "")
+        + (f", vram_total {', '.join(map(format_bytes, gpu.vram_total_bytes))}" if gpu.vram_total_bytes else "")  # noqa: E501
+    )
+    if config.warm:
+        lines.append(f"warm at start: {', '.join(config.warm)}")
     if not governor.rules:
         lines.append("rules: none (every request is forwarded unchanged)")
     for index, rule in enumerate(governor.rules, 1):

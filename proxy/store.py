@@ -40,6 +40,8 @@ from typing import Any
 
 import structlog
 
+from proxy.results import canonical_model
+
 __all__ = [
     "DB_FILENAME",
     "SCHEMA_VERSION",
@@ -233,11 +235,6 @@ def _keep_alive_text(value: object) -> str | None:
     return json.dumps(value)
 
 
-def _canonical_model(name: str) -> str:
-    """``llama3.1`` and ``llama3.1:latest`` are one model to Ollama (same rule as results.py)."""
-    return name if ":" in name.rpartition("/")[2] else f"{name}:latest"
-
-
 def _normalise(event: Mapping[str, Any]) -> dict[str, Any]:
     """The storable fields of an event as SQLite-ready values; ValueError/TypeError if malformed."""
     model = event.get("model")
@@ -249,7 +246,7 @@ def _normalise(event: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "change_id": None,
         "ts": float(event["ts"]),
-        "model": _canonical_model(model),
+        "model": canonical_model(model),
         "endpoint": endpoint,
         "done_reason": None if event.get("done_reason") is None else str(event["done_reason"]),
         "dry_run": 1 if event.get("dry_run") else 0,
@@ -683,5 +680,5 @@ class ResultStore:
         return self._read(
             "SELECT * FROM results WHERE (?1 IS NULL OR model = ?1) AND (?2 IS NULL OR ts >= ?2) "
             "ORDER BY id DESC LIMIT ?3",
-            (None if model is None else _canonical_model(model), since_ts, limit),
+            (None if model is None else canonical_model(model), since_ts, limit),
         )

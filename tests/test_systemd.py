@@ -15,7 +15,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -301,18 +300,12 @@ def test_takeover_dropins_match() -> None:
 
 
 def test_config_example_parses() -> None:
-    with CONFIG_EXAMPLE.open("rb") as f:
-        config = tomllib.load(f)
-    assert config["listen"] == "127.0.0.1:11435"
-    assert config["upstream"] == "http://127.0.0.1:11434"
-    rules = config["rules"]
-    assert isinstance(rules, list) and rules
-    for rule in rules:
-        assert isinstance(rule["models"], list) and rule["models"]
-        assert all(isinstance(m, str) for m in rule["models"])
-        assert isinstance(rule["policies"], list)
-        for policy in rule["policies"]:
-            assert isinstance(policy["use"], str)
-    assert rules[-1]["models"] == ["*"], "the last rule should be the catch-all"
-    static = rules[0]["policies"][0]
-    assert static == {"use": "static", "num_ctx": 8192, "keep_alive": "30m"}
+    """The shipped example loads with the governor's own loader, policies included."""
+    from proxy.config import load_config
+    from proxy.governor import Governor
+
+    governor = Governor.build(load_config(CONFIG_EXAMPLE))
+    assert governor.config.listen == "127.0.0.1:11435"
+    assert governor.config.upstream == "http://127.0.0.1:11434"
+    assert governor.rules[-1].config.models == ("*",), "the last rule should be the catch-all"
+    assert [p.name for p in governor.rules[0].policies] == ["headroom", "keep_alive"]

@@ -204,14 +204,21 @@ class Interceptor:
             sent_num_ctx = parsed.client_num_ctx if new_body is None else outcome.decision.num_ctx
             self.on_forward(parsed, sent_num_ctx, event)
         tap = FinalObjectTap()
-        relayed = await relay(
-            request,
-            self.upstream(),
-            body=raw if new_body is None else new_body,
-            body_length=None if new_body is None else len(new_body),
-            drop_headers=(hdrs.ACCEPT_ENCODING,),
-            tap=tap,
-        )
+        try:
+            relayed = await relay(
+                request,
+                self.upstream(),
+                body=raw if new_body is None else new_body,
+                body_length=None if new_body is None else len(new_body),
+                drop_headers=(hdrs.ACCEPT_ENCODING,),
+                tap=tap,
+            )
+        except (asyncio.CancelledError, ConnectionError):
+            # The client went away; Ollama's own word for that is 499. Still one result.
+            event.update(status=499, completed=False, error="client disconnected")
+            event.pop("load_expected", None)
+            self.results.record(event)
+            raise
         metrics = DoneMetrics.from_final(tap.final_object())
         event["status"] = relayed.status
         event["ttfb_ms"] = (

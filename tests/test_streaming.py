@@ -8,6 +8,7 @@ import json
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests.conftest import StartFake, StartProxy, start_app
 
@@ -50,8 +51,12 @@ async def test_client_disconnect_cancels_upstream(
     payload = {"model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}]}
     response = await http.post(proxy.url + "/api/chat", json=payload)
     await asyncio.wait_for(response.content.readline(), timeout=5)
-    response.close()  # the client hangs up
-    await wait_until(lambda: fake.cancelled == ["/api/chat"])
+    with capture_logs() as logs:
+        response.close()  # the client hangs up
+        await wait_until(lambda: fake.cancelled == ["/api/chat"])
+        await wait_until(lambda: any(e["event"] == "result" for e in logs))
+    [result] = [e for e in logs if e["event"] == "result"]
+    assert (result["status"], result["completed"], result["error"]) == (499, False, "client disconnected")
 
 
 async def test_upstream_dying_mid_stream_ends_with_ollama_error_line(

@@ -5,6 +5,29 @@ governor (num_ctx reloads, keep_alive, memory footprint, VRAM spill, streaming f
 without a GPU or a real model. Ground truth: /work/shared/ollama-facts.md and the recorded
 exchanges in /work/shared/ollama-transcripts/. This module imports nothing from the project, so
 its "true" memory model cannot silently agree with a buggy estimator.
+
+What the simulated GPU models (``vram_bytes`` set), and what it does not:
+
+- Memory: a runner's footprint is weights + the llama.cpp KV cache (GQA heads, key/value lengths,
+  sliding-window layers, pad 256, ``num_ctx x num_parallel``, KV cache type) + a compute buffer
+  linear in ``num_ctx`` (``size_for``). A load that does not fit in the VRAM left free by other
+  runners (idle ones are evicted first, LRU) puts the rest in system RAM: ``spilled``, as
+  ``/api/ps`` shows with ``size_vram < size``. There is no llama.cpp fit target (1 GiB kept
+  free): every byte of VRAM is usable.
+- Speed: each reply token takes ``token_delay_s``, each ``PROMPT_TOKENS_PER_STEP`` prompt tokens
+  one ``token_delay_s`` too (prompt processing is batched, so much faster than generation). A
+  load takes ``load_delay_s`` plus the weights read at ``load_bytes_per_s``. On a spilled runner
+  all three are ``spill_slowdown`` times slower, however much of it spilled.
+- Not modelled: slowdown with a longer context or a partial spill's size, parallel slots
+  sharing the GPU's throughput (each slot runs at full speed), prompt caching, context shift,
+  chat history truncation (a too-long prompt is cut and counted in ``truncated``), multi-GPU.
+- Time: ``time_scale`` compresses the simulated delays (load, prompt, tokens): the fake sleeps
+  ``delay / time_scale`` but reports ``load_duration``, ``prompt_eval_duration``,
+  ``eval_duration`` and ``total_duration`` in simulated time, so a benchmark can replay minutes of
+  loading in a second and still read realistic figures. Waits on other requests (a load in
+  progress, a reload, a busy slot) are wall time x ``time_scale``, since what they wait on is
+  itself compressed; the fake's own overhead is reported as it is. keep_alive expiry is wall
+  time, not compressed.
 """
 
 from __future__ import annotations
@@ -325,6 +348,29 @@ class _Gen:
     load_ns: int = 0
     prompt_ns: int = 0
     eval_ns: int = 0
+    truncated: bool = False
+    sim_extra_ns: int = 0
+    """Simulated minus wall time so far (0 unless ``time_scale`` compresses the delays)."""
+
+
+@dataclass
+class _LoadTiming:
+    """The load one request performed itself: its compressed sleep, in wall and simulated time."""
+
+    sleep_wall_ns: int = 0
+    simulated_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generation as the fake ran it: what a client cannot read from the response alone."""
+
+    path: str
+    model: str
+    num_ctx: int
+    spilled: bool
+    truncated: bool
+    prompt_tokens: int
 
 
 # ---------------------------------------------------------------------------- server
@@ -335,11 +381,17 @@ class FakeOllama:
                  version: str = "0.32.15", vram_bytes: int | None = None, num_parallel: int = 1,
                  default_num_ctx: int = 4096, kv_cache_type: str = "f16",
                  token_delay_s: float = 0.0, spill_slowdown: float = 10.0,
-                 load_delay_s: float = 0.0, reply_tokens: int = 8) -> None:
+                 load_delay_s: float = 0.0, reply_tokens: int = 8,
+                 load_bytes_per_s: float | None = None, time_scale: float = 1.0) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        if load_bytes_per_s is not None and load_bytes_per_s <= 0:
+            raise ValueError(f"load_bytes_per_s must be > 0, got {load_bytes_per_s}")
         self.version, self.vram_bytes, self.num_parallel = version, vram_bytes, num_parallel
         self.default_num_ctx, self.kv_cache_type = default_num_ctx, kv_cache_type
         self.token_delay_s, self.spill_slowdown = token_delay_s, spill_slowdown
         self.load_delay_s, self.reply_tokens = load_delay_s, reply_tokens
+        self.load_bytes_per_s, self.time_scale = load_bytes_per_s, time_scale
         self.n_ubatch = N_UBATCH
         self.models: dict[str, FakeModel] = {}
         self.registry: dict[str, FakeModel] = {}  # what /api/pull can fetch besides known models
@@ -351,6 +403,7 @@ class FakeOllama:
         self.loads: list[tuple[str, int]] = []
         self.cancelled: list[str] = []
         self.truncated: list[str] = []
+        self.completions: list[Completion] = []
         self.fail_next: list[tuple[int, str]] = []
         self.hold: asyncio.Event | None = None
         self.blob_bytes_received: dict[str, int] = {}
@@ -424,6 +477,28 @@ class FakeOllama:
         """The "true" footprint /api/ps reports as size: weights + KV cache + compute buffer."""
         return model.weights_bytes + self.kv_bytes(model, num_ctx) + self.compute_bytes(model, num_ctx)
 
+    def load_seconds(self, model: FakeModel, *, spilled: bool) -> float:
+        """Simulated seconds a load takes: the fixed delay plus reading the weights; slower spilled."""
+        seconds = self.load_delay_s
+        if self.load_bytes_per_s is not None:
+            seconds += model.weights_bytes / self.load_bytes_per_s
+        return seconds * (self.spill_slowdown if spilled else 1.0)
+
+    def _scaled_ns(self, wall_ns: int) -> int:
+        """Wall time spent waiting on compressed delays, in simulated time."""
+        return round(wall_ns * self.time_scale)
+
+    def _compressed_ns(self, wall_ns: int, simulated_s: float) -> int:
+        """Simulated time of a span whose wall time ``wall_ns`` included one compressed sleep of
+        ``simulated_s``: the sleep counts at its simulated length, the overhead as it was."""
+        return wall_ns + round(simulated_s * 1e9 * (1.0 - 1.0 / self.time_scale))
+
+    def _acquire_ns(self, wall_ns: int, timing: _LoadTiming) -> int:
+        """Simulated time of an ``_acquire``: its own load at the simulated length, and the rest
+        (waits on other requests' loads and reloads, themselves compressed) scaled up."""
+        own = self._compressed_ns(timing.sleep_wall_ns, timing.simulated_s)
+        return own + self._scaled_ns(wall_ns - timing.sleep_wall_ns)
+
     # ------------------------------------------------------------ store / scheduler
     def _add_model(self, m: FakeModel, ts: int | None = None) -> None:
         self.models[m.full_name] = m
@@ -468,8 +543,12 @@ class FakeOllama:
             self._unload(min(idle, key=lambda s: s.last_used_ns))
         return True
 
-    async def _acquire(self, model: FakeModel, num_ctx: int, keep_alive: int | None) -> LoadedState:
-        """Get a runner at ``num_ctx``, (re)loading like Ollama's scheduler; caller must release."""
+    async def _acquire(self, model: FakeModel, num_ctx: int, keep_alive: int | None,
+                       timing: _LoadTiming | None = None) -> LoadedState:
+        """Get a runner at ``num_ctx``, (re)loading like Ollama's scheduler; caller must release.
+
+        ``timing`` receives the load this call performed itself, for reporting simulated time.
+        """
         name = model.full_name
         async with self._sched:
             while True:
@@ -495,10 +574,14 @@ class FakeOllama:
                                     refcount=1, last_used_ns=time.monotonic_ns())
                 self._loaded[name] = state
                 self.loads.append((name, num_ctx))
-                delay = self.load_delay_s * (self.spill_slowdown if spilled else 1.0)
+                load_s = self.load_seconds(model, spilled=spilled)
+                t_sleep = time.monotonic_ns()
                 try:
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                    if load_s > 0:
+                        await asyncio.sleep(load_s / self.time_scale)
+                    if timing is not None:
+                        timing.sleep_wall_ns += time.monotonic_ns() - t_sleep
+                        timing.simulated_s += load_s
                 except asyncio.CancelledError:
                     self._release(state)
                     raise
@@ -753,7 +836,8 @@ class FakeOllama:
                  keep_alive: int | None, chars: int, num_predict: Any, stream: bool,
                  t0: int) -> _Gen:
         prompt_tokens = max(1, math.ceil(chars / 4))
-        if prompt_tokens > num_ctx:  # real Ollama truncates silently
+        truncated = prompt_tokens > num_ctx
+        if truncated:  # real Ollama truncates silently
             self.truncated.append(path)
             prompt_tokens = num_ctx
         n, reason = self.reply_tokens, "stop"
@@ -761,21 +845,33 @@ class FakeOllama:
             n, reason = num_predict, "length"
         self._oa_counter += 1
         return _Gen(flavour, req_model, model, num_ctx, keep_alive, prompt_tokens, n, reason,
-                    stream, t0, oid=str(self._oa_counter), created=int(time.time()))
+                    stream, t0, oid=str(self._oa_counter), created=int(time.time()),
+                    truncated=truncated)
 
     async def _run(self, request: web.Request, g: _Gen) -> web.StreamResponse:
         """Load if needed, then emit tokens (streamed line by line or as one JSON body)."""
         resp: web.StreamResponse | None = None
         state: LoadedState | None = None
         try:
-            t_load = time.monotonic_ns()
-            state = await self._acquire(g.model, g.num_ctx, g.keep_alive)
-            g.load_ns = max(time.monotonic_ns() - t_load, 1_000_000)
+            t_load, timing = time.monotonic_ns(), _LoadTiming()
+            state = await self._acquire(g.model, g.num_ctx, g.keep_alive, timing)
+            wall = time.monotonic_ns() - t_load
+            g.load_ns = self._acquire_ns(wall, timing)
+            g.sim_extra_ns += g.load_ns - wall
+            g.load_ns = max(g.load_ns, 1_000_000)
+            self.completions.append(Completion(request.path, state.name, state.num_ctx, state.spilled,
+                                               g.truncated, g.prompt_tokens))
+            t_slot = time.monotonic_ns()
             async with state.slots:
+                wall = time.monotonic_ns() - t_slot
+                g.sim_extra_ns += self._scaled_ns(wall) - wall
                 delay = self.token_delay_s * (self.spill_slowdown if state.spilled else 1.0)
+                prompt_s = delay * math.ceil(g.prompt_tokens / PROMPT_TOKENS_PER_STEP)
                 t = time.monotonic_ns()
-                await self._pause(request, delay * math.ceil(g.prompt_tokens / PROMPT_TOKENS_PER_STEP))
-                g.prompt_ns = max(time.monotonic_ns() - t, 1)
+                await self._pause(request, prompt_s / self.time_scale)
+                wall = time.monotonic_ns() - t
+                g.prompt_ns = max(self._compressed_ns(wall, prompt_s), 1)
+                g.sim_extra_ns += g.prompt_ns - wall
                 t = time.monotonic_ns()
                 if g.stream:
                     sse = g.flavour.startswith("oa_")
@@ -787,8 +883,10 @@ class FakeOllama:
                         await self._emit(resp, g, self._chunk(g, i))
                         if i == 0 and self.hold is not None:
                             await self._wait_hold(request, self.hold)
-                    await self._pause(request, delay)
-                g.eval_ns = max(time.monotonic_ns() - t, 1)
+                    await self._pause(request, delay / self.time_scale)
+                wall = time.monotonic_ns() - t
+                g.eval_ns = max(self._compressed_ns(wall, delay * g.n_tokens), 1)
+                g.sim_extra_ns += g.eval_ns - wall
                 if resp is None:
                     ct = "application/json" if g.flavour.startswith("oa_") else JSON_CT
                     return _json(self._final(g, whole=True), content_type=ct)
@@ -892,7 +990,7 @@ class FakeOllama:
         out.update(done=True, done_reason=g.done_reason)
         if g.flavour == "generate":
             out["context"] = list(range(1, g.prompt_tokens + g.n_tokens + 1))
-        metrics = {"total_duration": time.monotonic_ns() - g.t0, "load_duration": g.load_ns,
+        metrics = {"total_duration": time.monotonic_ns() - g.t0 + g.sim_extra_ns, "load_duration": g.load_ns,
                    "prompt_eval_count": g.prompt_tokens, "prompt_eval_duration": g.prompt_ns,
                    "eval_count": g.n_tokens, "eval_duration": g.eval_ns}
         out.update({k: v for k, v in metrics.items() if v})  # Go omits zero values
@@ -949,8 +1047,11 @@ class FakeOllama:
         legacy = request.path == "/api/embeddings"
         raw = body.get("prompt", "") if legacy else body.get("input", "")
         texts = [str(x) for x in raw] if isinstance(raw, list) else [str(raw)]
-        state = await self._acquire(model, num_ctx, keep_alive)
-        load_ns = max(time.monotonic_ns() - t0, 1_000_000)
+        timing = _LoadTiming()
+        state = await self._acquire(model, num_ctx, keep_alive, timing)
+        wall = time.monotonic_ns() - t0
+        sim_extra_ns = self._acquire_ns(wall, timing) - wall
+        load_ns = max(wall + sim_extra_ns, 1_000_000)
         self._release(state)
         dims = int(model.info("embedding_length", 8))
         vecs = []
@@ -963,7 +1064,7 @@ class FakeOllama:
             return _json({"embedding": vecs[0]})
         tokens = sum(max(1, math.ceil(len(t) / 4)) for t in texts)
         return _json({"model": req_model, "embeddings": vecs,
-                      "total_duration": time.monotonic_ns() - t0, "load_duration": load_ns,
+                      "total_duration": time.monotonic_ns() - t0 + sim_extra_ns, "load_duration": load_ns,
                       "prompt_eval_count": tokens})
 
     # ------------------------------------------------------------ model management

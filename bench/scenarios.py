@@ -1,0 +1,400 @@
+"""What governing buys: client scripts replayed with and without the governor on a simulated GPU.
+
+Why a simulation: the effects the governor exists for (a context that spills a model to system
+RAM, reloads from clients that disagree on ``num_ctx``, prompts cut by Ollama's default context)
+take a GPU, a 17 GB model and minutes per load to show for real. The fake Ollama of the tests
+(``tests/fake_ollama.py``) models exactly those effects: the llama.cpp memory footprint of each
+load against a fixed VRAM size, the spill when it does not fit, 10x slower generation and loads
+when spilled, reloads on a ``num_ctx`` change, and silent truncation. Its delays are compressed
+by ``TIME_SCALE`` and reported back in simulated time, so a full run takes seconds of wall time
+while the figures read as they would on the seed report's host (~10 tok/s on the GPU, ~1 tok/s
+spilled, tens of seconds to minutes per load).
+
+Each scenario runs one client script twice on a fresh fake: straight at the fake ("without") and
+through the governor ("with": the real proxy app in process, ``[ollama] num_parallel`` matching
+the fake, the ``headroom`` policy, and NVML replaced by a fake whose used memory is what the
+fake Ollama's loaded models occupy). Every figure comes from what the fake ran or what the
+client got back, never from the governor's own view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypedDict
+
+import ollama
+import structlog.testing
+from aiohttp import web
+
+from policies.memory import GIB
+from proxy.app import INTERCEPTOR, STATE, create_app, make_runner
+from proxy.config import parse_config
+from proxy.governor import Governor
+from proxy.gpu import NvmlSource
+from tests.fake_nvml import FakeGpu, FakeNvml
+from tests.fake_ollama import FakeModel, FakeOllama, gemma3_27b, llama3_1_8b
+
+TIME_SCALE: Final = 500.0
+"""Simulated seconds per wall second: a 2-minute spilled load sleeps a quarter of a second."""
+
+DECODE_BYTES_PER_S: Final = gemma3_27b().weights_bytes * 10.0
+"""Weights streamed per second while generating. Generation is memory-bound (every token reads
+every weight once), so tokens/s is this over the weights' size: 10 tok/s for gemma3:27b as in the
+seed report, ~35 tok/s for llama3.1:8b. Spilled, the fake divides it by its ``spill_slowdown``."""
+
+LOAD_BYTES_PER_S: Final = 1.5e9
+"""Weights read per second by a load on the GPU (~12 s for gemma3:27b; spilled: ~2 minutes)."""
+
+SPILL_SLOWDOWN: Final = 10.0
+"""How much slower generation, prompt processing and loading get once a model spills."""
+
+REPLY_TOKENS: Final = 128
+"""Tokens generated per request (the scripts set no ``num_predict``)."""
+
+SHORT_PROMPT: Final = "Summarise yesterday's incident review in three bullet points for the team channel."
+LONG_PROMPT: Final = "Quarterly report paragraph. " * 2860
+"""~80,000 characters: 20,000 tokens by the fake's 4 characters per token."""
+
+SIMULATION_NOTE: Final = (
+    "These figures come from a simulation, not from a GPU: the fake Ollama of the tests "
+    "(tests/fake_ollama.py) runs the scripts in compressed time and reports durations in "
+    "simulated seconds. It models each load's memory as llama.cpp sizes it (weights + KV cache "
+    "with GQA, sliding-window layers, num_ctx x num_parallel, + compute buffer) against a fixed "
+    "VRAM size; a load that does not fit spills to system RAM, which makes generation, prompt "
+    "processing and loading 10x slower (~10 tok/s on the GPU, ~1 tok/s spilled for gemma3:27b; "
+    f"loads read weights at {LOAD_BYTES_PER_S / 1e9:g} GB/s on the GPU). Any change of num_ctx "
+    "reloads the model; a prompt longer than num_ctx is cut silently; the default num_ctx follows "
+    "Ollama's VRAM tiers (4096 below 23 GiB, 32768 up to 47 GiB). Not modelled: slower "
+    "generation at longer contexts, a partial spill costing less than a full one, parallel "
+    "slots sharing the GPU, prompt caching, keep_alive expiry (runs are back to back)."
+)
+
+
+def ollama_default_num_ctx(vram_bytes: int) -> int:
+    """Ollama's automatic ``num_ctx`` for a host's total VRAM (facts §2, HEAD's VRAM tiers)."""
+    if vram_bytes >= 47 * GIB:
+        return 262144
+    if vram_bytes >= 23 * GIB:
+        return 32768
+    return 4096
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request of a client script: which client sends it, the prompt, the ``num_ctx`` asked."""
+
+    client: int
+    prompt: str
+    num_ctx: int | None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A host, a model, a client script and the governor's policies for it.
+
+    ``rounds`` run in order; the requests of one round are sent concurrently (different clients
+    at the same moment), so ``num_parallel`` slots are actually used.
+    """
+
+    key: str
+    title: str
+    model: Callable[[], FakeModel]
+    vram_bytes: int
+    num_parallel: int
+    rounds: tuple[tuple[Ask, ...], ...]
+    policies: tuple[dict[str, Any], ...]
+    governor_note: str
+
+    @property
+    def requests(self) -> int:
+        return sum(len(r) for r in self.rounds)
+
+
+class SideResult(TypedDict):
+    """What one run of a script produced, in simulated seconds except ``wall_s``."""
+
+    requests: int
+    loads: int
+    loaded_num_ctx: list[int]
+    load_s: float
+    median_eval_tokens_per_s: float | None
+    spilled_requests: int
+    truncated_prompts: int
+    wall_s: float
+
+
+class ScenarioResult(TypedDict):
+    key: str
+    title: str
+    host: str
+    governor: str
+    without: SideResult
+    with_governor: SideResult
+
+
+def scenarios(*, smoke: bool) -> list[Scenario]:
+    """The four scripts of the issue; ``smoke`` keeps their shape with fewer requests."""
+    ctx_ask = 131072
+    seed_rounds_p1 = 2 if smoke else 4
+    seed_rounds_p3 = 1 if smoke else 2
+    alternations = 2 if smoke else 5
+    mix = "SL" * 2 if smoke else "SLSSLSLSSL"
+    headroom: tuple[dict[str, Any], ...] = ({"use": "headroom"},)
+    return [
+        Scenario(
+            key="a1",
+            title="gemma3:27b asks 131072, parallel 1",
+            model=gemma3_27b,
+            vram_bytes=24 * GIB,
+            num_parallel=1,
+            rounds=tuple((Ask(0, SHORT_PROMPT, ctx_ask),) for _ in range(seed_rounds_p1)),
+            policies=headroom,
+            governor_note="headroom (defaults)",
+        ),
+        Scenario(
+            key="a3",
+            title="gemma3:27b asks 131072, parallel 3",
+            model=gemma3_27b,
+            vram_bytes=24 * GIB,
+            num_parallel=3,
+            rounds=tuple(
+                tuple(Ask(c, SHORT_PROMPT, ctx_ask) for c in range(3)) for _ in range(seed_rounds_p3)
+            ),
+            policies=headroom,
+            governor_note="headroom (defaults)",
+        ),
+        Scenario(
+            key="b",
+            title="two clients alternate 4096 / 16384",
+            model=gemma3_27b,
+            vram_bytes=24 * GIB,
+            num_parallel=1,
+            rounds=tuple((Ask(i % 2, SHORT_PROMPT, (4096, 16384)[i % 2]),) for i in range(2 * alternations)),
+            policies=headroom,
+            governor_note="headroom (defaults)",
+        ),
+        Scenario(
+            key="c",
+            title="long (20K-token) and short prompts, no num_ctx",
+            model=llama3_1_8b,
+            vram_bytes=16 * GIB,
+            num_parallel=1,
+            rounds=tuple((Ask(0, LONG_PROMPT if kind == "L" else SHORT_PROMPT, None),) for kind in mix),
+            policies=({"use": "headroom", "max_ctx": 32768},),
+            governor_note="headroom, max_ctx 32768",
+        ),
+    ]
+
+
+def _fake_for(scenario: Scenario) -> FakeOllama:
+    model = scenario.model()
+    return FakeOllama(
+        models=[model],
+        vram_bytes=scenario.vram_bytes,
+        num_parallel=scenario.num_parallel,
+        default_num_ctx=ollama_default_num_ctx(scenario.vram_bytes),
+        token_delay_s=model.weights_bytes / DECODE_BYTES_PER_S,
+        spill_slowdown=SPILL_SLOWDOWN,
+        load_bytes_per_s=LOAD_BYTES_PER_S,
+        reply_tokens=REPLY_TOKENS,
+        time_scale=TIME_SCALE,
+    )
+
+
+def _nvml_following(fake: FakeOllama) -> FakeNvml:
+    """One fake GPU whose used memory is what the fake Ollama's loaded models hold in VRAM."""
+    total = fake.vram_bytes or 0
+
+    def used_bytes() -> int:
+        free = fake.free_vram_bytes()
+        return total - (total if free is None else free)
+
+    return FakeNvml(
+        [FakeGpu("GPU-bench-0", f"simulated {total / GIB:g} GiB GPU", total, 0, used_by=used_bytes)]
+    )
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on a free loopback port with the production runner settings."""
+    runner = make_runner(app, shutdown_timeout_s=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+async def _ask(client: ollama.AsyncClient, model: str, ask: Ask) -> ollama.GenerateResponse:
+    options = None if ask.num_ctx is None else {"num_ctx": ask.num_ctx}
+    return await client.generate(model=model, prompt=ask.prompt, options=options)
+
+
+async def _run_script(url: str, model: str, scenario: Scenario) -> list[ollama.GenerateResponse]:
+    """Send the scenario's rounds in order, each round's requests at once, from separate clients."""
+    clients = [
+        ollama.AsyncClient(host=url) for _ in range(1 + max(a.client for r in scenario.rounds for a in r))
+    ]
+    replies: list[ollama.GenerateResponse] = []
+    try:
+        for round_ in scenario.rounds:
+            replies += await asyncio.gather(*(_ask(clients[a.client], model, a) for a in round_))
+    finally:
+        for client in clients:
+            await client.close()  # type: ignore[no-untyped-call]  # unannotated in ollama
+    return replies
+
+
+def _side_result(fake: FakeOllama, replies: Sequence[ollama.GenerateResponse], wall_s: float) -> SideResult:
+    rates = [r.eval_count / r.eval_duration * 1e9 for r in replies if r.eval_count and r.eval_duration]
+    return SideResult(
+        requests=len(replies),
+        loads=len(fake.loads),
+        loaded_num_ctx=[num_ctx for _, num_ctx in fake.loads],
+        load_s=sum(r.load_duration or 0 for r in replies) / 1e9,
+        median_eval_tokens_per_s=statistics.median(rates) if rates else None,
+        spilled_requests=sum(c.spilled for c in fake.completions),
+        truncated_prompts=len(fake.truncated),
+        wall_s=wall_s,
+    )
+
+
+async def run_side(scenario: Scenario, *, governed: bool) -> SideResult:
+    """Run the scenario's script on a fresh fake, straight at it or through the governor."""
+    fake = _fake_for(scenario)
+    model = scenario.model().name
+    fake_runner, url = await _serve(fake.app)
+    proxy_runner: web.AppRunner | None = None
+    try:
+        if governed:
+            config = parse_config(
+                {
+                    "upstream": url,
+                    "ollama": {"num_parallel": scenario.num_parallel, "ps_interval": "10s"},
+                    "gpu": {"interval": "50ms"},
+                    "rules": [{"models": ["*"], "policies": [dict(p) for p in scenario.policies]}],
+                },
+                source=f"bench scenario {scenario.key}",
+            )
+            app = create_app(Governor.build(config), gpu_source=NvmlSource(nvml=_nvml_following(fake)))
+            proxy_runner, url = await _serve(app)
+            await app[STATE].gpu.refresh()
+        started = time.perf_counter()
+        with structlog.testing.capture_logs():  # the governor's result lines are not the report
+            replies = await _run_script(url, model, scenario)
+            if proxy_runner is not None:
+                await proxy_runner.app[INTERCEPTOR].drain()
+        wall_s = time.perf_counter() - started
+    finally:
+        if proxy_runner is not None:
+            await proxy_runner.cleanup()
+        await fake_runner.cleanup()
+    return _side_result(fake, replies, wall_s)
+
+
+async def run_async(smoke: bool) -> dict[str, Any]:
+    """Every scenario, without then with the governor; see ``run``."""
+    started = time.perf_counter()
+    results: list[ScenarioResult] = []
+    for scenario in scenarios(smoke=smoke):
+        without = await run_side(scenario, governed=False)
+        with_governor = await run_side(scenario, governed=True)
+        host = (
+            f"{scenario.model().name}, {scenario.vram_bytes / GIB:g} GiB GPU, "
+            f"num_parallel {scenario.num_parallel}, {scenario.requests} requests"
+        )
+        results.append(
+            ScenarioResult(
+                key=scenario.key,
+                title=scenario.title,
+                host=host,
+                governor=scenario.governor_note,
+                without=without,
+                with_governor=with_governor,
+            )
+        )
+    return {
+        "simulated": True,
+        "note": SIMULATION_NOTE,
+        "time_scale": TIME_SCALE,
+        "smoke": smoke,
+        "wall_s": time.perf_counter() - started,
+        "scenarios": results,
+    }
+
+
+def run(smoke: bool) -> dict[str, Any]:
+    """Run the scenario benchmark; ``smoke`` uses fewer requests and finishes in a few seconds.
+
+    The result is plain JSON-able data: per scenario the host, the governor's config, and for each
+    side (``without``, ``with_governor``) the figures of ``SideResult``.
+    """
+    return asyncio.run(run_async(smoke))
+
+
+def _fmt_ctx(values: Sequence[int]) -> str:
+    """Loaded contexts, runs of one value collapsed: ``131072`` or ``4096,16384 x5``."""
+    distinct = list(dict.fromkeys(values))
+    if not distinct:
+        return "-"
+    text = ",".join(str(v) for v in distinct)
+    return text if len(values) == len(distinct) else f"{text} ({len(values)} loads)"
+
+
+def render(result: dict[str, Any]) -> str:
+    """A plain aligned table, one row per scenario and side, and the statement that it is simulated."""
+    header = [
+        "scenario",
+        "side",
+        "reqs",
+        "loads",
+        "num_ctx loaded",
+        "load s",
+        "eval tok/s",
+        "spilled",
+        "truncated",
+        "wall s",
+    ]
+    rows: list[list[str]] = []
+    for sc in result["scenarios"]:
+        for label, side in (("without", sc["without"]), ("governed", sc["with_governor"])):
+            rate = side["median_eval_tokens_per_s"]
+            rows.append(
+                [
+                    f"{sc['key']} {sc['title']}" if label == "without" else "",
+                    label,
+                    str(side["requests"]),
+                    str(side["loads"]),
+                    _fmt_ctx(side["loaded_num_ctx"]),
+                    f"{side['load_s']:.1f}",
+                    "-" if rate is None else f"{rate:.1f}",
+                    f"{side['spilled_requests']}/{side['requests']}",
+                    str(side["truncated_prompts"]),
+                    f"{side['wall_s']:.2f}",
+                ]
+            )
+    numeric = {2, 3, 5, 6, 7, 8, 9}
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(header), *(line(r) for r in rows), ""]
+    for sc in result["scenarios"]:
+        out.append(f"{sc['key']}: {sc['host']}; governed with {sc['governor']}")
+    out += [
+        "",
+        "load s: sum of the requests' load_duration (a request waiting on a load counts its wait, "
+        "as Ollama reports it); eval tok/s: median of eval_count/eval_duration; spilled: requests "
+        "that ran on a model partly in system RAM; truncated: prompts Ollama cut to num_ctx; "
+        f"wall s: real time of the run ({result['time_scale']:g}x compressed).",
+        "",
+        str(result["note"]),
+    ]
+    return "\n".join(out)

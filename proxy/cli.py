@@ -23,6 +23,8 @@ from proxy.store import default_state_dir
 T = TypeVar("T")
 STATE_DIR_ENV = "OLLAMA_GOVERNOR_STATE_DIR"
 """Where results and calibrations live when neither --state-dir nor the config says."""
+LOOP_ENV = "OLLAMA_GOVERNOR_LOOP"
+"""``asyncio`` runs the governor on asyncio's own loop even when uvloop is installed."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,12 +193,18 @@ def _report(state_dir: Path | None, args: argparse.Namespace) -> int:
 
 
 def _run(main_coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when it is installed (faster I/O), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main_coro)
-    return uvloop.run(main_coro)
+    """Run on uvloop when it is installed (faster I/O), else on asyncio's loop.
+
+    ``OLLAMA_GOVERNOR_LOOP=asyncio`` forces asyncio's loop (the benchmarks measure both).
+    """
+    if os.environ.get(LOOP_ENV) != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main_coro)
+    return asyncio.run(main_coro)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""``python -m bench all --smoke`` keeps working: every section is there and holds numbers.
+
+A benchmark is not a test: nothing here looks at how fast anything was, only that the run
+finished, checked every answer, and wrote the JSON the README's figures come from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT_DIR
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number in a JSON value (booleans are not numbers here)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--smoke", "--json", str(out)],
+        cwd=ROOT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+class TestBenchSmoke:
+    """The smoke run covers every section of the benchmark."""
+
+    @pytest.mark.timeout(150)
+    def test_every_overhead_section_has_numbers(self, smoke: dict[str, Any]) -> None:
+        """Each overhead section exists and carries finite numbers."""
+        overhead = smoke["overhead"]
+        for section in (
+            "upstream_alone",
+            "latency",
+            "ttfb",
+            "streams",
+            "open_streams",
+            "blob",
+            "chain",
+            "ablation",
+            "verdict",
+        ):
+            numbers = _numbers(overhead[section])
+            assert numbers, section
+            assert all(math.isfinite(n) for n in numbers), section
+
+    @pytest.mark.timeout(150)
+    def test_every_target_is_measured(self, smoke: dict[str, Any]) -> None:
+        """Direct and the governor are always measured, at every point."""
+        overhead = smoke["overhead"]
+        assert "direct" in overhead["targets"]
+        assert any(name.startswith("governor") for name in overhead["targets"])
+        for kind in ("chat", "tags"):
+            for point in overhead["latency"][kind].values():
+                assert set(point) == set(overhead["targets"])
+
+    @pytest.mark.timeout(150)
+    def test_answers_were_checked_and_intact(self, smoke: dict[str, Any]) -> None:
+        """No answer through any proxy was wrong: the benchmark checks every byte it gets."""
+        overhead = smoke["overhead"]
+        for point in overhead["open_streams"].values():
+            assert point["completed"] == point["streams"] and point["corrupted"] == 0
+        for points in overhead["streams"].values():
+            assert all(p["corrupted"] == 0 and p["failed"] == 0 for p in points.values())
+        assert all(p["intact"] for p in overhead["blob"].values())
+        for kind in ("chat", "tags"):
+            for point in overhead["latency"][kind].values():
+                assert all(p["errors"] == 0 for p in point.values())
+
+    @pytest.mark.timeout(150)
+    def test_scenarios_and_machine_are_recorded(self, smoke: dict[str, Any]) -> None:
+        """The scenario section has numbers and the machine is described."""
+        assert _numbers(smoke["scenarios"]) and "error" not in smoke["scenarios"]
+        assert smoke["machine"]["python"] and smoke["machine"]["cores"]

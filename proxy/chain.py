@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import traceback
-from collections.abc import Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -72,9 +73,11 @@ async def _call_safely(
     errors: list[str],
 ) -> Decision | None:
     try:
-        async with asyncio.timeout(timeout_s or None):
-            result: object = policy.call(ctx, decision)
-            if inspect.isawaitable(result):
+        result: object = policy.call(ctx, decision)
+        if inspect.iscoroutine(result):
+            result = await _bounded(result, timeout_s)
+        elif inspect.isawaitable(result):
+            async with asyncio.timeout(timeout_s or None):
                 result = await result
     except TimeoutError:
         _failed(policy.name, ctx, errors, f"timed out after {timeout_s * 1000:.0f} ms")
@@ -86,6 +89,50 @@ async def _call_safely(
         _failed(policy.name, ctx, errors, f"returned {type(result).__name__}, not a Decision")
         return None
     return result
+
+
+async def _bounded(coro: Coroutine[Any, Any, object], timeout_s: float) -> object:
+    """Run a policy coroutine, arming the timeout only if it actually waits.
+
+    Most policies never suspend; a timer per policy per request was a third of the chain's cost.
+    The first step runs directly; a policy that yields is resumed under ``asyncio.timeout``.
+    """
+    try:
+        pending = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    async with asyncio.timeout(timeout_s or None):
+        return await _Resumed(coro, pending)
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that already ran its first step and yielded ``pending``.
+
+    It passes what the coroutine yields to the task and what the task sends or throws (a
+    timeout's cancellation included) back into it, exactly as ``await`` would have.
+    """
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, object], pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, Any, object]:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:  # thrown in by the task, e.g. the timeout's cancel
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+                continue
+            try:
+                pending = coro.send(value)
+            except StopIteration as done:
+                return done.value
 
 
 def _failed(

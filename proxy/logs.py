@@ -28,7 +28,7 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,  # configured once per process, before the first event
     )
     # aiohttp reports handler crashes through stdlib logging; keep them in the same stream.
     logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s")

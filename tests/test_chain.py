@@ -104,3 +104,53 @@ class TestErrorBoundary:
         [entry] = [e for e in logs if e["event"] == "policy_error"]
         assert entry["policy"] == "broken" and entry["log_level"] == "error"
         assert entry["model"] == "llama3.1:8b"
+
+
+class TestSuspendingPolicies:
+    """Policies that wait (I/O, sleeps) run under the timeout; ones that never wait arm no timer."""
+
+    async def test_policy_that_waits_within_the_timeout(self) -> None:
+        """A policy that suspends several times and returns in time is applied."""
+
+        async def slow_but_fine(c: Context, d: Decision) -> Decision:
+            for _ in range(3):
+                await asyncio.sleep(0.01)
+            return d.replace(num_ctx=4096, reason="after waiting")
+
+        outcome = await run_chain([named("slow", slow_but_fine)], ctx(), Decision(), 1.0)
+        assert outcome.decision.num_ctx == 4096 and outcome.errors == ()
+
+    async def test_policy_that_fails_after_waiting(self) -> None:
+        """An exception raised after a suspension is caught by the same boundary."""
+
+        async def fails_later(c: Context, d: Decision) -> Decision:
+            await asyncio.sleep(0)
+            raise KeyError("gpu")
+
+        outcome = await run_chain([named("later", fails_later)], ctx(), Decision(), 1.0)
+        assert outcome.errors == ("later: KeyError: 'gpu'",)
+
+    async def test_awaitable_object_is_bounded_too(self) -> None:
+        """A policy returning a plain awaitable (a future) is held to the timeout as well."""
+        never: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        outcome = await run_chain([named("future", lambda c, d: never)], ctx(), Decision(), 0.02)
+        assert outcome.errors == ("future: timed out after 20 ms",)
+
+    async def test_cancellation_of_the_request_reaches_the_policy(self) -> None:
+        """If the request itself is cancelled while a policy waits, the policy sees it."""
+        seen: list[str] = []
+
+        async def waits(c: Context, d: Decision) -> Decision:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            return d
+
+        task = asyncio.create_task(run_chain([named("waits", waits)], ctx(), Decision(), 30.0))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["cancelled"]

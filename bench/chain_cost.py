@@ -89,7 +89,7 @@ async def measure(config_path: Path, upstream_url: str, iterations: int) -> dict
 
         outcome = await chain()
         _body, event_template = await decision()
-        configure_logging("json", "info", devnull)  # render and write every line, keep none
+        configure_logging("json", "info", devnull, cache=False)  # render and write every line, keep none
         metrics, recent = GovernorMetrics(), RecentDecisions()
         results = Results([metrics.observe_result, recent.add])
 

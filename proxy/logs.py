@@ -11,8 +11,14 @@ import structlog
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Route every ``structlog`` event to ``stream`` (stdout) as JSON or console text."""
+def configure_logging(
+    log_format: str = "auto", level: str = "info", stream: TextIO | None = None, *, cache: bool = True
+) -> None:
+    """Route every ``structlog`` event to ``stream`` (stdout) as JSON or console text.
+
+    With ``cache`` (serve, once per process) each logger binds its configuration on first use,
+    which saves that work on every request; pass ``cache=False`` to reconfigure later.
+    """
     out = stream or sys.stdout
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: structlog.types.Processor = (
@@ -28,7 +34,7 @@ def configure_logging(log_format: str = "auto", level: str = "info", stream: Tex
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=True,  # configured once per process, before the first event
+        cache_logger_on_first_use=cache,
     )
     # aiohttp reports handler crashes through stdlib logging; keep them in the same stream.
     logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s")

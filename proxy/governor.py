@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.config import Config, RuleConfig
 from proxy.loader import LoadedPolicy, load_policy
+
+MAX_CACHED_NAMES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,8 @@ class Governor:
 
     config: Config
     rules: tuple[Rule, ...]
+    _by_model: dict[str, Rule | None] = field(default_factory=dict, compare=False, repr=False)
+    """Which rule a model name maps to: globbing once per name, not once per request."""
 
     @classmethod
     def build(cls, config: Config) -> Governor:
@@ -33,10 +37,14 @@ class Governor:
 
     def rule_for(self, model_name: str) -> Rule | None:
         """The first rule whose globs match the model, or None."""
-        for rule in self.rules:
-            if rule.config.matches(model_name):
-                return rule
-        return None
+        try:
+            return self._by_model[model_name]
+        except KeyError:
+            pass
+        found = next((rule for rule in self.rules if rule.config.matches(model_name)), None)
+        if len(self._by_model) < MAX_CACHED_NAMES:  # names come from clients: keep it bounded
+            self._by_model[model_name] = found
+        return found
 
     def policies_for(self, model_name: str) -> tuple[LoadedPolicy, ...]:
         """The policies that govern this model (empty: forward as sent)."""

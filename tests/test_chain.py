@@ -154,3 +154,21 @@ class TestSuspendingPolicies:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert seen == ["cancelled"]
+
+
+class TestRuleLookup:
+    def test_first_matching_rule_and_its_memo(self) -> None:
+        """Rules match in config order; the answer per name is remembered, misses included."""
+        from proxy.config import parse_config
+        from proxy.governor import Governor
+
+        config = parse_config(
+            {"rules": [{"models": ["llama3.1:*"], "policies": [{"use": "static", "num_ctx": 1024}]},
+                       {"models": ["llama*"], "policies": []}]}
+        )
+        governor = Governor.build(config)
+        assert governor.rule_for("llama3.1") is governor.rules[0]
+        assert governor.rule_for("llama3.2:1b") is governor.rules[1]
+        assert governor.rule_for("gemma3") is None
+        assert governor.rule_for("llama3.1") is governor.rules[0]
+        assert set(governor._by_model) == {"llama3.1", "llama3.2:1b", "gemma3"}

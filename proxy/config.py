@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from policies.duration import parse_go_duration
+from proxy.results import canonical_model
 
 DEFAULT_LISTEN = "127.0.0.1:11435"
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
@@ -48,13 +49,9 @@ class RuleConfig:
 
     def matches(self, model_name: str) -> bool:
         """Glob match on the name as sent, also as ``name:latest`` when it has no tag."""
-        names = _match_names(model_name)
+        name = model_name.lower()
+        names = {name, canonical_model(name)}
         return any(fnmatch.fnmatchcase(n, g) for g in self.models for n in names)
-
-
-def _match_names(model_name: str) -> tuple[str, ...]:
-    name = model_name.lower()
-    return (name,) if ":" in name.rpartition("/")[2] else (name, f"{name}:latest")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from policies.context import Context, FrozenJSON, GpuSnapshot
+from policies.context import Context, GpuSnapshot
 from policies.model import uses_llama_server
 from proxy.facts import Facts
-from proxy.intercept import GovernedRequest
+from proxy.intercept import GovernedRequest, request_fields
 from proxy.tokens import TokenEstimator
 
 log = structlog.get_logger("ollama_governor.facts")
@@ -46,14 +46,7 @@ class ContextFactory:
         model = await facts.model_facts(request.model, facts_wait_s)
         settings = facts.settings
         return Context(
-            endpoint=request.endpoint,
-            model_name=request.model,
-            body=FrozenJSON(request.body),
-            client=http_request.remote if http_request else None,
-            headers=http_request.headers if http_request else FrozenJSON({}),
-            client_num_ctx=request.client_num_ctx,
-            client_keep_alive=request.client_keep_alive,
-            num_predict=request.num_predict,
+            **request_fields(request, http_request),
             gpu=self.gpu(),
             model=model,
             loaded=facts.loaded_model(request.model),

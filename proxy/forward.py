@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,7 +97,6 @@ async def relay(
     body_length: int | None = None,
     drop_headers: tuple[str, ...] = (),
     tap: Tap | None = None,
-    on_headers: Callable[[aiohttp.ClientResponse], None] | None = None,
 ) -> Relayed:
     """Forward the request, stream the answer back, and report how it went.
 
@@ -119,8 +117,6 @@ async def relay(
         return Relayed(failed, 502, error=str(exc))
     completed = False
     try:
-        if on_headers is not None:
-            on_headers(upstream_response)
         response = web.StreamResponse(
             status=upstream_response.status,
             reason=upstream_response.reason,

@@ -51,9 +51,3 @@ class Governor:
         rule = self.rule_for(model_name)
         return rule.policies if rule is not None else ()
 
-
-class GovernorHolder:
-    """The current governor; requests read it once, a reload replaces it atomically."""
-
-    def __init__(self, governor: Governor) -> None:
-        self.current = governor

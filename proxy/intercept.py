@@ -122,18 +122,23 @@ AfterResponse = Callable[["GovernedRequest", dict[str, Any]], Awaitable[None] | 
 """Adds facts to a finished request's result; an awaitable delays recording (not the client)."""
 
 
+def request_fields(request: GovernedRequest, http_request: web.Request | None) -> dict[str, Any]:
+    """The Context fields the request alone tells (``http_request`` is None for warm-up calls)."""
+    return {
+        "endpoint": request.endpoint,
+        "model_name": request.model,
+        "body": FrozenJSON(request.body),
+        "client": http_request.remote if http_request else None,
+        "headers": http_request.headers if http_request else FrozenJSON({}),
+        "client_num_ctx": request.client_num_ctx,
+        "client_keep_alive": request.client_keep_alive,
+        "num_predict": request.num_predict,
+    }
+
+
 async def basic_context(request: GovernedRequest, http_request: web.Request) -> Context:
     """The context with what the request alone tells; facts providers add GPU and model data."""
-    return Context(
-        endpoint=request.endpoint,
-        model_name=request.model,
-        body=FrozenJSON(request.body),
-        client=http_request.remote,
-        headers=http_request.headers,
-        client_num_ctx=request.client_num_ctx,
-        client_keep_alive=request.client_keep_alive,
-        num_predict=request.num_predict,
-    )
+    return Context(**request_fields(request, http_request))
 
 
 async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
@@ -293,14 +298,17 @@ class Interceptor:
         return event
 
 
+_METRIC_FIELDS = (
+    "done_reason",
+    "load_ms",
+    "prompt_tokens",
+    "prompt_tokens_per_s",
+    "eval_tokens",
+    "eval_tokens_per_s",
+    "total_ms",
+    "reloaded",
+)
+
+
 def _add_metrics(event: dict[str, Any], metrics: DoneMetrics | None) -> None:
-    event.update(
-        done_reason=metrics.done_reason if metrics else None,
-        load_ms=metrics.load_ms if metrics else None,
-        prompt_tokens=metrics.prompt_tokens if metrics else None,
-        prompt_tokens_per_s=metrics.prompt_tokens_per_s if metrics else None,
-        eval_tokens=metrics.eval_tokens if metrics else None,
-        eval_tokens_per_s=metrics.eval_tokens_per_s if metrics else None,
-        total_ms=metrics.total_ms if metrics else None,
-        reloaded=metrics.reloaded if metrics else None,
-    )
+    event.update((name, getattr(metrics, name) if metrics else None) for name in _METRIC_FIELDS)

@@ -1,15 +1,17 @@
 """The governor's own decision cost per request, measured in-process, without any I/O.
 
-Three nested slices of ``Interceptor.handle``, each timed alone after a warm-up:
+Three slices of a governed request's path through ``proxy.govern.pipeline``, each timed alone
+after a warm-up:
 
 - ``chain``: ``run_chain`` with the benchmark's policies (``headroom``, ``keep_alive``) on a
   Context built from real facts (the fake upstream's ``/api/show``, ``/api/ps``, ``/api/tags``
   read through the governor's own ``Facts`` and GPU source);
-- ``decision``: what happens before the request goes upstream: parse the body, build the
-  Context, run the chain, rewrite the body, start the result event;
-- ``record``: what happens after the answer: read the final object's metrics, annotate the
-  result and publish it (the ``result`` log line as JSON, Prometheus metrics, the recent list;
-  the SQLite store is left out: its writes run on a thread).
+- ``decision``: ``Pipeline.decide``, what happens before the request goes upstream: parse the
+  body, build the Context, run the chain, rewrite the body, start the record;
+- ``record``: ``Pipeline.finish_soon``, what happens after the answer: read the final object's
+  figures, learn and observe, and publish the record (the ``result`` log line as JSON,
+  Prometheus metrics, the memory ledger; the SQLite store is left out: its writes run on a
+  thread).
 """
 
 from __future__ import annotations
@@ -24,20 +26,21 @@ from typing import Any
 from bench import payloads
 from bench.stats import summarize_ns
 from policies.decision import Decision
-from proxy.chain import run_chain
 from proxy.config import load_config
-from proxy.contexts import ContextFactory
-from proxy.facts import Facts
-from proxy.governor import Governor
-from proxy.gpu import build_sampler
-from proxy.intercept import Interceptor, _add_metrics, parse_governed, rewrite_body
-from proxy.live import RecentDecisions
+from proxy.facts.context import ContextFactory
+from proxy.facts.memory import build_sampler, build_source
+from proxy.facts.ollama import Facts
+from proxy.govern.chain import run_chain
+from proxy.govern.pipeline import Pipeline
+from proxy.govern.record import Answer
+from proxy.govern.rules import Governor
+from proxy.ledger.ledger import Ledger
+from proxy.ledger.memory import MemoryBackend
 from proxy.logs import configure_logging
-from proxy.metrics import GovernorMetrics
-from proxy.results import DoneMetrics, Results
-from proxy.sections import gpu_settings, ollama_settings
-from proxy.tap import FinalObjectTap
-from proxy.upstream import Upstream, new_session
+from proxy.request.parse import parse_request
+from proxy.upstream.client import Upstream
+from proxy.upstream.tap import FinalObjectTap
+from proxy.views.metrics import GovernorMetrics
 
 
 async def _time(step: Callable[[], Awaitable[Any]], iterations: int, warmup: int) -> dict[str, float]:
@@ -56,50 +59,44 @@ async def measure(config_path: Path, upstream_url: str, iterations: int) -> dict
     """µs per request of the chain, the decision path and result recording."""
     config = dataclasses.replace(load_config(config_path), upstream=upstream_url, state_dir=None)
     governor = Governor.build(config)
-    session = new_session()
-    link = Upstream(upstream_url, session)
-    gpu = build_sampler(gpu_settings(config.extra), lambda: link)
+    link = Upstream(upstream_url)
+    link.open()
+    facts = Facts(link, config.ollama)
+    gpu = build_sampler(config.gpu, build_source(config.gpu, facts.latest_ps))
+    facts.gpu = lambda: gpu.snapshot
     devnull = open(os.devnull, "w")  # noqa: SIM115 - closed in finally
     try:
-        await gpu.refresh()
-        facts = Facts(lambda: link, ollama_settings(config.extra), gpu=lambda: gpu.snapshot)
         await facts.refresh_loaded()
+        await gpu.refresh()
         if await facts.model_facts(payloads.MODEL, 5.0) is None:
             raise RuntimeError("the governor's facts could not be read from the fake upstream")
         contexts = ContextFactory(facts, lambda: gpu.snapshot)
         raw = payloads.chat_request(stream=False)
-        parsed = parse_governed("chat", raw)
+        parsed = parse_request("chat", raw)
         assert parsed is not None
         policies = governor.policies_for(parsed.model)
         timeout_s = config.policy_timeout_s
-        start = Decision(num_ctx=parsed.client_num_ctx, keep_alive=parsed.client_keep_alive)
-        ctx = await contexts.build(parsed, None)
+        start = Decision(num_ctx=parsed.num_ctx, keep_alive=parsed.keep_alive)
+        ctx = await contexts.build(parsed)
+        metrics = GovernorMetrics()
+        pipeline = Pipeline(governor, contexts, Ledger(MemoryBackend(), [metrics.observe]))
 
         async def chain() -> Any:
             return await run_chain(policies, ctx, start, timeout_s)
 
         async def decision() -> Any:
-            request = parse_governed("chat", raw)
+            request = parse_request("chat", raw)
             assert request is not None
-            context = await contexts.build(request, None)
-            first = Decision(num_ctx=request.client_num_ctx, keep_alive=request.client_keep_alive)
-            outcome = await run_chain(policies, context, first, timeout_s)
-            body = rewrite_body(request, outcome.decision)
-            return body, Interceptor._event(time.time(), request, outcome, False)
+            return await pipeline.decide(request)
 
         outcome = await chain()
-        _body, event_template = await decision()
+        decided = await decision()
         configure_logging("json", "info", devnull, cache=False)  # render and write every line, keep none
-        metrics, recent = GovernorMetrics(), RecentDecisions()
-        results = Results([metrics.observe_result, recent.add])
 
         async def record() -> None:
             tap = FinalObjectTap()
             tap.feed(payloads.CHAT_REPLY)
-            event = dict(event_template, status=200, ttfb_ms=1.0, completed=True)
-            _add_metrics(event, DoneMetrics.from_final(tap.final_object()))
-            contexts.after_response(parsed, event)
-            results.record(event)
+            pipeline.finish_soon(decided, Answer.of(200, tap.final_object(), ttfb_ms=1.0))
 
         return {
             "policies": [policy.name for policy in policies],
@@ -111,5 +108,6 @@ async def measure(config_path: Path, upstream_url: str, iterations: int) -> dict
         }
     finally:
         devnull.close()
-        await gpu.source.close()
-        await session.close()
+        await gpu.stop()
+        await facts.stop()
+        await link.close()

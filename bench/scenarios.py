@@ -31,10 +31,11 @@ import structlog.testing
 from aiohttp import web
 
 from policies.memory import GIB
-from proxy.app import INTERCEPTOR, STATE, create_app, make_runner
+from proxy.app import create_app, make_runner
 from proxy.config import parse_config
-from proxy.governor import Governor
-from proxy.gpu import NvmlSource
+from proxy.facts.memory import NvmlSource
+from proxy.govern.rules import Governor
+from proxy.keys import MEMORY, PIPELINE
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fake_ollama import FakeModel, FakeOllama, gemma3_27b, llama3_1_8b
 
@@ -279,14 +280,14 @@ async def run_side(scenario: Scenario, *, governed: bool) -> SideResult:
                 },
                 source=f"bench scenario {scenario.key}",
             )
-            app = create_app(Governor.build(config), gpu_source=NvmlSource(nvml=_nvml_following(fake)))
+            app = create_app(Governor.build(config), memory_source=NvmlSource(nvml=_nvml_following(fake)))
             proxy_runner, url = await _serve(app)
-            await app[STATE].gpu.refresh()
+            await app[MEMORY].refresh()
         started = time.perf_counter()
         with structlog.testing.capture_logs():  # the governor's result lines are not the report
             replies = await _run_script(url, model, scenario)
             if proxy_runner is not None:
-                await proxy_runner.app[INTERCEPTOR].drain()
+                await proxy_runner.app[PIPELINE].drain()
         wall_s = time.perf_counter() - started
     finally:
         if proxy_runner is not None:

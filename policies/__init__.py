@@ -17,10 +17,11 @@ lists policies per rule; they run in that order, each receiving the decision so 
 from policies.context import Context, Endpoint, FrozenJSON, GpuDevice, GpuSnapshot, LoadedModel
 from policies.decision import Decision
 from policies.duration import KeepAlive, keep_alive_seconds, parse_go_duration
-from policies.headroom import Headroom, outcome_of
+from policies.headroom import Headroom
 from policies.keep_alive import KeepAlivePolicy
 from policies.memory import Calibration, estimate_bytes, format_bytes, parse_size
 from policies.model import ModelFacts
+from policies.outcome import Outcome
 from policies.protocol import Policy
 from policies.static import Static
 
@@ -37,12 +38,12 @@ __all__ = [
     "KeepAlivePolicy",
     "LoadedModel",
     "ModelFacts",
+    "Outcome",
     "Policy",
     "Static",
     "estimate_bytes",
     "format_bytes",
     "keep_alive_seconds",
-    "outcome_of",
     "parse_go_duration",
     "parse_size",
 ]

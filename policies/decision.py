@@ -22,6 +22,8 @@ class Decision:
 
     The chain starts from the client's own values, so a rule with no policies changes nothing.
     Policies never mutate it: they return ``decision.replace(...)`` or ``decision.reject(...)``.
+    Every value is checked when a decision is made (by ``replace`` or the constructor), so a
+    policy bug surfaces as that policy's error, never as an Ollama 400/500 for the client.
 
     Attributes:
         num_ctx: ``options.num_ctx`` to send; ``None`` leaves it out (Ollama then uses the
@@ -29,13 +31,27 @@ class Decision:
         keep_alive: ``keep_alive`` to send, as Ollama takes it (seconds or "30m"); ``None``
             leaves it out (the runner keeps the last value it was given, else OLLAMA_KEEP_ALIVE).
         reasons: one readable line per policy that spoke, in chain order, with its figures.
+        outcomes: the outcome tokens policies attached (``policies.Outcome`` or their own), in
+            chain order; ``outcome`` is the latest.
         rejection: when set, the client gets ``400 {"error": rejection}`` and nothing is sent.
     """
 
     num_ctx: int | None = None
     keep_alive: KeepAlive | None = None
     reasons: tuple[str, ...] = field(default=())
+    outcomes: tuple[str, ...] = field(default=())
     rejection: str | None = None
+
+    def __post_init__(self) -> None:
+        _checked_num_ctx(self.num_ctx)
+        if self.keep_alive is not None:
+            validate_keep_alive(self.keep_alive)
+        if not all(isinstance(reason, str) for reason in self.reasons):
+            raise TypeError(f"reasons must be strings, not {self.reasons!r}")
+        if not all(isinstance(outcome, str) for outcome in self.outcomes):
+            raise TypeError(f"outcomes must be strings, not {self.outcomes!r}")
+        if self.rejection is not None and (not isinstance(self.rejection, str) or not self.rejection):
+            raise ValueError(f"a rejection needs a message for the client, not {self.rejection!r}")
 
     def replace(
         self,
@@ -43,25 +59,22 @@ class Decision:
         num_ctx: int | _Unset | None = UNSET,
         keep_alive: KeepAlive | _Unset | None = UNSET,
         reason: str | None = None,
+        outcome: str | None = None,
     ) -> Decision:
-        """A new decision with the given fields changed and ``reason`` appended.
-
-        Values are checked here so a policy bug surfaces as that policy's error, never as an
-        Ollama 400/500 for the client.
-        """
+        """A new decision with the given fields changed, ``reason`` and ``outcome`` appended."""
         changes: dict[str, object] = {}
         if num_ctx is not UNSET:
-            changes["num_ctx"] = _checked_num_ctx(num_ctx)
+            changes["num_ctx"] = num_ctx
         if keep_alive is not UNSET:
-            changes["keep_alive"] = None if keep_alive is None else validate_keep_alive(keep_alive)
+            changes["keep_alive"] = keep_alive
         if reason:
             changes["reasons"] = (*self.reasons, reason)
+        if outcome:
+            changes["outcomes"] = (*self.outcomes, str(outcome))
         return _dc_replace(self, **changes)  # type: ignore[arg-type]
 
     def reject(self, message: str) -> Decision:
         """A decision that refuses the request with ``400 {"error": message}``."""
-        if not message:
-            raise ValueError("a rejection needs a message for the client")
         return _dc_replace(self, rejection=message)
 
     @property
@@ -69,12 +82,16 @@ class Decision:
         """True when a policy refused the request."""
         return self.rejection is not None
 
+    @property
+    def outcome(self) -> str | None:
+        """The latest outcome a policy attached, or None."""
+        return self.outcomes[-1] if self.outcomes else None
 
-def _checked_num_ctx(value: object) -> int | None:
+
+def _checked_num_ctx(value: object) -> None:
     if value is None:
-        return None
+        return
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"num_ctx must be an int or None, not {value!r}")
     if value < 1:
         raise ValueError(f"num_ctx must be positive, not {value}")
-    return value

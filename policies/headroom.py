@@ -23,28 +23,22 @@ from policies.memory import (
     largest_fitting_ctx,
 )
 from policies.model import ModelFacts
+from policies.outcome import Outcome
 
 OnOverflow = Literal["spill", "reject", "truncate"]
 """What to do when the prompt needs more context than fits in free GPU memory."""
 
 ON_OVERFLOW_CHOICES: Final[tuple[str, ...]] = get_args(OnOverflow)
 
-STICKY: Final = "sticky"
-"""The loaded context already had room; it was kept so that Ollama does not reload."""
-REFIT: Final = "refit"
-"""The loaded model spills to system RAM; it is reloaded at a context that fits."""
-OVERFLOW: Final = "overflow"
-"""The prompt needs more than fits; ``on_overflow="spill"`` sent it anyway (slower, or capped)."""
-TRUNCATE: Final = "truncate"
-"""The prompt needs more than fits; the context that fits was sent and the prompt will be cut."""
-REJECT: Final = "reject"
-"""The prompt needs more than fits; the request was refused with a 400."""
-UNKNOWN: Final = "unknown"
-"""GPU memory or model facts were unknown; ``num_ctx`` was left as it was (fail open)."""
+STICKY: Final = Outcome.STICKY
+REFIT: Final = Outcome.REFIT
+OVERFLOW: Final = Outcome.OVERFLOW
+TRUNCATE: Final = Outcome.TRUNCATE
+REJECT: Final = Outcome.REJECT
+UNKNOWN: Final = Outcome.UNKNOWN
 
 OUTCOMES: Final[frozenset[str]] = frozenset({STICKY, REFIT, OVERFLOW, TRUNCATE, REJECT, UNKNOWN})
-
-_PREFIX: Final = "headroom["
+"""The outcomes ``headroom`` attaches to its decisions (``Decision.outcome``)."""
 
 _MAX_FIT_KEYS: Final = 64
 """Model/parallel/cache-type/version/calibration combinations whose fits are remembered."""
@@ -87,19 +81,6 @@ class _Intervals:
             del self.lowest[drop], self.entries[drop]
 
 
-def outcome_of(reason: str) -> str | None:
-    """The outcome token of a headroom reason (``"overflow"`` for ``"headroom[overflow]: ..."``).
-
-    ``None`` for a plain ``"headroom: ..."`` reason and for other policies' reasons, so the proxy
-    can count and log outcomes without parsing prose.
-    """
-    if not reason.startswith(_PREFIX):
-        return None
-    end = reason.find("]", len(_PREFIX))
-    token = reason[len(_PREFIX) : end] if end > 0 else ""
-    return token if token in OUTCOMES else None
-
-
 class Headroom:
     """Set ``num_ctx`` to what the prompt needs, as large as free GPU memory allows, without reloads.
 
@@ -126,10 +107,9 @@ class Headroom:
     With GPU memory or the model's facts unknown, ``num_ctx`` is left alone: a governor that
     guesses would do more harm than Ollama's own default.
 
-    Every reason starts ``"headroom: "`` or, for an outcome the proxy may want to count or warn
-    about, ``"headroom[TOKEN]: "`` where TOKEN is one of ``sticky``, ``refit``, ``overflow``,
-    ``truncate``, ``reject`` or ``unknown`` (the module constants; ``outcome_of`` reads it back).
-    These tokens are a stable interface; the prose after them is not.
+    Every reason starts ``"headroom: "`` or ``"headroom[TOKEN]: "`` for readers; programs read the
+    outcome from ``Decision.outcome`` (``sticky``, ``refit``, ``overflow``, ``truncate``,
+    ``reject`` or ``unknown``: ``policies.Outcome``), a stable interface. The prose is not.
 
     Sizing the fit takes a few hundred microseconds of estimates, so results are remembered per
     model, parallel slots, cache type, version and calibration as budget intervals: a later
@@ -203,6 +183,7 @@ class Headroom:
             kept = loaded.context_length
             return decision.replace(
                 num_ctx=kept,
+                outcome=STICKY,
                 reason=f"headroom[{STICKY}]: asked {asked_text}, loaded at {kept} fully on GPU; "
                 f"{needs_text}; keeping {kept} (no reload)",
             )
@@ -240,7 +221,9 @@ class Headroom:
             chosen = min(max(asked if asked is not None else limit, need), limit)
             tag = f"[{REFIT}]" if spilled else ""
             return decision.replace(
-                num_ctx=chosen, reason=f"headroom{tag}: {figures}{refit_text}; using {chosen}"
+                num_ctx=chosen,
+                outcome=REFIT if spilled else None,
+                reason=f"headroom{tag}: {figures}{refit_text}; using {chosen}",
             )
 
         capped = fit is not None and fit == ceiling  # the cap binds, not memory
@@ -249,11 +232,14 @@ class Headroom:
                 message = f"prompt needs ~{need} tokens of context; {ctx.model_name} allows at most {ceiling}"
             else:
                 message = f"prompt needs ~{need} tokens of context; at most {limit} fit in free GPU memory"
-            return decision.replace(reason=f"headroom[{REJECT}]: {figures}; rejecting").reject(message)
+            return decision.replace(reason=f"headroom[{REJECT}]: {figures}; rejecting", outcome=REJECT).reject(
+                message
+            )
         if self.on_overflow == "truncate":
             chosen = fit if fit is not None else min(self.min_ctx, ceiling)
             return decision.replace(
                 num_ctx=chosen,
+                outcome=TRUNCATE,
                 reason=f"headroom[{TRUNCATE}]: {figures}{refit_text}; using {chosen}, "
                 "Ollama will cut the prompt",
             )
@@ -265,6 +251,7 @@ class Headroom:
         )
         return decision.replace(
             num_ctx=chosen,
+            outcome=OVERFLOW,
             reason=f"headroom[{OVERFLOW}]: {figures}{refit_text}; using {chosen}, {consequence}",
         )
 
@@ -339,7 +326,7 @@ def _spilled(loaded: LoadedModel) -> bool:
 
 def _fail_open(decision: Decision, why: str) -> Decision:
     kept = "none" if decision.num_ctx is None else str(decision.num_ctx)
-    return decision.replace(reason=f"headroom[{UNKNOWN}]: {why}; leaving num_ctx {kept}")
+    return decision.replace(reason=f"headroom[{UNKNOWN}]: {why}; leaving num_ctx {kept}", outcome=UNKNOWN)
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

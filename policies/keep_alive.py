@@ -2,7 +2,7 @@
 
 ``keep_alive`` decides how long Ollama keeps a model in memory after its last request. Changing it
 never reloads a model, but the value persists in the runner for later requests that omit it
-(ollama-facts.md §2), so a short value chosen under pressure lasts until something sets another.
+(docs/ollama-rules.md), so a short value chosen under pressure lasts until something sets another.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from policies.context import Context
 from policies.decision import Decision
 from policies.duration import KeepAlive, format_keep_alive, keep_alive_seconds, validate_keep_alive
 from policies.memory import format_bytes, parse_size
+from policies.outcome import Outcome
 
 FOREVER: Final = -1
 """What a pinned model gets: Ollama reads any negative keep_alive as "never unload"."""
@@ -41,7 +42,8 @@ class KeepAlivePolicy:
 
     "Asked so far" is the decision's ``keep_alive``: the client's value unless an earlier policy
     changed it. When no rule changes the value, the decision is returned as it came, with no
-    reason; so is a value Ollama would refuse (``"300"``), so that the client gets Ollama's 400.
+    reason. (A request with a value Ollama would refuse, such as ``"300"``, is not governed at
+    all, so the client gets Ollama's own 400.)
     Reasons start ``"keep_alive[pin]: "``, ``"keep_alive[pressure]: "`` or
     ``"keep_alive[default]: "``, a stable token for the proxy followed by the figures.
     """
@@ -87,11 +89,8 @@ class KeepAlivePolicy:
 
     def decide(self, ctx: Context, decision: Decision) -> Decision:
         """The policy itself, synchronous: a pure function of ``ctx`` and ``decision``."""
-        current = decision.keep_alive
-        try:
-            current_s = keep_alive_seconds(current) if current is not None else None
-        except ValueError:
-            return decision  # a value Ollama refuses: let the client see Ollama's own 400
+        current = decision.keep_alive  # a decision only ever holds values Ollama accepts
+        current_s = keep_alive_seconds(current) if current is not None else None
         current_text = _text(current)
 
         pattern = self.pinned_by(ctx.model_name)
@@ -100,6 +99,7 @@ class KeepAlivePolicy:
                 return decision
             return decision.replace(
                 keep_alive=FOREVER,
+                outcome=Outcome.PIN,
                 reason=f"keep_alive[pin]: {ctx.model_name} matches pin {pattern!r}; "
                 f"keep_alive {FOREVER} (forever) instead of {current_text}",
             )
@@ -120,6 +120,7 @@ class KeepAlivePolicy:
         ):
             return decision.replace(
                 keep_alive=self.under_pressure,
+                outcome=Outcome.PRESSURE,
                 reason=f"keep_alive[pressure]: {format_bytes(free_bytes)} free on GPU, below "
                 f"{format_bytes(self.pressure_below_bytes)}; keep_alive {_text(self.under_pressure)} "
                 f"instead of {base_text}",
@@ -127,7 +128,9 @@ class KeepAlivePolicy:
 
         if current is None and base is not None:
             return decision.replace(
-                keep_alive=base, reason=f"keep_alive[default]: none asked; keep_alive {_text(base)}"
+                keep_alive=base,
+                outcome=Outcome.DEFAULT,
+                reason=f"keep_alive[default]: none asked; keep_alive {_text(base)}",
             )
         return decision
 

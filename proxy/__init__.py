@@ -1,6 +1,14 @@
-"""ollama-governor's machinery: transport, facts, the policy chain runner, results, config, CLI.
+"""ollama-governor's machinery, laid out in the order a request meets it.
 
-Policy authors need only the ``policies`` package; this one imports it, never the reverse.
+``request`` (what the client sent) -> ``facts`` (what the governor knows) -> ``govern`` (the
+policies and their decision) -> ``upstream`` (Ollama) -> ``ledger`` (what each change did) ->
+``views`` (status, metrics, the page); ``config`` and ``app`` build it all. Policy authors need
+only the ``policies`` package; this one imports it, never the reverse.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ollama-governor")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0+unknown"

@@ -1,32 +1,41 @@
-"""The aiohttp application: admin routes, the two governed endpoints, and everything else
-passed through. State lives on the app (``web.AppKey``), never in module globals."""
+"""The composition root: every long-lived component is built here, in order, from the config.
+
+Each component has its own ``web.AppKey`` (``proxy.keys``) and its own ``cleanup_ctx``, so it
+is created at start-up and released at shutdown in reverse order: the upstream session, the
+facts poller (the one reader of ``/api/ps``), the memory sampler, the ledger, the pipeline and
+the warm-up. Handlers read the components from ``request.app``; nothing lives in globals.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Sequence
 
-import aiohttp
 import structlog
 from aiohttp import web
 
-from policies.context import LoadedModel
-from proxy.admin import admin_routes
+from policies.context import GpuSnapshot
 from proxy.config import Config, ConfigError
-from proxy.contexts import ContextFactory
-from proxy.facts import Facts
-from proxy.forward import relay
-from proxy.governor import Governor
-from proxy.gpu import GpuSampler, GpuSource, build_sampler
-from proxy.intercept import GOVERNED_PATHS, Interceptor
-from proxy.live import LiveSources, RecentDecisions, admin_auth_middleware, live_routes, summarise_config
-from proxy.metrics import GovernorMetrics
-from proxy.results import Results, Sink
-from proxy.sections import gpu_settings, ollama_settings, store_settings
-from proxy.store import DB_FILENAME, ResultStore
-from proxy.upstream import Upstream, new_session
+from proxy.facts.context import ContextFactory
+from proxy.facts.memory import build_sampler, build_source
+from proxy.facts.memory.source import MemorySource
+from proxy.facts.ollama import Facts
+from proxy.govern.pipeline import Pipeline
+from proxy.govern.rules import Governor
+from proxy.keys import CONTEXTS, FACTS, LEDGER, MEMORY, METRICS, PIPELINE, UPSTREAM
+from proxy.ledger.ledger import Backend, Ledger, Sink
+from proxy.ledger.memory import MemoryBackend
+from proxy.ledger.store import DB_FILENAME, ResultStore
+from proxy.request.handler import GOVERNED_PATHS, GovernedHandler
+from proxy.upstream.client import Upstream
+from proxy.upstream.relay import relay
+from proxy.views.auth import admin_auth_middleware
+from proxy.views.dashboard import dashboard_routes
+from proxy.views.health import health_routes
+from proxy.views.metrics import GovernorMetrics
+from proxy.views.status import status_routes
 from proxy.warm import warm_models
 
 log = structlog.get_logger("ollama_governor.app")
@@ -34,197 +43,149 @@ log = structlog.get_logger("ollama_governor.app")
 INVALIDATING_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
 """Requests that can change which model a name means: model facts are re-read after them."""
 
+RESTART_ONLY = ("listen_host", "listen_port", "upstream", "gpu", "ollama", "store", "state_dir")
+"""Config fields that shape running machinery: a reload keeps the running values."""
 
-@dataclass
-class AppState:
-    """The mutable heart of a running governor: the current governor and what serves it."""
-
-    governor: Governor
-    results: Results
-    gpu: GpuSampler
-    facts: Facts
-    contexts: ContextFactory
-    store: ResultStore | None = None
-    session: aiohttp.ClientSession | None = None
-    upstream_link: Upstream | None = None
-    load_config: Callable[[], Config] | None = None
-    metrics: GovernorMetrics | None = None
-    background: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    def upstream(self) -> Upstream:
-        """The upstream for the current config (only valid while the app runs)."""
-        if self.upstream_link is None:
-            raise RuntimeError("the application is not running")
-        return self.upstream_link
-
-    def current(self) -> Governor:
-        """The governor new requests are decided by."""
-        return self.governor
-
-    def install(self, governor: Governor) -> None:
-        """Make ``governor`` current; in-flight requests keep the one they started with."""
-        self.governor = governor
-        if self.session is not None and (
-            self.upstream_link is None or self.upstream_link.base_url != governor.config.upstream
-        ):
-            self.upstream_link = Upstream(governor.config.upstream, self.session)
-
-    def reload(self) -> bool:
-        """Re-read the config file and policies; keep the old ones if anything is wrong.
-
-        ``load_config`` re-applies the command line's overrides, so ``--upstream`` survives.
-        Sections that shape running machinery (``[gpu]``, ``[ollama]``, ``[store]``,
-        ``listen``) take effect at the next restart; rules and policies take effect now.
-        """
-        if self.load_config is None:
-            log.warning("reload_unsupported", reason="this governor was not started from a config")
-            return False
-        try:
-            config = self.load_config()
-            new = Governor.build(config)
-        except ConfigError as exc:
-            log.error("reload_failed", error=str(exc), action="kept the previous configuration")
-            return False
-        old = self.governor.config
-        if (new.config.listen_host, new.config.listen_port) != (old.listen_host, old.listen_port):
-            log.warning("reload_listen_ignored", listen=new.config.listen, action="restart to change it")
-        if dict(new.config.extra) != dict(old.extra):
-            log.warning("reload_sections_deferred", action="[gpu], [ollama] and [store] apply at restart")
-        self.install(new)
-        log.info("reloaded", source=config.source, rules=len(new.rules), upstream=config.upstream)
-        return True
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run background work owned by the app; it is cancelled at shutdown."""
-        task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-
-STATE = web.AppKey("state", AppState)
-INTERCEPTOR = web.AppKey("interceptor", Interceptor)
-
-
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    state.session = new_session()
-    state.install(state.governor)
-    state.gpu.start()
-    state.facts.start()
-    governor = state.governor
-    if governor.config.warm:
-        warm = warm_models(governor, state.upstream, state.contexts, state.results, governor.config.warm)
-        state.spawn(warm)
-    yield
-    for task in list(state.background):
-        task.cancel()
-    await app[INTERCEPTOR].drain()
-    await state.facts.stop()
-    await state.gpu.stop()
-    if state.store is not None:
-        await state.store.aclose()
-    await state.session.close()
+ConfigLoader = Callable[[], Config]
+CONFIG_LOADER: web.AppKey[ConfigLoader] = web.AppKey("config_loader")
 
 
 def create_app(
     governor: Governor,
     *,
     load_config: Callable[[], Config] | None = None,
-    sinks: list[Sink] | None = None,
-    extra_routes: list[web.RouteDef] | None = None,
-    gpu_source: GpuSource | None = None,
+    sinks: Sequence[Sink] = (),
+    memory_source: MemorySource | None = None,
+    backend: Backend | None = None,
 ) -> web.Application:
     """Build the proxy application for ``governor``.
 
-    ``gpu_source`` replaces the configured one (tests inject a fake NVML this way). The results
-    store lives in ``config.state_dir``; without one, results are only logged.
+    ``memory_source`` replaces the configured one (tests inject a fake NVML this way);
+    ``backend`` replaces the results store that ``config.state_dir`` would open; ``sinks`` get
+    every finished record after the ledger. ``load_config`` re-reads the config on reload.
     """
     config = governor.config
-    holder: list[AppState] = []
+    app = web.Application(handler_args={"max_field_size": 65536})
+    app.middlewares.append(admin_auth_middleware(lambda: app[PIPELINE].governor.config.admin_token))
+    app[METRICS] = GovernorMetrics()
+    if load_config is not None:
+        app[CONFIG_LOADER] = load_config
 
-    def upstream() -> Upstream:
-        return holder[0].upstream()
+    async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+        upstream = app[UPSTREAM] = Upstream(config.upstream)
+        upstream.open()
+        yield
+        await upstream.close()
 
-    settings = gpu_settings(config.extra)
-    gpu = build_sampler(settings, upstream)
-    if gpu_source is not None:
-        gpu = GpuSampler(gpu_source, interval_s=settings.interval_s, reserve_bytes=settings.reserve_bytes)
-    facts = Facts(
-        upstream, ollama_settings(config.extra), gpu=lambda: gpu.snapshot, state_dir=config.state_dir
-    )
-    store = _open_store(config)
-    metrics, recent = GovernorMetrics(), RecentDecisions()
-    all_sinks: list[Sink] = [store.add] if store is not None else []
-    all_sinks += [metrics.observe_result, recent.add, *(sinks or [])]
-    state = AppState(
-        governor=governor,
-        results=Results(all_sinks),
-        gpu=gpu,
-        facts=facts,
-        contexts=ContextFactory(facts, lambda: gpu.snapshot),
-        store=store,
-        load_config=load_config,
-        metrics=metrics,
-    )
-    holder.append(state)
-    if store is not None:
-        for model, (num_ctx, keep_alive) in store.last_applied().items():
-            state.results.changes.seed(model, num_ctx, keep_alive)
-    interceptor = Interceptor(
-        state.upstream,
-        state.current,
-        state.results,
-        state.contexts.build,
-        state.contexts.after_response,
-        state.contexts.on_forward,
-    )
-    def admin_token() -> str | None:
-        return state.current().config.admin_token  # read per request: a reload can rotate it
+    async def facts_ctx(app: web.Application) -> AsyncIterator[None]:
+        def memory() -> GpuSnapshot | None:
+            return app[MEMORY].snapshot if MEMORY in app else None
 
-    async def loaded_models() -> tuple[LoadedModel, ...]:
-        return state.facts.loaded
+        facts = app[FACTS] = Facts(app[UPSTREAM], config.ollama, gpu=memory, state_dir=config.state_dir)
+        facts.start()
+        yield
+        await facts.stop()
 
-    live = LiveSources(
-        config_summary=lambda: summarise_config(state.current().config),
-        loaded_models=loaded_models,
-        store=lambda: state.store,
-        gpu=lambda: state.gpu.snapshot,
-        metrics=metrics,
-        recent=recent,
-    )
-    app = web.Application(
-        middlewares=[admin_auth_middleware(admin_token)], handler_args={"max_field_size": 65536}
-    )
-    app[STATE] = state
-    app[INTERCEPTOR] = interceptor
-    app.cleanup_ctx.append(_lifecycle)
+    async def memory_ctx(app: web.Application) -> AsyncIterator[None]:
+        source = memory_source or build_source(config.gpu, app[FACTS].latest_ps)
+        sampler = app[MEMORY] = build_sampler(config.gpu, source)
+        sampler.start()
+        yield
+        await sampler.stop()
+
+    async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
+        ledger = app[LEDGER] = Ledger(backend or _open_backend(config), [app[METRICS].observe, *sinks])
+        yield
+        await ledger.aclose()
+
+    async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+        sampler = app[MEMORY]
+        contexts = app[CONTEXTS] = ContextFactory(app[FACTS], lambda: sampler.snapshot)
+        pipeline = app[PIPELINE] = Pipeline(governor, contexts, app[LEDGER])
+        yield
+        await pipeline.drain()
+
+    async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if config.warm:
+            task = asyncio.create_task(warm_models(app[PIPELINE], app[UPSTREAM], config.warm))
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.extend([upstream_ctx, facts_ctx, memory_ctx, ledger_ctx, pipeline_ctx, warm_ctx])
+
+    async def governed(request: web.Request) -> web.StreamResponse:
+        return await GovernedHandler(request.app[PIPELINE], request.app[UPSTREAM])(request)
 
     async def passthrough(request: web.Request) -> web.StreamResponse:
         body = request.content if request.body_exists else None
-        relayed = await relay(request, state.upstream(), body=body)
+        relayed = await relay(request, request.app[UPSTREAM], body=body)
         if request.path in INVALIDATING_PATHS and relayed.status < 400:
-            state.facts.invalidate()
+            request.app[FACTS].invalidate()
         return relayed.response
 
-    app.router.add_routes(extra_routes or [])
-    app.router.add_routes(live_routes(live, admin_token=admin_token))
-    app.router.add_routes(admin_routes(state.upstream))
+    app.router.add_routes([*status_routes(), *dashboard_routes(), *health_routes()])
     for path in GOVERNED_PATHS:
-        app.router.add_post(path, interceptor.handle)
+        app.router.add_post(path, governed)
     app.router.add_route("*", "/{tail:.*}", passthrough)
     return app
 
 
-def _open_store(config: Config) -> ResultStore | None:
-    settings = store_settings(config.extra)
+def _open_backend(config: Config) -> Backend:
+    """The results store in ``config.state_dir``, or the memory ledger without one."""
+    settings = config.store
     if config.state_dir is None or not settings.enabled:
-        return None
+        return MemoryBackend()
     return ResultStore(
         config.state_dir / DB_FILENAME,
         flush_interval_s=settings.flush_interval_s,
         retention_days=settings.retention_days,
         max_rows=settings.max_rows,
     )
+
+
+def reload(app: web.Application) -> bool:
+    """Re-read the config file and policies; keep the old ones if anything is wrong.
+
+    The loader re-applies the command line's overrides, so ``--upstream`` survives. Settings
+    that shape running machinery (``listen``, ``upstream``, ``[gpu]``, ``[ollama]``,
+    ``[store]``, ``state_dir``) take effect at the next restart; rules and policies now.
+    """
+    load_config = app.get(CONFIG_LOADER)
+    if load_config is None:
+        log.warning("reload_unsupported", reason="this governor was not started from a config")
+        return False
+    pipeline = app[PIPELINE]
+    try:
+        config = load_config()
+        new = Governor.build(config)
+    except ConfigError as exc:
+        log.error("reload_failed", error=str(exc), action="kept the previous configuration")
+        return False
+    old = pipeline.governor.config
+    deferred = [
+        name
+        for name, before, after in (
+            ("listen", old.listen, config.listen),
+            ("upstream", old.upstream, config.upstream),
+            ("[gpu]", old.gpu, config.gpu),
+            ("[ollama]", old.ollama, config.ollama),
+            ("[store]", old.store, config.store),
+            ("state_dir", old.state_dir, config.state_dir),
+        )
+        if before != after
+    ]
+    if deferred:
+        log.warning("reload_deferred", settings=deferred, action="restart to apply them")
+    # Keep what applies at restart as it is, so status and requests describe what really runs.
+    running = {name: getattr(old, name) for name in RESTART_ONLY}
+    kept = Governor(dataclasses.replace(config, **running), new.rules)
+    pipeline.governor = kept
+    log.info("reloaded", source=config.source, rules=len(new.rules), upstream=kept.config.upstream)
+    return True
 
 
 def make_runner(app: web.Application, *, shutdown_timeout_s: float = 15.0) -> web.AppRunner:

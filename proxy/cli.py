@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 from policies.memory import format_bytes
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
-from proxy.governor import Governor
+from proxy.govern.rules import Governor
+from proxy.ledger.store import default_state_dir
 from proxy.logs import configure_logging
-from proxy.sections import gpu_settings, ollama_settings
-from proxy.store import default_state_dir
 
 T = TypeVar("T")
 STATE_DIR_ENV = "OLLAMA_GOVERNOR_STATE_DIR"
@@ -112,7 +111,7 @@ def describe(governor: Governor) -> str:
         f"state dir: {config.state_dir or '(none: results are only logged)'}",
         f"admin token: {'set' if config.admin_token else 'not set'}",
     ]
-    ollama, gpu = ollama_settings(config.extra), gpu_settings(config.extra)
+    ollama, gpu = config.ollama, config.gpu
     lines.append(
         f"ollama: num_parallel {ollama.num_parallel}, kv_cache_type {ollama.kv_cache_type}, "
         f"version {'.'.join(map(str, ollama.version)) if ollama.version else 'from /api/version'}"
@@ -168,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(state_dir: Path | None, args: argparse.Namespace) -> int:
-    from proxy.report import build_report, parse_since, render_text, report_to_json
-    from proxy.store import DB_FILENAME
+    from proxy.ledger.report import build_report, parse_since, render_text, report_to_json
+    from proxy.ledger.store import DB_FILENAME
 
     assert state_dir is not None
     db_path = state_dir / DB_FILENAME

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import structlog
 from aiohttp import web
 
-from proxy.app import STATE, create_app, make_runner
+from proxy.app import create_app, make_runner, reload
 from proxy.config import Config
-from proxy.governor import Governor
-from proxy.live import warn_if_exposed
+from proxy.govern.rules import Governor
+from proxy.views.auth import warn_if_exposed
 
 log = structlog.get_logger("ollama_governor.server")
 
@@ -29,7 +29,7 @@ async def serve(governor: Governor, *, load_config: Callable[[], Config] | None 
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app[STATE].reload)
+    loop.add_signal_handler(signal.SIGHUP, reload, app)
     warn_if_exposed(config.listen_host, config.admin_token, log)
     log.info(
         "listening",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 import textwrap
@@ -15,10 +16,11 @@ import ollama
 import pytest
 from aiohttp import web
 
-from proxy.app import INTERCEPTOR, STATE, create_app, make_runner
+from proxy.app import create_app, make_runner
 from proxy.config import Config, load_config
-from proxy.governor import Governor
-from proxy.upstream import OWN_USER_AGENT
+from proxy.govern.rules import Governor
+from proxy.keys import PIPELINE
+from proxy.upstream.client import OWN_USER_AGENT
 from tests.fake_ollama import FakeOllama, Recorded
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
@@ -129,12 +131,20 @@ def client_requests(fake: FakeOllama) -> list[Recorded]:
 
 async def settled(server: Running) -> None:
     """Wait until every finished request's result has been recorded (some wait for /api/ps)."""
-    await server.app[INTERCEPTOR].drain()
+    await server.app[PIPELINE].drain()
 
 
-def state_of(server: Running) -> Any:
-    """The running proxy's AppState."""
-    return server.app[STATE]
+async def eventually(check: Callable[[], object], *, timeout_s: float = 5.0, what: str = "the condition") -> None:
+    """Wait until ``check()`` is true, polling the event loop; fail with ``what`` after ``timeout_s``.
+
+    For things that happen in the background with no event to wait on (a poller's next read, a
+    subprocess writing its log); use an event or ``settled`` where there is one.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 OllamaClients = Callable[[str], ollama.AsyncClient]

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from policies.context import GpuSnapshot
-from proxy.gpu import GpuSampler, NvmlSource
+from proxy.facts.memory import GpuSampler, NvmlSource
 
 
 class TimedNvmlSource(NvmlSource):

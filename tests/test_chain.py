@@ -10,8 +10,8 @@ from structlog.testing import capture_logs
 
 from policies import Context, Decision
 from policies.static import Static
-from proxy.chain import run_chain
-from proxy.loader import LoadedPolicy
+from proxy.govern.chain import run_chain
+from proxy.govern.loader import LoadedPolicy
 
 
 def ctx(**overrides: Any) -> Context:
@@ -44,7 +44,7 @@ class TestFold:
         outcome = await run_chain(chain, ctx(), Decision(num_ctx=512), 1.0)
         assert seen == [1024]
         assert outcome.decision.num_ctx == 4096
-        assert [(e.policy, e.fields, e.reason) for e in outcome.effects] == [
+        assert [(e.policy, e.fields, e.reason) for e in outcome.changes] == [
             ("a", ("num_ctx",), "set 1024"),
             ("b", ("num_ctx",), "set 4096"),
         ]
@@ -160,7 +160,7 @@ class TestRuleLookup:
     def test_first_matching_rule_and_its_memo(self) -> None:
         """Rules match in config order; the answer per name is remembered, misses included."""
         from proxy.config import parse_config
-        from proxy.governor import Governor
+        from proxy.govern.rules import Governor
 
         config = parse_config(
             {"rules": [{"models": ["llama3.1:*"], "policies": [{"use": "static", "num_ctx": 1024}]},

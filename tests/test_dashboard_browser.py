@@ -23,13 +23,16 @@ import pytest
 
 from policies.context import GpuDevice, GpuSnapshot
 from proxy.app import create_app
-from proxy.config import Config
-from proxy.governor import Governor
-from proxy.live import LiveSources, RecentDecisions, admin_auth_middleware, live_routes, summarise_config
-from proxy.metrics import GovernorMetrics
-from proxy.store import ResultStore
+from proxy.config import Config, OllamaSettings
+from proxy.facts.ollama import parse_loaded
+from proxy.govern.record import GovernedRequest, PolicyChange
+from proxy.govern.rules import Governor
+from proxy.keys import FACTS
+from proxy.ledger.ledger import Ledger
+from proxy.ledger.store import ResultStore
 from tests.conftest import Running, start_app
 from tests.fake_ollama import FakeOllama
+from tests.test_live import StaticSource
 
 pytestmark = pytest.mark.timeout(180)  # a cold Chromium builds its font cache on the first start
 
@@ -65,31 +68,31 @@ def chromium() -> str:
 
 def fill(store: ResultStore, now: float) -> None:
     """Results for two models across two changes each, spread over the last two hours."""
+    ledger = Ledger(store)
     step_s = 7200.0 / (len(next(iter(PHASES.values()))) * REQUESTS_PER_PHASE)
     for offset, (model, phases) in enumerate(PHASES.items()):
         ts = now - 7200.0 + offset * 60.0
         for num_ctx, eval_tps, load_s, spilled in phases:
             for i in range(REQUESTS_PER_PHASE):
                 reloaded = i in (0, REQUESTS_PER_PHASE // 2)
-                store.add(
-                    {
-                        "ts": ts,
-                        "model": model,
-                        "endpoint": "chat",
-                        "client_num_ctx": None,
-                        "applied_num_ctx": num_ctx,
-                        "applied_keep_alive": "30m",
-                        "changed_by": [{"policy": "headroom", "fields": ["num_ctx"], "reason": "fits"}],
-                        "status": 200,
-                        "load_ms": (load_s + 0.3 * i) * 1000.0 if reloaded else 2.0,
-                        "total_ms": 4000.0,
-                        "ttfb_ms": 300.0,
-                        "eval_tokens_per_s": eval_tps + (i % 3) - 1,
-                        "prompt_tokens_per_s": 500.0,
-                        "reloaded": reloaded,
-                        "spilled": spilled,
-                        "done_reason": "stop",
-                    }
+                ledger.record(
+                    GovernedRequest(
+                        ts=ts,
+                        model=model,
+                        endpoint="chat",
+                        applied_num_ctx=num_ctx,
+                        applied_keep_alive="30m",
+                        changed_by=(PolicyChange("headroom", ("num_ctx",), "fits"),),
+                        status=200,
+                        load_ms=(load_s + 0.3 * i) * 1000.0 if reloaded else 2.0,
+                        total_ms=4000.0,
+                        ttfb_ms=300.0,
+                        eval_tokens_per_s=eval_tps + (i % 3) - 1,
+                        prompt_tokens_per_s=500.0,
+                        reloaded=reloaded,
+                        spilled=spilled,
+                        done_reason="stop",
+                    )
                 )
                 ts += step_s
     assert store.flush(timeout_s=10.0)
@@ -100,31 +103,22 @@ async def dashboard(fake: FakeOllama, tmp_path: Path) -> AsyncIterator[Running]:
     """The governor with a filled results store, the live views and the admin token."""
     store = ResultStore(tmp_path / "results.db", flush_interval_s=0.05)
     fill(store, time.time())
-    config = Config(upstream=fake.url, admin_token=TOKEN)  # type: ignore[attr-defined]
+    # The facts poller reads /api/ps once at start and then only every hour: the test's own view of
+    # what is loaded stays in place while the browser runs.
+    config = Config(upstream=fake.url, admin_token=TOKEN, ollama=OllamaSettings(ps_interval_s=3600.0))  # type: ignore[attr-defined]
     loaded = [
         {"name": "gemma3:27b", "size": 21 * GiB, "size_vram": 21 * GiB, "context_length": 16384},
         {"name": "llama3.1:8b", "size": 9 * GiB, "size_vram": 6 * GiB, "context_length": 65536},
     ]
-
-    async def loaded_models() -> list[dict[str, Any]]:
-        return loaded
-
     gpu = GpuSnapshot(
         source="nvml",
         devices=(GpuDevice(0, "NVIDIA RTX 4090", 24 * GiB, 2 * GiB, 22 * GiB),),
         taken_at=time.time(),
     )
-    sources = LiveSources(
-        config_summary=lambda: summarise_config(config),
-        loaded_models=loaded_models,
-        store=lambda: store,
-        gpu=lambda: gpu,
-        metrics=GovernorMetrics(),
-        recent=RecentDecisions(),
-    )
-    app = create_app(Governor.build(config), extra_routes=live_routes(sources, admin_token=TOKEN))
-    app.middlewares.append(admin_auth_middleware(lambda: config.admin_token))
+    app = create_app(Governor.build(config), backend=store, memory_source=StaticSource(gpu))
     server = await start_app(app)
+    await app[FACTS].refresh_loaded()
+    app[FACTS].loaded = parse_loaded(loaded, gpu_host=True)
     yield server
     await server.runner.cleanup()
     await store.aclose()

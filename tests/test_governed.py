@@ -13,6 +13,7 @@ import ollama
 import pytest
 from structlog.testing import capture_logs
 
+from proxy.keys import UPSTREAM
 from tests.conftest import (
     OllamaClients,
     Running,
@@ -21,7 +22,6 @@ from tests.conftest import (
     client_requests,
     free_port,
     settled,
-    state_of,
 )
 from tests.fake_ollama import FakeOllama
 
@@ -250,7 +250,7 @@ class TestUpstreamFailures:
         """Nothing listening upstream: 502 with an error naming the upstream."""
         port = free_port()
         proxy = await start_proxy(f"http://127.0.0.1:{port}")
-        state_of(proxy).upstream().retry_window_s = 0.3
+        proxy.app[UPSTREAM].retry_window_s = 0.3
         for path, payload in (("/api/tags", None), ("/api/chat", {"model": "m", "messages": []})):
             async with http.request("POST" if payload else "GET", proxy.url + path, json=payload) as response:
                 assert response.status == 502

@@ -15,19 +15,18 @@ from structlog.testing import capture_logs
 
 from policies.context import GpuDevice, GpuSnapshot
 from policies.memory import GIB, MIB
-from proxy.config import ConfigError, _Table, parse_config
-from proxy.gpu import (
+from proxy.config import ConfigError, Table, parse_config
+from proxy.config.settings import GpuSettings, parse_gpu_section
+from proxy.facts.memory import (
     AutoSource,
     GpuSampler,
-    GpuSettings,
     NoGpuSource,
     NvmlSource,
     OllamaPsSource,
     build_sampler,
     build_source,
-    parse_gpu_section,
 )
-from proxy.upstream import Upstream
+from proxy.upstream.client import Upstream
 from tests.conftest import StartFake, free_port
 from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, FakeNVMLError
 
@@ -160,15 +159,22 @@ async def load_model(url: str, session: aiohttp.ClientSession, model: str = "gem
         assert response.status == 200, await response.text()
 
 
-class StubUpstream:
-    """Answers get_json with a fixed document."""
+def stub_ps(answer: Any) -> Any:
+    """A ``/api/ps`` reader answering a fixed document, as the facts poller's last read would."""
 
-    def __init__(self, answer: Any) -> None:
-        self.answer = answer
+    async def read() -> Any:
+        return answer
 
-    async def get_json(self, path: str, timeout_s: float = 5.0) -> Any:
-        assert path == "/api/ps"
-        return self.answer
+    return read
+
+
+def reads_ps(upstream: Upstream) -> Any:
+    """A ``/api/ps`` reader that asks Ollama each time."""
+
+    async def read() -> Any:
+        return await upstream.get_json("/api/ps")
+
+    return read
 
 
 class TestOllamaPsSource:
@@ -178,7 +184,7 @@ class TestOllamaPsSource:
         """Free VRAM is the configured total minus what the loaded models hold on the GPU."""
         fake = await start_fake(vram_bytes=24 * GIB)
         upstream = Upstream(fake.url, session)  # type: ignore[attr-defined]
-        source = OllamaPsSource(lambda: upstream, [24 * GIB])
+        source = OllamaPsSource(reads_ps(upstream), [24 * GIB])
         assert (await source.read()).free_bytes == 24 * GIB
         await load_model(fake.url, session)  # type: ignore[attr-defined]
         size_vram = sum(state.size_vram for state in fake.loaded().values())
@@ -192,7 +198,7 @@ class TestOllamaPsSource:
     async def test_several_gpus_are_filled_in_order(self) -> None:
         """With several GPUs the used bytes fill the first before the next; the sum is exact."""
         answer = {"models": [{"name": "a", "size_vram": 10 * GIB}, {"name": "b", "size_vram": 4 * GIB}]}
-        source = OllamaPsSource(lambda: StubUpstream(answer), [12 * GIB, 8 * GIB])
+        source = OllamaPsSource(stub_ps(answer), [12 * GIB, 8 * GIB])
         snapshot = await source.read()
         assert [(d.used_bytes, d.free_bytes) for d in snapshot.devices] == [
             (12 * GIB, 0),
@@ -202,7 +208,7 @@ class TestOllamaPsSource:
 
     async def test_a_malformed_answer_is_unknown(self) -> None:
         """An answer without models[].size_vram is an error, not zero usage."""
-        source = OllamaPsSource(lambda: StubUpstream({"models": [{"name": "a"}, {"size_vram": "1"}]}), [GIB])
+        source = OllamaPsSource(stub_ps({"models": [{"name": "a"}, {"size_vram": "1"}]}), [GIB])
         with capture_logs():
             snapshot = await source.read()
         assert snapshot.error == "GET /api/ps from Ollama failed: a model has no valid 'size_vram': '1'"
@@ -213,7 +219,7 @@ class TestOllamaPsSource:
         """Connection refused gives an unknown snapshot, logged once; Ollama coming up recovers."""
         port = free_port()
         upstream = Upstream(f"http://127.0.0.1:{port}", session)
-        source = OllamaPsSource(lambda: upstream, [24 * GIB])
+        source = OllamaPsSource(reads_ps(upstream), [24 * GIB])
         with capture_logs() as logs:
             down = [await source.read() for _ in range(2)]
             await start_fake(port=port, vram_bytes=24 * GIB)
@@ -228,7 +234,7 @@ class TestOllamaPsSource:
     def test_totals_are_required(self) -> None:
         """A source with no GPU totals is a programming error."""
         with pytest.raises(ValueError, match="one positive size per GPU"):
-            OllamaPsSource(lambda: StubUpstream({}), [])
+            OllamaPsSource(stub_ps({}), [])
 
 
 # ---------------------------------------------------------------------------- none and auto
@@ -395,7 +401,7 @@ class TestGpuSampler:
 
 
 def parse(**data: Any) -> GpuSettings:
-    return parse_gpu_section(_Table("gov.toml", data, "gpu"))
+    return parse_gpu_section(Table("gov.toml", data, "gpu"))
 
 
 class TestParseGpuSection:
@@ -455,7 +461,7 @@ class TestParseGpuSection:
     def test_through_parse_config(self) -> None:
         """As the [gpu] section, the settings land in Config.extra["gpu"]."""
         config = parse_config({"gpu": {"source": "none"}}, "gov.toml")
-        assert config.extra["gpu"] == GpuSettings(source="none")
+        assert config.gpu == GpuSettings(source="none")
         with pytest.raises(ConfigError, match=r"^gov.toml: gpu: expected a table, got a string$"):
             parse_config({"gpu": "nvml"}, "gov.toml")
 
@@ -465,9 +471,7 @@ class TestBuildSource:
         """The configured kind of source, with its settings; nothing is opened yet."""
         nvml = FakeNvml()
 
-        def getter() -> StubUpstream:
-            return StubUpstream({})
-
+        getter = stub_ps({})
         auto = build_source(GpuSettings(), getter, nvml=nvml)
         assert isinstance(auto, AutoSource)
         chosen = build_source(GpuSettings("nvml", devices=("GPU-aaaa-0000", "1")), getter, nvml=nvml)
@@ -481,5 +485,6 @@ class TestBuildSource:
 
     def test_sampler_takes_interval_and_reserve(self) -> None:
         """build_sampler wires the settings into the sampler."""
-        sampler = build_sampler(GpuSettings("none", reserve_bytes=2 * GIB, interval_s=0.25), lambda: StubUpstream({}))
+        settings = GpuSettings("none", reserve_bytes=2 * GIB, interval_s=0.25)
+        sampler = build_sampler(settings, build_source(settings, stub_ps({})))
         assert (sampler.interval_s, sampler.reserve_bytes, sampler.source.name) == (0.25, 2 * GIB, "none")

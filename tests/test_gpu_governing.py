@@ -12,8 +12,9 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from policies.memory import GIB, estimate_bytes
-from proxy.gpu import NvmlSource
-from tests.conftest import OllamaClients, Running, StartFake, StartProxy, settled, start_app, state_of
+from proxy.facts.memory import NvmlSource
+from proxy.keys import FACTS, MEMORY
+from tests.conftest import OllamaClients, Running, StartFake, StartProxy, settled, start_app
 from tests.fake_nvml import FakeGpu, FakeLibraryNotFound, FakeNvml
 from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b
 
@@ -51,9 +52,9 @@ async def governed_gpu(
     fake_options.setdefault("models", [gemma3_27b(), gemma3_4b()])
     fake = await start_fake(vram_bytes=GPU_BYTES, num_parallel=parallel, **fake_options)
     proxy = await start_proxy(
-        fake.url, config(policies, parallel=parallel), gpu_source=NvmlSource(nvml=nvml_for(fake))  # type: ignore[attr-defined]
+        fake.url, config(policies, parallel=parallel), memory_source=NvmlSource(nvml=nvml_for(fake))  # type: ignore[attr-defined]
     )
-    await state_of(proxy).gpu.refresh()
+    await proxy.app[MEMORY].refresh()
     return fake, proxy
 
 
@@ -84,7 +85,7 @@ class TestSeedScenario:
         assert not state.spilled and state.size_vram == state.size
         assert 2048 <= sent < 131072
         # The largest bucket by the estimate: one step more would not fit free VRAM minus the reserve.
-        facts = state_of(proxy).facts
+        facts = proxy.app[FACTS]
         model = facts.cached_facts("gemma3:27b")
         budget = GPU_BYTES - 1 * GIB
         assert estimate_bytes(model, sent, parallel, version=facts.version) <= budget
@@ -187,7 +188,7 @@ class TestFailOpen:
         fake = await start_fake(vram_bytes=GPU_BYTES, models=[gemma3_4b()])
         broken = FakeNvml([])
         broken.init_error = FakeLibraryNotFound()
-        proxy = await start_proxy(fake.url, config('{ use = "headroom" }'), gpu_source=NvmlSource(nvml=broken))  # type: ignore[attr-defined]
+        proxy = await start_proxy(fake.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=broken))  # type: ignore[attr-defined]
         with capture_logs() as logs:
             reply = await ollama_client(proxy.url).generate(model="gemma3:4b", prompt="hi", options={"num_ctx": 8192})
             await settled(proxy)
@@ -211,7 +212,7 @@ class TestFailOpen:
         fake.app.middlewares.append(broken_show)
         upstream = await start_app(fake.app)
         try:
-            proxy = await start_proxy(upstream.url, config('{ use = "headroom" }'), gpu_source=NvmlSource(nvml=nvml_for(fake)))
+            proxy = await start_proxy(upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=nvml_for(fake)))
             with capture_logs() as logs:
                 reply = await ollama_client(proxy.url).generate(model="gemma3:4b", prompt="hi", options={"num_ctx": 8192})
                 await settled(proxy)
@@ -232,7 +233,7 @@ class TestCalibration:
         fake, proxy = await governed_gpu(start_fake, start_proxy, '{ use = "static", num_ctx = 8192 }', models=[gemma3_4b()])
         await ollama_client(proxy.url).generate(model="gemma3:4b", prompt="hi")
         await settled(proxy)
-        facts = state_of(proxy).facts
+        facts = proxy.app[FACTS]
         model = facts.cached_facts("gemma3:4b")
         reported = fake.size_for(fake.models["gemma3:4b"], 8192)
         raw = estimate_bytes(model, 8192)
@@ -250,7 +251,7 @@ class TestWarmAtStart:
         await start_proxy(
             fake.url,  # type: ignore[attr-defined]
             'warm = ["gemma3:4b"]\n' + config('{ use = "static", num_ctx = 16384, keep_alive = "1h" }'),
-            gpu_source=NvmlSource(nvml=nvml_for(fake)),
+            memory_source=NvmlSource(nvml=nvml_for(fake)),
         )
         for _ in range(200):
             if fake.loads:

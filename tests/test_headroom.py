@@ -8,7 +8,7 @@ import pytest
 
 from policies.context import Context
 from policies.decision import Decision
-from policies.headroom import OUTCOMES, Headroom, outcome_of
+from policies.headroom import OUTCOMES, Headroom
 from policies.memory import (
     GIB,
     Calibration,
@@ -166,7 +166,7 @@ class TestNeed:
         context = ctx(client_num_ctx=None, prompt_tokens=3900, model=facts(context_length=5000), **ROOMY)
         decision = decide(context)
         assert decision.num_ctx == 5000
-        assert outcome_of(decision.reasons[0]) is None
+        assert decision.outcome is None
 
 
 class TestFit:
@@ -257,7 +257,7 @@ class TestFit:
             decision = policy.decide(context, start(context))
             expected = largest(context, step=step)
             if expected is None:
-                assert decision.num_ctx == 2048 and outcome_of(decision.reasons[0]) == "overflow"
+                assert decision.num_ctx == 2048 and decision.outcome == "overflow"
             else:
                 assert decision.num_ctx == expected, budget_gib
 
@@ -300,7 +300,7 @@ class TestSticky:
             )
             decision = decide(context)
             chosen.append(decision.num_ctx)
-            assert outcome_of(decision.reasons[0]) == "sticky"
+            assert decision.outcome == "sticky"
         assert chosen == [16384, 16384, 16384]
 
     def test_omitted_num_ctx_is_set_explicitly(self) -> None:
@@ -326,7 +326,7 @@ class TestSticky:
         context = ctx(client_num_ctx=4096, prompt_tokens=20000, loaded=loaded(context_length=16384))
         decision = decide(context)
         assert decision.num_ctx == 22528
-        assert outcome_of(decision.reasons[0]) is None
+        assert decision.outcome is None
 
     def test_loaded_context_above_max_ctx_is_not_kept(self) -> None:
         """After max_ctx is lowered, a model loaded above it is reloaded within the cap."""
@@ -397,7 +397,7 @@ class TestOverflow:
         decision = decide(context)
         assert fit is not None and fit < 61440
         assert decision.num_ctx == 61440
-        assert outcome_of(decision.reasons[0]) == "overflow"
+        assert decision.outcome == "overflow"
         assert decision.reasons == (
             f"headroom[overflow]: asked 8192, {fit} fit in 22.5 GiB free (reserve 1.0 GiB); "
             "prompt needs 61440 (~60000 + 1024 reply); using 61440, "
@@ -413,14 +413,14 @@ class TestOverflow:
             f"prompt needs ~61440 tokens of context; at most {fit} fit in free GPU memory"
         )
         assert decision.num_ctx == 8192
-        assert outcome_of(decision.reasons[0]) == "reject"
+        assert decision.outcome == "reject"
 
     def test_truncate_sends_the_fit(self) -> None:
         """truncate sends what fits and says the prompt will be cut."""
         context = ctx(**BIG_PROMPT)
         decision = decide(context, on_overflow="truncate")
         assert decision.num_ctx == largest(context)
-        assert outcome_of(decision.reasons[0]) == "truncate"
+        assert decision.outcome == "truncate"
         assert decision.reasons[0].endswith(f"using {largest(context)}, Ollama will cut the prompt")
 
     @pytest.mark.parametrize(
@@ -496,7 +496,7 @@ class TestSpilledRefit:
     def test_spilled_flag_alone_counts(self) -> None:
         """The facts provider's spilled flag is trusted even when the sizes look equal."""
         context = ctx(client_num_ctx=8192, prompt_tokens=1000, loaded=loaded(spilled=True))
-        assert outcome_of(decide(context).reasons[0]) == "refit"
+        assert decide(context).outcome == "refit"
 
 
 class TestFailOpen:
@@ -538,7 +538,7 @@ class TestFailOpen:
         """A non-verbose /api/show blanks per-layer arrays; the estimate's error is passed on."""
         decision = decide(with_model(ctx(client_num_ctx=4096, prompt_tokens=1000), head_count_kv=None))
         assert decision.num_ctx == 4096
-        assert outcome_of(decision.reasons[0]) == "unknown"
+        assert decision.outcome == "unknown"
         assert "cannot estimate memory: model 'gemma3:27b': head_count_kv is unknown" in decision.reasons[0]
 
     def test_unknown_weights_size(self) -> None:
@@ -566,22 +566,26 @@ class TestFailOpen:
         assert decide(context, max_ctx=32768).num_ctx == 32768
 
 
-class TestOutcomeOf:
+class TestOutcome:
     @pytest.mark.parametrize(
-        ("reason", "outcome"),
+        ("context", "options", "outcome"),
         [
-            ("headroom[overflow]: asked 8192, ...", "overflow"),
-            ("headroom[sticky]: asked 4096, ...", "sticky"),
-            ("headroom[unknown]: GPU memory unknown", "unknown"),
-            ("headroom: asked 131072, ...", None),
-            ("headroom[bogus]: ...", None),
-            ("headroom[overflow", None),
-            ("static: num_ctx 8192", None),
+            (ctx(client_num_ctx=8192, prompt_tokens=300_000), {}, "overflow"),
+            (ctx(loaded=loaded(context_length=16384), prompt_tokens=1000), {}, "sticky"),
+            (ctx(gpu=unknown_gpu()), {}, "unknown"),
+            (ctx(client_num_ctx=131072), {}, None),
+            (ctx(prompt_tokens=300_000), {"on_overflow": "reject"}, "reject"),
+            (ctx(prompt_tokens=300_000), {"on_overflow": "truncate"}, "truncate"),
         ],
     )
-    def test_reads_the_token(self, reason: str, outcome: str | None) -> None:
-        """The bracketed token is returned only when it is a known outcome."""
-        assert outcome_of(reason) == outcome
+    def test_outcome_is_data_and_matches_the_reason(
+        self, context: Context, options: dict[str, Any], outcome: str | None
+    ) -> None:
+        """Each path attaches its outcome as data; the reason's bracketed token says the same."""
+        decision = decide(context, **options)
+        assert decision.outcome == outcome
+        prefix = "headroom: " if outcome is None else f"headroom[{outcome}]: "
+        assert decision.reasons[0].startswith(prefix)
 
     def test_every_outcome_is_a_token(self) -> None:
         """The documented tokens are exactly the outcomes."""

@@ -7,23 +7,24 @@ import json
 import pytest
 
 from policies import Decision
-from proxy.intercept import parse_governed, rewrite_body
+from proxy.request.parse import parse_request
+from proxy.request.rewrite import rewrite_body
 
 
 def parse(body: object) -> object:
-    return parse_governed("chat", json.dumps(body).encode())
+    return parse_request("chat", json.dumps(body).encode())
 
 
 class TestParse:
     def test_reads_client_values(self) -> None:
         """num_ctx, keep_alive, num_predict and stream are read as Ollama reads them."""
-        parsed = parse_governed(
+        parsed = parse_request(
             "generate",
             b'{"model":"m","prompt":"p","keep_alive":"10m","stream":false,'
             b'"options":{"num_ctx":8192.9,"num_predict":64}}',
         )
         assert parsed is not None
-        assert (parsed.client_num_ctx, parsed.client_keep_alive, parsed.num_predict, parsed.stream) == (
+        assert (parsed.num_ctx, parsed.keep_alive, parsed.num_predict, parsed.stream) == (
             8192, "10m", 64, False,
         )
 
@@ -31,7 +32,7 @@ class TestParse:
         """Absent values are None and stream defaults to true."""
         parsed = parse({"model": "m", "messages": []})
         assert parsed is not None
-        assert (parsed.client_num_ctx, parsed.client_keep_alive, parsed.stream) == (None, None, True)
+        assert (parsed.num_ctx, parsed.keep_alive, parsed.stream) == (None, None, True)
 
     @pytest.mark.parametrize(
         "raw",
@@ -47,7 +48,7 @@ class TestParse:
     )
     def test_ungovernable_bodies_are_left_to_ollama(self, raw: bytes) -> None:
         """Whatever Ollama would refuse is not governed, so the client gets Ollama's answer."""
-        assert parse_governed("chat", raw) is None
+        assert parse_request("chat", raw) is None
 
 
 class TestRewrite:

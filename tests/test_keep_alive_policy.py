@@ -10,6 +10,7 @@ import pytest
 from policies.context import Context
 from policies.decision import Decision
 from policies.keep_alive import KeepAlivePolicy
+from proxy.request.parse import parse_request
 from tests.builders import ctx, gpu, start, unknown_gpu
 
 
@@ -78,11 +79,12 @@ class TestOptions:
         assert KeepAlivePolicy().decide(context, decision) is decision
 
     def test_invalid_client_value_is_left_for_ollama_to_refuse(self) -> None:
-        """A bare "300" is an Ollama 400; the policy neither raises nor hides it, even when pinned."""
-        context = ctx(body={"model": "gemma3:27b", "keep_alive": "300"}, **FULL)
-        decision = dataclasses.replace(Decision(), keep_alive="300")  # unchecked, as the client sent it
-        policy = KeepAlivePolicy(pin=["gemma3:*"], default="30m", under_pressure="2m")
-        assert policy.decide(context, decision) is decision
+        """A bare "300" is an Ollama 400: such a request is not governed at all (so no policy,
+        pinning included, can hide Ollama's answer), and no decision can carry the value."""
+        body = b'{"model": "gemma3:27b", "prompt": "hi", "keep_alive": "300"}'
+        assert parse_request("generate", body) is None
+        with pytest.raises(ValueError):
+            dataclasses.replace(Decision(), keep_alive="300")
 
     async def test_is_an_async_policy(self) -> None:
         """Awaiting the policy gives the same decision as ``decide``."""

@@ -12,9 +12,11 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from policies.memory import GIB
-from proxy.gpu import NvmlSource
-from proxy.store import DB_FILENAME
-from tests.conftest import ROOT_DIR, OllamaClients, StartFake, StartProxy, settled, state_of
+from proxy.app import reload
+from proxy.facts.memory import NvmlSource
+from proxy.keys import LEDGER
+from proxy.ledger.store import DB_FILENAME
+from tests.conftest import ROOT_DIR, OllamaClients, StartFake, StartProxy, settled
 from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fake_ollama import FakeOllama, gemma3_27b
 
@@ -39,20 +41,19 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
     """8192 -> 131072 on gemma3:27b with 24 GiB: the second context spills; the store, the log
     and the report all say so, with before/after figures."""
     fake = await start_fake(vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002, load_delay_s=0.05)
-    proxy = await start_proxy(fake.url, static(8192, tmp_path), gpu_source=NvmlSource(nvml=nvml_for(fake)))  # type: ignore[attr-defined]
+    proxy = await start_proxy(fake.url, static(8192, tmp_path), memory_source=NvmlSource(nvml=nvml_for(fake)))  # type: ignore[attr-defined]
     client = ollama_client(proxy.url)
-    state = state_of(proxy)
     with capture_logs() as logs:
         for _ in range(3):
             await client.generate(model="gemma3:27b", prompt="hello there")
             await settled(proxy)
         config_path = next(tmp_path.glob("config*.toml"))
         config_path.write_text(static(131072, tmp_path))
-        assert state.reload()
+        assert reload(proxy.app)
         for _ in range(3):
             await client.generate(model="gemma3:27b", prompt="hello there")
             await settled(proxy)
-    await state.store.aflush()
+    await asyncio.to_thread(proxy.app[LEDGER].backend.flush)  # type: ignore[attr-defined]
 
     spills = [e for e in logs if e["event"] == "spill"]
     assert len(spills) == 1 and spills[0]["num_ctx"] == 131072 and spills[0]["size_vram"] < spills[0]["size"]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from structlog.testing import capture_logs
 
-from policies.context import GpuDevice, GpuSnapshot, LoadedModel
-from proxy.app import create_app
+from policies.context import GpuDevice, GpuSnapshot
+from proxy.app import create_app, reload
 from proxy.config import Config
-from proxy.governor import Governor
-from proxy.live import (
-    LiveSources,
-    RecentDecisions,
-    admin_auth_middleware,
-    cached_ps,
-    live_routes,
-    summarise_config,
-    warn_if_exposed,
-)
-from proxy.metrics import CONTENT_TYPE, OTHER, GovernorMetrics
-from proxy.store import ResultStore
-from tests.conftest import Running, StartFake, StartProxy, start_app, state_of
+from proxy.facts.ollama import parse_loaded
+from proxy.govern.record import Applied, GovernedRequest, PolicyChange, Transition
+from proxy.govern.rules import Governor
+from proxy.keys import FACTS, MEMORY
+from proxy.ledger.ledger import Ledger
+from proxy.ledger.memory import MemoryBackend
+from proxy.ledger.store import ResultStore
+from proxy.views.auth import warn_if_exposed
+from proxy.views.metrics import CONTENT_TYPE, OTHER, GovernorMetrics
+from tests.conftest import Running, StartFake, StartProxy, eventually, start_app
 from tests.fake_ollama import FakeOllama
 
 GiB = 1 << 30
@@ -42,9 +38,9 @@ policies = [{ use = "static", num_ctx = 8192, keep_alive = "30m" }]
 """
 
 
-def result_event(**fields: Any) -> dict[str, Any]:
-    """A result event as ``Interceptor`` records it, with keyword overrides."""
-    event: dict[str, Any] = {
+def result_event(**fields: Any) -> GovernedRequest:
+    """A result as the pipeline records it, with keyword overrides."""
+    values: dict[str, Any] = {
         "ts": time.time(),
         "model": "gemma3:4b",
         "endpoint": "chat",
@@ -53,7 +49,7 @@ def result_event(**fields: Any) -> dict[str, Any]:
         "applied_num_ctx": 8192,
         "client_keep_alive": None,
         "applied_keep_alive": "30m",
-        "changed_by": [{"policy": "static", "fields": ["num_ctx"], "reason": "static"}],
+        "changed_by": (PolicyChange("static", ("num_ctx",), "static"),),
         "dry_run": False,
         "status": 200,
         "ttfb_ms": 120.0,
@@ -67,8 +63,13 @@ def result_event(**fields: Any) -> dict[str, Any]:
         "total_ms": 1800.0,
         "reloaded": False,
     }
-    event.update(fields)
-    return event
+    values.update(fields)
+    return GovernedRequest(**values)
+
+
+def a_change(before: int, after: int) -> Transition:
+    """A change of the applied num_ctx, as the ledger stamps it on the record that opened it."""
+    return Transition(Applied(before, "30m"), Applied(after, "30m"))
 
 
 def gpu_snapshot(*free_total: tuple[int, int]) -> GpuSnapshot:
@@ -96,9 +97,9 @@ class TestGovernorMetrics:
     def test_requests_and_latencies_by_model_and_endpoint(self) -> None:
         """Each event counts once under its status class; latencies land in seconds."""
         metrics = GovernorMetrics()
-        metrics.observe_result(result_event(total_ms=1800.0, ttfb_ms=120.0))
-        metrics.observe_result(result_event(total_ms=200.0, ttfb_ms=30.0))
-        metrics.observe_result(result_event(endpoint="generate", status=400, total_ms=None, ttfb_ms=None))
+        metrics.observe(result_event(total_ms=1800.0, ttfb_ms=120.0))
+        metrics.observe(result_event(total_ms=200.0, ttfb_ms=30.0))
+        metrics.observe(result_event(endpoint="generate", status=400, total_ms=None, ttfb_ms=None))
         name = "ollama_governor_requests_total"
         assert value(metrics, name, model="gemma3:4b", endpoint="chat", status_class="2xx") == 2
         assert value(metrics, name, model="gemma3:4b", endpoint="generate", status_class="4xx") == 1
@@ -113,8 +114,8 @@ class TestGovernorMetrics:
     def test_load_time_counts_reloads_only(self) -> None:
         """A warm request's few ms of load_duration would drown the cost of a load: not observed."""
         metrics = GovernorMetrics()
-        metrics.observe_result(result_event(reloaded=True, load_ms=6500.0, applied_num_ctx=16384))
-        metrics.observe_result(result_event(reloaded=False, load_ms=3.0, applied_num_ctx=16384))
+        metrics.observe(result_event(reloaded=True, load_ms=6500.0, applied_num_ctx=16384))
+        metrics.observe(result_event(reloaded=False, load_ms=3.0, applied_num_ctx=16384))
         load = "ollama_governor_load_duration_seconds"
         assert value(metrics, f"{load}_count", model="gemma3:4b", num_ctx="16384") == 1
         assert value(metrics, f"{load}_sum", model="gemma3:4b", num_ctx="16384") == pytest.approx(6.5)
@@ -124,10 +125,10 @@ class TestGovernorMetrics:
     def test_tokens_per_second_by_num_ctx(self) -> None:
         """Generation and prompt speed are split by the context they ran with ("default": none sent)."""
         metrics = GovernorMetrics()
-        metrics.observe_result(result_event(applied_num_ctx=8192, eval_tokens_per_s=40.0))
-        metrics.observe_result(result_event(applied_num_ctx=8192, eval_tokens_per_s=44.0))
-        metrics.observe_result(result_event(applied_num_ctx=32768, eval_tokens_per_s=3.0, prompt_tokens_per_s=None))
-        metrics.observe_result(result_event(applied_num_ctx=None, eval_tokens_per_s=None))
+        metrics.observe(result_event(applied_num_ctx=8192, eval_tokens_per_s=40.0))
+        metrics.observe(result_event(applied_num_ctx=8192, eval_tokens_per_s=44.0))
+        metrics.observe(result_event(applied_num_ctx=32768, eval_tokens_per_s=3.0, prompt_tokens_per_s=None))
+        metrics.observe(result_event(applied_num_ctx=None, eval_tokens_per_s=None))
         rate = "ollama_governor_eval_tokens_per_second"
         assert value(metrics, f"{rate}_count", model="gemma3:4b", num_ctx="8192") == 2
         assert value(metrics, f"{rate}_sum", model="gemma3:4b", num_ctx="8192") == pytest.approx(84.0)
@@ -140,19 +141,20 @@ class TestGovernorMetrics:
     def test_errors_spills_and_changes(self) -> None:
         """Upstream failures (502 or a broken stream), policy errors, spilled requests, changes."""
         metrics = GovernorMetrics()
-        metrics.observe_result(result_event(status=502, error="upstream Ollama is unreachable"))
-        metrics.observe_result(result_event(status=200, error="upstream closed the stream", completed=False))
-        metrics.observe_result(result_event(policy_errors=["a: timed out after 250 ms", "b: ValueError: x"]))
-        metrics.observe_result(result_event(spilled=True))
-        metrics.observe_result(result_event(spilled=None))
-        metrics.observe_change("gemma3:4b")
-        metrics.observe_change("gemma3:4b")
-        metrics.observe_spill("gemma3:4b")
+        metrics.observe(result_event(status=502, error="upstream Ollama is unreachable"))
+        metrics.observe(result_event(status=200, error="upstream closed the stream", completed=False))
+        metrics.observe(result_event(policy_errors=["a: timed out after 250 ms", "b: ValueError: x"]))
+        metrics.observe(result_event(spilled=True))
+        metrics.observe(result_event(spilled=None))
+        metrics.observe(result_event(change=a_change(8192, 16384)))
+        metrics.observe(result_event(change=a_change(16384, 8192)))
+        metrics.observe(result_event(change=Transition(None, Applied(8192, "30m"))))  # first seen: no change
+        metrics.observe(result_event(reloaded=True, spilled=True))
         model = {"model": "gemma3:4b"}
         assert value(metrics, "ollama_governor_upstream_errors_total", endpoint="chat", **model) == 2
         assert value(metrics, "ollama_governor_requests_total", status_class="5xx", **model) == 1
         assert value(metrics, "ollama_governor_policy_errors_total", **model) == 2
-        assert value(metrics, "ollama_governor_spilled_requests_total", **model) == 1
+        assert value(metrics, "ollama_governor_spilled_requests_total", **model) == 2
         assert value(metrics, "ollama_governor_changes_total", **model) == 2
         assert value(metrics, "ollama_governor_spills_total", **model) == 1
 
@@ -160,14 +162,15 @@ class TestGovernorMetrics:
         """A new applied pair is a change (not the first, a dry run or a failure); a spilled reload
         is a spill."""
         metrics = GovernorMetrics()
-        metrics.observe_result(result_event(applied_num_ctx=8192))  # first seen: no change
-        metrics.observe_result(result_event(applied_num_ctx=65536, dry_run=True))
-        metrics.observe_result(result_event(applied_num_ctx=65536, status=500))
-        metrics.observe_result(result_event(applied_num_ctx=8192))
+        ledger = Ledger(MemoryBackend(), [metrics.observe])  # the ledger says which records changed
+        ledger.record(result_event(applied_num_ctx=8192))  # first seen: no change
+        ledger.record(result_event(applied_num_ctx=65536, dry_run=True))
+        ledger.record(result_event(applied_num_ctx=65536, status=500))
+        ledger.record(result_event(applied_num_ctx=8192))
         assert value(metrics, "ollama_governor_changes_total", model="gemma3:4b") is None
-        metrics.observe_result(result_event(applied_num_ctx=32768, reloaded=True, load_ms=9000.0, spilled=True))
-        metrics.observe_result(result_event(applied_num_ctx=32768, spilled=True))
-        metrics.observe_result(result_event(applied_num_ctx=32768, applied_keep_alive="5m"))
+        ledger.record(result_event(applied_num_ctx=32768, reloaded=True, load_ms=9000.0, spilled=True))
+        ledger.record(result_event(applied_num_ctx=32768, spilled=True))
+        ledger.record(result_event(applied_num_ctx=32768, applied_keep_alive="5m"))
         assert value(metrics, "ollama_governor_changes_total", model="gemma3:4b") == 2
         assert value(metrics, "ollama_governor_spills_total", model="gemma3:4b") == 1
         assert value(metrics, "ollama_governor_spilled_requests_total", model="gemma3:4b") == 2
@@ -176,7 +179,7 @@ class TestGovernorMetrics:
         """``llama3.1`` is ``llama3.1:latest``; past the cap, new names count as ``_other``."""
         metrics = GovernorMetrics(max_models=2)
         for name in ("llama3.1", "llama3.1:latest", "gemma3:4b", "made-up-1", "made-up-2"):
-            metrics.observe_result(result_event(model=name))
+            metrics.observe(result_event(model=name))
         name = "ollama_governor_requests_total"
         assert value(metrics, name, model="llama3.1:latest") == 2
         assert value(metrics, name, model="gemma3:4b") == 1
@@ -202,7 +205,7 @@ class TestGovernorMetrics:
     def test_registries_are_private(self) -> None:
         """Two instances (two apps, a test beside a server) never share or clash on a metric."""
         first, second = GovernorMetrics(), GovernorMetrics()
-        first.observe_result(result_event())
+        first.observe(result_event())
         assert value(first, "ollama_governor_requests_total", model="gemma3:4b") == 1
         assert value(second, "ollama_governor_requests_total", model="gemma3:4b") is None
 
@@ -215,68 +218,57 @@ class TestGovernorMetrics:
         body, openmetrics = metrics.render_for("application/openmetrics-text; version=1.0.0")
         assert openmetrics.startswith("application/openmetrics-text") and body.endswith(b"# EOF\n")
 
-    def test_cheap_on_the_request_path(self) -> None:
-        """A sink runs for every request: tens of microseconds per event at most."""
-        metrics = GovernorMetrics()
-        event = result_event(reloaded=True, load_ms=3000.0, policy_errors=["x: y"], spilled=True)
-        started = time.perf_counter()
-        for _ in range(5000):
-            metrics.observe_result(event)
-        per_event_s = (time.perf_counter() - started) / 5000
-        assert per_event_s < 200e-6
-
 
 class TestLoadedModels:
-    async def test_ps_dicts_and_loaded_model_facts(self, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
-        """/api/ps dicts and LoadedModel facts both show; size_vram 0 is a spill only on a known GPU."""
-        ps: list[Mapping[str, Any] | LoadedModel] = [
+    async def test_loaded_models_and_spills(self, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+        """What the /api/ps poller read shows; size_vram 0 is a spill only on a host with a GPU."""
+        ps = [
             {"name": "cpu-only:1b", "size": 5 * GiB, "size_vram": 0, "context_length": 4096, "expires_at": "2030-01-01T00:00:00Z"},
             {"name": "partial:27b", "size": 20 * GiB, "size_vram": 12 * GiB, "context_length": 32768},
-            LoadedModel("facts:8b", "sha256:x", 6 * GiB, 6 * GiB, 8192, None, spilled=False),
+            {"name": "facts:8b", "digest": "sha256:x", "size": 6 * GiB, "size_vram": 6 * GiB, "context_length": 8192},
         ]
-
-        async def loaded() -> Sequence[Mapping[str, Any] | LoadedModel]:
-            return ps
-
         live = Live()
-        live.sources = dataclasses.replace(live.sources, loaded_models=loaded)
         live.server = await start_proxy("http://127.0.0.1:9", "", **live.options())
+        facts = live.server.app[FACTS]
+        facts.loaded = parse_loaded(ps, gpu_host=False)
         _, body = await get_json(http, f"{live.server.url}/governor/status")
         assert [(m["name"], m["spilled"]) for m in body["loaded"]] == [
-            ("cpu-only:1b", False), ("partial:27b", True), ("facts:8b", False),
+            ("cpu-only:1b", False), ("partial:27b", False), ("facts:8b", False),
         ]
         assert body["loaded"][0]["expires_at"] == "2030-01-01T00:00:00Z"
-        live.gpu = gpu_snapshot((1 * GiB, 24 * GiB))
+        facts.loaded = parse_loaded(ps, gpu_host=True)
         _, body = await get_json(http, f"{live.server.url}/governor/status")
-        assert body["loaded"][0]["spilled"] is True
+        assert [m["spilled"] for m in body["loaded"]] == [True, True, False]
 
 
-class TestRecentDecisions:
-    def test_bounded_and_newest_first(self) -> None:
+class TestMemoryLedger:
+    async def test_bounded_and_newest_first(self) -> None:
         """A ring buffer: the newest ``maxlen`` decisions, newest first."""
-        recent = RecentDecisions(maxlen=3)
+        recent = MemoryBackend(maxlen=3)
+        ledger = Ledger(recent)
         for i in range(5):
-            recent.add(result_event(ts=1000.0 + i))
-        assert [d["ts"] for d in recent.decisions()] == [1004.0, 1003.0, 1002.0]
+            ledger.record(result_event(ts=1000.0 + i))
+        assert [d["ts"] for d in await recent.decisions()] == [1004.0, 1003.0, 1002.0]
 
-    def test_keeps_safe_fields_only(self) -> None:
-        """Anything outside the known fields (a prompt that strayed into an event) is not kept."""
-        recent = RecentDecisions()
-        recent.add(result_event(model="llama3.1", prompt="the launch code", messages=[{"content": "x"}]))
-        [decision] = recent.decisions()
-        assert "prompt" not in decision and "messages" not in decision
+    async def test_keeps_the_record_fields_only(self) -> None:
+        """A decision is the record's fields and its change: nothing else (no prompt) can be in it."""
+        recent = MemoryBackend()
+        Ledger(recent).record(result_event(model="llama3.1"))
+        [decision] = await recent.decisions()
+        assert set(decision) == {*result_event().fields(), "change_id"}
         assert decision["model"] == "llama3.1:latest" and decision["applied_num_ctx"] == 8192
 
-    def test_changes_with_before_after_figures(self) -> None:
+    async def test_changes_with_before_after_figures(self) -> None:
         """Changes open like the store opens them; figures compare the change with the one before."""
-        recent = RecentDecisions()
-        recent.add(result_event(ts=1.0, applied_num_ctx=8192, reloaded=True, load_ms=2000.0, eval_tokens_per_s=40.0))
-        recent.add(result_event(ts=2.0, applied_num_ctx=8192, eval_tokens_per_s=44.0))
-        recent.add(result_event(ts=3.0, applied_num_ctx=65536, dry_run=True))  # never sent: no change
-        recent.add(result_event(ts=4.0, applied_num_ctx=32768, status=500))  # failed: no change
-        recent.add(result_event(ts=5.0, applied_num_ctx=32768, reloaded=True, load_ms=9000.0, eval_tokens_per_s=4.0, spilled=True))
-        recent.add(result_event(ts=6.0, applied_num_ctx=32768, eval_tokens_per_s=6.0))
-        newest, first = recent.changes()
+        backend = MemoryBackend()
+        recent = Ledger(backend)
+        recent.record(result_event(ts=1.0, applied_num_ctx=8192, reloaded=True, load_ms=2000.0, eval_tokens_per_s=40.0))
+        recent.record(result_event(ts=2.0, applied_num_ctx=8192, eval_tokens_per_s=44.0))
+        recent.record(result_event(ts=3.0, applied_num_ctx=65536, dry_run=True))  # never sent: no change
+        recent.record(result_event(ts=4.0, applied_num_ctx=32768, status=500))  # failed: no change
+        recent.record(result_event(ts=5.0, applied_num_ctx=32768, reloaded=True, load_ms=9000.0, eval_tokens_per_s=4.0, spilled=True))
+        recent.record(result_event(ts=6.0, applied_num_ctx=32768, eval_tokens_per_s=6.0))
+        newest, first = await backend.changes()
         assert first["first_seen"] and first["before"] is None and first["to_num_ctx"] == 8192
         assert first["after"]["requests"] == 3  # as in the report: the failed one counts, the dry run not
         assert (newest["from_num_ctx"], newest["to_num_ctx"], newest["first_seen"]) == (8192, 32768, False)
@@ -285,44 +277,50 @@ class TestRecentDecisions:
         assert newest["after"]["eval_tokens_per_s_median"] == 5.0
         assert newest["eval_tokens_per_s_ratio"] == pytest.approx(5.0 / 42.0)
         assert newest["load_ms_ratio"] == pytest.approx(9000.0 / 2000.0)
-        assert [p["ts"] for p in recent.points(since_ts=5.0)] == [5.0, 6.0]
+        assert [p["ts"] for p in await backend.points(since_ts=5.0)] == [5.0, 6.0]
 
 
 # --- through a running proxy ------------------------------------------------------------------------
 
 
+class StaticSource:
+    """A memory source that reads whatever snapshot the test set (None: no GPU source)."""
+
+    def __init__(self, snapshot: GpuSnapshot | None) -> None:
+        self.snapshot = snapshot
+
+    @property
+    def name(self) -> str:
+        return self.snapshot.source if self.snapshot is not None else "none"
+
+    async def read(self) -> GpuSnapshot:
+        return self.snapshot or GpuSnapshot(source="none", error="no GPU source in this test")
+
+    async def close(self) -> None:
+        return None
+
+
 class Live:
-    """The live views' sources, built before the proxy so its sinks and routes can use them."""
+    """A governor whose memory sample the test sets, and a sink that sees every record."""
 
     def __init__(self, *, store: ResultStore | None = None, gpu: GpuSnapshot | None = None) -> None:
-        self.metrics = GovernorMetrics()
-        self.recent = RecentDecisions()
+        self.source = StaticSource(gpu)
+        self.store = store
+        self.recorded: list[GovernedRequest] = []
         self.server: Running | None = None
-        self.gpu = gpu
 
-        def upstream() -> Any:
-            assert self.server is not None
-            return state_of(self.server).upstream()
+    async def set_gpu(self, snapshot: GpuSnapshot | None) -> None:
+        """Change what the memory source reads, and have the sampler read it now."""
+        assert self.server is not None
+        self.source.snapshot = snapshot
+        await self.server.app[MEMORY].refresh()
 
-        def config_summary() -> Mapping[str, Any]:
-            assert self.server is not None
-            return summarise_config(state_of(self.server).current().config)
-
-        self.sources = LiveSources(
-            config_summary=config_summary,
-            loaded_models=cached_ps(upstream, ttl_s=0.0),
-            store=lambda: store,
-            gpu=lambda: self.gpu,
-            metrics=self.metrics,
-            recent=self.recent,
-        )
-
-    def options(self, admin_token: str | None = None) -> dict[str, Any]:
-        """``create_app`` keyword arguments that wire the live views in."""
-        return {
-            "extra_routes": live_routes(self.sources, admin_token=admin_token),
-            "sinks": [self.metrics.observe_result, self.recent.add],
-        }
+    def options(self) -> dict[str, Any]:
+        """``create_app`` keyword arguments that wire the test's source, sink and store in."""
+        options: dict[str, Any] = {"memory_source": self.source, "sinks": [self.recorded.append]}
+        if self.store is not None:
+            options["backend"] = self.store
+        return options
 
 
 async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, Any]:
@@ -331,18 +329,14 @@ async def get_json(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tupl
 
 
 async def generate(live: Live, http: aiohttp.ClientSession, **options: Any) -> None:
-    """One governed request, returning once its result event has reached the sinks."""
+    """One governed request, returning once its result has reached the sinks."""
     assert live.server is not None
-    before = len(live.recent.decisions(limit=1000))
+    before = len(live.recorded)
     payload = {"model": "gemma3-270m", "prompt": "hi", "stream": False, "options": options}
     async with http.post(f"{live.server.url}/api/generate", json=payload) as response:
         assert response.status == 200, await response.text()
         await response.read()
-    for _ in range(500):  # the result is recorded just after the reply is sent
-        if len(live.recent.decisions(limit=1000)) > before:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the result event never reached the sinks")
+    await eventually(lambda: len(live.recorded) > before, what="the result reaching the sinks")
 
 
 class TestLiveRoutes:
@@ -379,7 +373,7 @@ class TestLiveRoutes:
         live.server = await start_proxy("http://127.0.0.1:9", "", **live.options())
         status, body = await get_json(http, f"{live.server.url}/governor/status")
         assert status == 200 and body["loaded"] == [] and body["loaded_error"]
-        assert body["gpu"] is None and body["decisions"] == []
+        assert body["gpu"]["known"] is False and body["decisions"] == []
 
     async def test_metrics_endpoint(self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
         """A scrape after a governed request parses back and counts it, with the GPU sample."""
@@ -418,10 +412,11 @@ class TestLiveRoutes:
         """With a store, points and change markers come from SQLite; ``since`` and ``model`` filter."""
         store = ResultStore(tmp_path / "results.db", flush_interval_s=0.05)
         now = time.time()
-        store.add(result_event(ts=now - 90_000, model="old:1b"))  # outside the default 24 h window
+        earlier = Ledger(store)  # an earlier run of the governor filled the store
+        earlier.record(result_event(ts=now - 90_000, model="old:1b"))  # outside the default 24 h window
         for i, ctx in enumerate((4096, 4096, 8192, 8192, 16384)):
-            store.add(result_event(ts=now - 500 + i * 100, applied_num_ctx=ctx, eval_tokens_per_s=40.0 - i))
-        store.add(result_event(ts=now - 50, model="llama3.1:8b"))
+            earlier.record(result_event(ts=now - 500 + i * 100, applied_num_ctx=ctx, eval_tokens_per_s=40.0 - i))
+        earlier.record(result_event(ts=now - 50, model="llama3.1:8b"))
         assert store.flush(timeout_s=5.0)
         try:
             live = Live(store=store)
@@ -479,13 +474,11 @@ TOKEN = "s3cret-admin-token"
 
 @pytest.fixture
 async def guarded(fake: FakeOllama) -> AsyncIterator[Running]:
-    """The governor with the live views and ``admin_auth_middleware(TOKEN)`` installed."""
-    live = Live()
-    app = create_app(Governor.build(Config(upstream=fake.url)), **live.options(TOKEN))  # type: ignore[attr-defined]
-    app.middlewares.append(admin_auth_middleware(TOKEN))
-    live.server = await start_app(app)
-    yield live.server
-    await live.server.runner.cleanup()
+    """The governor with ``admin_token`` set."""
+    app = create_app(Governor.build(Config(upstream=fake.url, admin_token=TOKEN)))  # type: ignore[attr-defined]
+    server = await start_app(app)
+    yield server
+    await server.runner.cleanup()
 
 
 class TestAdminAuth:
@@ -498,6 +491,8 @@ class TestAdminAuth:
                 assert response.headers["WWW-Authenticate"].startswith("Bearer")
                 assert (await response.json())["error"]
         async with http.get(f"{guarded.url}{path}", headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+            assert response.status == (404 if path == "/governor/nope" else 200)
+        async with http.get(f"{guarded.url}{path}", headers={"Authorization": f"bearer {TOKEN}"}) as response:
             assert response.status == (404 if path == "/governor/nope" else 200)
 
     @pytest.mark.parametrize("path", ["/governor/health", "/governor/"])
@@ -514,49 +509,36 @@ class TestAdminAuth:
         [tags] = [r for r in fake.requests if r.path == "/api/tags"]
         assert tags.headers["Authorization"] == "Bearer client-key-for-ollama"
 
-    async def test_routes_check_the_token_without_the_middleware(
-        self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
+    async def test_token_read_per_request(
+        self, fake: FakeOllama, start_proxy: StartProxy, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
-        """Defence in depth: the live routes refuse a missing token even in an app without it."""
-        live = Live()
-        server = await start_proxy(fake.url, "", **live.options(TOKEN))  # type: ignore[attr-defined]
-        async with http.get(f"{server.url}/governor/status") as response:
+        """The token is read per request, so a reload can set or rotate it."""
+        server = await start_proxy(fake.url, "")  # type: ignore[attr-defined]
+        url = f"{server.url}/governor/nope"
+        async with http.get(url) as response:
+            assert response.status == 404  # no token yet: open
+        next(tmp_path.glob("config*.toml")).write_text('admin_token = "rotated"\n')
+        assert reload(server.app)
+        async with http.get(url) as response:
             assert response.status == 401
-        async with http.get(f"{server.url}/governor/metrics", headers={"Authorization": f"bearer {TOKEN}"}) as response:
+        async with http.get(url, headers={"Authorization": "Bearer rotated"}) as response:
+            assert response.status == 404
+
+    async def test_no_token_no_check(self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+        """Without a token every admin path answers."""
+        server = await start_proxy(fake.url, "")  # type: ignore[attr-defined]
+        async with http.get(f"{server.url}/governor/status") as response:
             assert response.status == 200
 
-    async def test_token_read_per_request(self, fake: FakeOllama) -> None:
-        """A token given as a function is read per request, so a reload can set or rotate it."""
-        current: list[str | None] = [None]
-        live = Live()
-        app = create_app(Governor.build(Config(upstream=fake.url)), **live.options())  # type: ignore[attr-defined]
-        app.middlewares.append(admin_auth_middleware(lambda: current[0]))
-        live.server = await start_app(app)
-        url = f"{live.server.url}/governor/nope"
-        try:
-            async with aiohttp.ClientSession() as http:
-                async with http.get(url) as response:
-                    assert response.status == 404  # no token yet: open
-                current[0] = "rotated"
-                async with http.get(url) as response:
-                    assert response.status == 401
-                async with http.get(url, headers={"Authorization": "Bearer rotated"}) as response:
-                    assert response.status == 404
-        finally:
-            await live.server.runner.cleanup()
-
-    async def test_no_token_no_check(self, fake: FakeOllama) -> None:
-        """Without a token the middleware lets everything through."""
-        middleware = admin_auth_middleware(None)
-        live = Live()
-        app = create_app(Governor.build(Config(upstream=fake.url)), **live.options())  # type: ignore[attr-defined]
-        app.middlewares.append(middleware)
-        live.server = await start_app(app)
-        try:
-            async with aiohttp.ClientSession() as http, http.get(f"{live.server.url}/governor/status") as response:
-                assert response.status == 200
-        finally:
-            await live.server.runner.cleanup()
+    async def test_a_header_that_is_not_utf8_is_a_401(self, guarded: Running) -> None:
+        """Bytes that are not UTF-8 in Authorization are a wrong token (401), never a 500."""
+        host, port = guarded.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /governor/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n")
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] == b"401"
 
 
 class TestWarnIfExposed:

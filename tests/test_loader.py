@@ -11,7 +11,7 @@ import pytest
 from policies import Context, Decision
 from policies.static import Static
 from proxy.config import PolicySpec
-from proxy.loader import PolicyLoadError, load_policy
+from proxy.govern.loader import PolicyLoadError, load_policy
 
 
 def spec(use: str, **options: Any) -> PolicySpec:

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from proxy.report import (
+from proxy.govern.record import GovernedRequest
+from proxy.ledger.ledger import Ledger
+from proxy.ledger.report import (
     Report,
     build_report,
     median,
@@ -18,7 +20,7 @@ from proxy.report import (
     render_text,
     report_to_json,
 )
-from proxy.store import DB_FILENAME, ResultStore
+from proxy.ledger.store import DB_FILENAME, ResultStore
 
 BASE_TS = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 NOW_TS = BASE_TS + 3600.0
@@ -36,20 +38,20 @@ def event(
     prompt_tokens_per_s: float | None = None,
     eval_tokens_per_s: float | None = None,
     **fields: Any,
-) -> dict[str, Any]:
-    return {
-        "ts": ts,
-        "model": model,
-        "endpoint": "generate",
-        "applied_num_ctx": applied_num_ctx,
-        "applied_keep_alive": applied_keep_alive,
-        "reloaded": reloaded,
-        "load_ms": load_ms,
-        "prompt_tokens_per_s": prompt_tokens_per_s,
-        "eval_tokens_per_s": eval_tokens_per_s,
-        "status": 200,
+) -> GovernedRequest:
+    return GovernedRequest(
+        ts=ts,
+        model=model,
+        endpoint="generate",
+        applied_num_ctx=applied_num_ctx,
+        applied_keep_alive=applied_keep_alive,
+        reloaded=reloaded,
+        load_ms=load_ms,
+        prompt_tokens_per_s=prompt_tokens_per_s,
+        eval_tokens_per_s=eval_tokens_per_s,
+        status=200,
         **fields,
-    }
+    )
 
 
 # Change ids follow insertion order: llama = 1, then gemma G1 = 2, G2 = 3, G3 = 4.
@@ -105,8 +107,9 @@ KNOWN_EVENTS = [
 def db_path(tmp_path: Path) -> Path:
     path = tmp_path / DB_FILENAME
     store = ResultStore(path, retention_days=1e6, flush_interval_s=3600.0, batch_size=100_000)
+    ledger = Ledger(store)
     for known in KNOWN_EVENTS:
-        store.add(known)
+        ledger.record(known)
     store.close()
     assert not store.degraded
     return path

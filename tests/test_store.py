@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from proxy.store import DB_FILENAME, SCHEMA_VERSION, ResultStore, default_state_dir
+from proxy.govern.record import FIELD_NAMES, GovernedRequest, PolicyChange
+from proxy.ledger.ledger import Ledger
+from proxy.ledger.store import DB_FILENAME, SCHEMA_VERSION, ResultStore, default_state_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,21 +32,19 @@ def event(
     endpoint: str = "chat",
     applied_num_ctx: int | None = 8192,
     applied_keep_alive: str | None = "5m",
+    status: int | None = 200,
     **fields: Any,
-) -> dict[str, Any]:
-    """A result event as the proxy emits it; keyword overrides for what a test cares about."""
-    return {
-        "ts": time.time() if ts is None else ts,
-        "model": model,
-        "endpoint": endpoint,
-        "client_num_ctx": None,
-        "applied_num_ctx": applied_num_ctx,
-        "client_keep_alive": None,
-        "applied_keep_alive": applied_keep_alive,
-        "status": 200,
-        "dry_run": False,
+) -> GovernedRequest:
+    """A result as the pipeline records it; keyword overrides for what a test cares about."""
+    return GovernedRequest(
+        ts=time.time() if ts is None else ts,
+        model=model,
+        endpoint=endpoint,
+        applied_num_ctx=applied_num_ctx,
+        applied_keep_alive=applied_keep_alive,
+        status=status,
         **fields,
-    }
+    )
 
 
 def rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -83,6 +83,12 @@ def store(db_path: Path) -> Iterator[ResultStore]:
     result_store = ResultStore(db_path, flush_interval_s=3600.0, batch_size=100_000)
     yield result_store
     result_store.close()
+
+
+@pytest.fixture
+def ledger(store: ResultStore) -> Ledger:
+    """The ledger in front of the store: it detects the changes the store files."""
+    return Ledger(store)
 
 
 class TestDefaultStateDir:
@@ -163,7 +169,7 @@ class TestWrites:
         release_writer = threading.Event()
 
         class StalledDiskStore(ResultStore):
-            def _write_batch(self, conn: sqlite3.Connection, batch: list[dict[str, Any]]) -> None:
+            def _write_batch(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], bool]]) -> None:
                 writer_stuck.set()
                 release_writer.wait(timeout=10.0)
                 super()._write_batch(conn, batch)
@@ -217,13 +223,15 @@ class TestWrites:
         assert count_results(db_path) == 3
 
     def test_unknown_fields_are_stored_nowhere(self, db_path: Path) -> None:
-        """Extra keys, prompts included, never reach the database file."""
+        """The results table holds the record's fields and nothing else: no column for a prompt."""
         result_store = ResultStore(db_path)
-        result_store.add(event(prompt="TOP-SECRET-PROMPT", messages=[{"content": "TOP-SECRET-MESSAGE"}]))
+        with pytest.raises(TypeError):
+            event(prompt="TOP-SECRET-PROMPT")
+        result_store.add(event())
         result_store.close()
         assert count_results(db_path) == 1
-        on_disk = b"".join(p.read_bytes() for p in db_path.parent.iterdir() if p.name.startswith(DB_FILENAME))
-        assert b"TOP-SECRET" not in on_disk
+        columns = {r[1] for r in rows(db_path, "PRAGMA table_info(results)")}
+        assert columns == {"id", "change_id", *FIELD_NAMES}
 
     def test_fields_round_trip(self, store: ResultStore) -> None:
         """Every documented field comes back with its type; changed_by as a list of dicts."""
@@ -232,7 +240,7 @@ class TestWrites:
             event(
                 client_num_ctx=131072,
                 client_keep_alive="-1",
-                changed_by=changed_by,
+                changed_by=(PolicyChange("static", ("num_ctx",), "cap at 8192"),),
                 load_ms=4100.5,
                 total_ms=9000.0,
                 ttfb_ms=4200.0,
@@ -274,13 +282,21 @@ class TestWrites:
         assert store.flush(timeout_s=10.0)
         assert store.recent_results(limit=1)[0]["applied_keep_alive"] == "300"
 
-    def test_malformed_event_is_rejected_with_a_warning(self, store: ResultStore) -> None:
-        """An event without a model is dropped with a warning, not raised to the caller."""
+    def test_a_row_sqlite_refuses_is_logged_and_the_writer_goes_on(self, db_path: Path) -> None:
+        """A value SQLite cannot hold (an integer past 64 bits) loses that row to the log, alone;
+        the rows around it, and every later one, are stored."""
+        result_store = ResultStore(db_path, flush_interval_s=0.01, batch_size=10)
         with structlog.testing.capture_logs() as logs:
-            store.add({"ts": time.time(), "endpoint": "chat"})
-            store.add(event(ts="not a number"))  # type: ignore[arg-type]
-        assert [w["event"] for w in warnings_in(logs)] == ["store_event_rejected"] * 2
-        assert store.pending_events == 0
+            result_store.add(event(eval_tokens=1))
+            result_store.add(event(eval_tokens=2, client_num_ctx=10**30))
+            result_store.add(event(eval_tokens=3))
+            assert result_store.flush(timeout_s=10.0)
+            result_store.add(event(eval_tokens=4))
+            result_store.close()
+        assert [r[0] for r in rows(db_path, "SELECT eval_tokens FROM results ORDER BY id")] == [1, 3, 4]
+        [unstored] = [entry for entry in logs if entry["event"] == "result_unstored"]
+        assert unstored["eval_tokens"] == 2 and "OverflowError" in unstored["store_error"]
+        assert not result_store.degraded
 
     def test_queue_full_drops_oldest_with_counted_warnings(self, db_path: Path) -> None:
         """Past max_pending the oldest events go; warnings at 1, 10, 100 ... drops."""
@@ -311,17 +327,16 @@ class TestWrites:
 CRASHING_CHILD = """
 import os, signal, sys, time
 from pathlib import Path
-from proxy.store import ResultStore
+from proxy.govern.record import GovernedRequest
+from proxy.ledger.store import ResultStore
 
 store = ResultStore(Path(sys.argv[1]), flush_interval_s=3600.0, batch_size=100_000)
 now = time.time()
 for i in range(50):
-    store.add({"ts": now + i, "model": "m", "endpoint": "chat", "applied_num_ctx": 8192,
-               "eval_tokens": i})
+    store.add(GovernedRequest(ts=now + i, model="m", endpoint="chat", applied_num_ctx=8192, eval_tokens=i))
 assert store.flush(timeout_s=10.0)
 for i in range(50, 80):
-    store.add({"ts": now + i, "model": "m", "endpoint": "chat", "applied_num_ctx": 8192,
-               "eval_tokens": i})
+    store.add(GovernedRequest(ts=now + i, model="m", endpoint="chat", applied_num_ctx=8192, eval_tokens=i))
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -393,7 +408,7 @@ class TestMigration:
         result_store.close()
         assert not result_store.degraded
         assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 2
+        assert SCHEMA_VERSION == 3
         assert rows(
             db_path, "SELECT load_ms, spilled, truncation_suspect, ttfb_ms FROM results ORDER BY id"
         ) == [(4000.0, None, None, None), (5.0, None, None, None), (None, 1, 0, 12.5)]
@@ -457,10 +472,11 @@ class TestDegraded:
         child = (
             "import json, structlog, sys\n"
             "from pathlib import Path\n"
-            "from proxy.store import ResultStore\n"
+            "from proxy.govern.record import GovernedRequest\n"
+            "from proxy.ledger.store import ResultStore\n"
             "with structlog.testing.capture_logs() as logs:\n"
             "    store = ResultStore(Path(sys.argv[1]))\n"
-            "    store.add({'ts': 1.0, 'model': 'gemma3:27b', 'endpoint': 'chat', 'status': 200})\n"
+            "    store.add(GovernedRequest(ts=1.0, model='gemma3:27b', endpoint='chat', status=200))\n"
             "    store.close()\n"
             "print(json.dumps({'degraded': store.degraded, 'events': [e['event'] for e in logs]}))\n"
         )
@@ -513,10 +529,11 @@ class TestRetention:
         """Count bound: only the newest max_rows survive; emptied changes go too."""
         now = time.time()
         first = ResultStore(db_path)
+        ledger = Ledger(first)
         for i in range(10):
-            first.add(event(ts=now + i, applied_num_ctx=8192, eval_tokens=i))
+            ledger.record(event(ts=now + i, applied_num_ctx=8192, eval_tokens=i))
         for i in range(10, 30):
-            first.add(event(ts=now + i, applied_num_ctx=16384, eval_tokens=i))
+            ledger.record(event(ts=now + i, applied_num_ctx=16384, eval_tokens=i))
         first.close()
         assert rows(db_path, "SELECT COUNT(*) FROM changes") == [(2,)]
         ResultStore(db_path, max_rows=15).close()
@@ -537,10 +554,10 @@ class TestRetention:
 
 
 class TestChanges:
-    def test_back_and_forth_is_three_changes(self, store: ResultStore, db_path: Path) -> None:
+    def test_back_and_forth_is_three_changes(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
         """8192 -> 16384 -> 8192 makes three changes, each result filed under its own."""
         for num_ctx in (8192, 8192, 16384, 16384, 16384, 8192):
-            store.add(event(applied_num_ctx=num_ctx))
+            ledger.record(event(applied_num_ctx=num_ctx))
         store.close()
         assert rows(
             db_path,
@@ -559,17 +576,17 @@ class TestChanges:
             (3,),
         ]
 
-    def test_models_are_tracked_separately(self, store: ResultStore, db_path: Path) -> None:
+    def test_models_are_tracked_separately(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
         """Interleaved models do not create changes for each other."""
         for model in ("a:1b", "b:2b", "a:1b", "b:2b"):
-            store.add(event(model=model))
+            ledger.record(event(model=model))
         store.close()
         assert rows(db_path, "SELECT model FROM changes ORDER BY id") == [("a:1b",), ("b:2b",)]
 
-    def test_keep_alive_alone_is_a_change(self, store: ResultStore, db_path: Path) -> None:
+    def test_keep_alive_alone_is_a_change(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
         """A new keep_alive at the same num_ctx is a change too."""
-        store.add(event(applied_keep_alive="5m"))
-        store.add(event(applied_keep_alive="30m"))
+        ledger.record(event(applied_keep_alive="5m"))
+        ledger.record(event(applied_keep_alive="30m"))
         store.close()
         assert rows(db_path, "SELECT from_keep_alive, to_keep_alive FROM changes") == [
             (None, "5m"),
@@ -579,11 +596,12 @@ class TestChanges:
     def test_restart_does_not_invent_a_change(self, db_path: Path) -> None:
         """After a restart the same pair continues the change; a new pair starts from the old."""
         first = ResultStore(db_path)
-        first.add(event(applied_num_ctx=8192))
+        Ledger(first).record(event(applied_num_ctx=8192))
         first.close()
         second = ResultStore(db_path)
-        second.add(event(applied_num_ctx=8192))
-        second.add(event(applied_num_ctx=32768))
+        resumed = Ledger(second)
+        resumed.record(event(applied_num_ctx=8192))
+        resumed.record(event(applied_num_ctx=32768))
         second.close()
         assert rows(db_path, "SELECT id, from_num_ctx, to_num_ctx FROM changes") == [
             (1, None, 8192),
@@ -591,33 +609,33 @@ class TestChanges:
         ]
         assert rows(db_path, "SELECT change_id FROM results ORDER BY id") == [(1,), (1,), (2,)]
 
-    def test_dry_run_and_failed_requests_open_no_change(self, store: ResultStore, db_path: Path) -> None:
+    def test_dry_run_and_failed_requests_open_no_change(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
         """Values that never reached Ollama, or a failed request, stay under the current change."""
-        store.add(event(applied_num_ctx=8192))
-        store.add(event(applied_num_ctx=65536, dry_run=True))
-        store.add(event(applied_num_ctx=65536, status=502))
-        store.add(event(applied_num_ctx=8192))
+        ledger.record(event(applied_num_ctx=8192))
+        ledger.record(event(applied_num_ctx=65536, dry_run=True))
+        ledger.record(event(applied_num_ctx=65536, status=502))
+        ledger.record(event(applied_num_ctx=8192))
         store.close()
         assert rows(db_path, "SELECT id, to_num_ctx FROM changes") == [(1, 8192)]
         assert rows(db_path, "SELECT change_id FROM results") == [(1,)] * 4
 
     def test_a_model_first_seen_in_dry_run_still_gets_a_change(
-        self, store: ResultStore, db_path: Path
+        self, store: ResultStore, ledger: Ledger, db_path: Path
     ) -> None:
         """Every result needs a change, so the first one is opened whatever the event."""
-        store.add(event(applied_num_ctx=65536, dry_run=True))
-        store.add(event(applied_num_ctx=8192))
+        ledger.record(event(applied_num_ctx=65536, dry_run=True))
+        ledger.record(event(applied_num_ctx=8192))
         store.close()
         assert rows(db_path, "SELECT from_num_ctx, to_num_ctx FROM changes ORDER BY id") == [
             (None, 65536),
             (65536, 8192),
         ]
 
-    def test_latest_tag_is_the_same_model(self, store: ResultStore, db_path: Path) -> None:
+    def test_latest_tag_is_the_same_model(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
         """llama3.1 and llama3.1:latest share one change history, as they share one Ollama model."""
-        store.add(event(model="llama3.1"))
-        store.add(event(model="llama3.1:latest"))
-        store.add(event(model="hf.co/org/repo"))
+        ledger.record(event(model="llama3.1"))
+        ledger.record(event(model="llama3.1:latest"))
+        ledger.record(event(model="hf.co/org/repo"))
         assert store.flush(timeout_s=10.0)
         assert len(store.recent_results(model="llama3.1", limit=10)) == 2
         store.close()
@@ -626,11 +644,11 @@ class TestChanges:
             ("hf.co/org/repo:latest",),
         ]
 
-    def test_a_spilled_result_marks_its_change(self, store: ResultStore, db_path: Path) -> None:
+    def test_a_spilled_result_marks_its_change(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
         """changes.spilled is set when any result under the change spilled."""
-        store.add(event(applied_num_ctx=8192, spilled=False))
-        store.add(event(applied_num_ctx=65536, spilled=False))
-        store.add(event(applied_num_ctx=65536, spilled=True))
+        ledger.record(event(applied_num_ctx=8192, spilled=False))
+        ledger.record(event(applied_num_ctx=65536, spilled=False))
+        ledger.record(event(applied_num_ctx=65536, spilled=True))
         store.close()
         assert rows(db_path, "SELECT to_num_ctx, spilled FROM changes ORDER BY id") == [
             (8192, 0),
@@ -639,17 +657,17 @@ class TestChanges:
 
 
 class TestReads:
-    def test_recent_changes_newest_first_with_counts(self, store: ResultStore) -> None:
+    def test_recent_changes_newest_first_with_counts(self, store: ResultStore, ledger: Ledger) -> None:
         """The live view sees changes newest first, each with its result count."""
         for num_ctx in (8192, 8192, 16384):
-            store.add(event(applied_num_ctx=num_ctx))
+            ledger.record(event(applied_num_ctx=num_ctx))
         assert store.flush(timeout_s=10.0)
-        changes = store.recent_changes(limit=10)
-        assert [(c["to_num_ctx"], c["requests"], c["spilled"]) for c in changes] == [
+        changes = store.change_rows(limit=10)
+        assert [(c["to_num_ctx"], c["after"]["requests"], c["spilled"]) for c in changes] == [
             (16384, 1, False),
             (8192, 2, False),
         ]
-        assert len(store.recent_changes(limit=1)) == 1
+        assert len(store.change_rows(limit=1)) == 1
 
     def test_recent_results_filters(self, store: ResultStore) -> None:
         """model, since_ts and limit narrow the newest-first list."""
@@ -669,14 +687,14 @@ class TestReads:
     async def test_reads_from_a_worker_thread(self, store: ResultStore) -> None:
         """Reads open their own connection, so asyncio.to_thread can run them."""
         store.add(event())
-        assert await store.aflush(timeout_s=10.0)
+        assert await asyncio.to_thread(store.flush, 10.0)
         assert len(await asyncio.to_thread(store.recent_results, None, None, 5)) == 1
-        assert len(await asyncio.to_thread(store.recent_changes)) == 1
+        assert len(await store.changes()) == 1
 
     def test_nothing_to_read(self, tmp_path: Path) -> None:
         """Without a database the views are empty, not an error."""
         (tmp_path / "not-a-dir").write_text("")
         result_store = ResultStore(tmp_path / "not-a-dir" / DB_FILENAME)
         result_store.close()
-        assert result_store.recent_changes() == []
+        assert result_store.change_rows() == []
         assert result_store.recent_results(limit=5) == []

@@ -302,7 +302,7 @@ def test_takeover_dropins_match() -> None:
 def test_config_example_parses() -> None:
     """The shipped example loads with the governor's own loader, policies included."""
     from proxy.config import load_config
-    from proxy.governor import Governor
+    from proxy.govern.rules import Governor
 
     governor = Governor.build(load_config(CONFIG_EXAMPLE))
     assert governor.config.listen == "127.0.0.1:11435"

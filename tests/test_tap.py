@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy.tap import FinalObjectTap
+from proxy.upstream.tap import FinalObjectTap
 
 LINES = [
     {"model": "m", "response": "a", "done": False},

@@ -1,0 +1,323 @@
+"""Facts about Ollama gathered off the request path: model facts, loaded models, version.
+
+``/api/show`` is fetched once per model digest (single-flight) and cached; ``/api/tags`` maps
+names to digests and is re-read when a pull/create/copy/delete passes through. ``/api/ps`` is
+polled every few seconds and right after each load, and every fresh load calibrates the memory
+model. A request never waits on any of this beyond a short, bounded wait for a model's first
+facts; whatever is missing reaches policies as ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from policies.context import GpuSnapshot, LoadedModel
+from policies.memory import effective_parallel, estimate
+from policies.model import ModelFacts, parse_version, uses_llama_server
+from proxy.config.settings import OllamaSettings
+from proxy.facts.calibration import CalibrationBook, calibration_key
+from proxy.names import canonical_model
+from proxy.upstream.client import OWN_HEADERS, Upstream
+
+log = structlog.get_logger("ollama_governor.facts")
+
+
+def parse_loaded(models: object, *, gpu_host: bool) -> tuple[LoadedModel, ...]:
+    """``/api/ps`` models as LoadedModel values.
+
+    ``size_vram < size`` is a spill only on a host with a GPU: on a CPU-only host Ollama
+    reports ``size_vram`` 0 for every model, which is CPU inference, not a spill.
+    """
+    loaded = []
+    for entry in models if isinstance(models, list) else ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        size = _int(entry.get("size"))
+        size_vram = _int(entry.get("size_vram"))
+        loaded.append(
+            LoadedModel(
+                name=entry["name"],
+                digest=str(entry.get("digest") or ""),
+                size_bytes=size,
+                size_vram_bytes=size_vram,
+                context_length=_int(entry.get("context_length")) or None,
+                expires_at=entry.get("expires_at") if isinstance(entry.get("expires_at"), str) else None,
+                spilled=gpu_host and size_vram < size,
+            )
+        )
+    return tuple(loaded)
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+class Facts:
+    """Everything the governor knows about Ollama, refreshed in the background.
+
+    It is the one reader of ``/api/ps``: the memory source for a remote GPU
+    (``OllamaPsSource``) reads its latest answer through ``latest_ps`` instead of polling too.
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        settings: OllamaSettings,
+        *,
+        gpu: Callable[[], GpuSnapshot | None] = lambda: None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.gpu = gpu
+        self.calibrations = CalibrationBook(state_dir / "calibration.json" if state_dir else None)
+        self.loaded: tuple[LoadedModel, ...] = ()
+        self._ps_answer: object = None
+        self._ps_error: Exception | None = RuntimeError("/api/ps not read yet")
+        self.detected_version: tuple[int, int, int] | None = None
+        self._by_digest: dict[str, ModelFacts] = {}
+        self._tags: dict[str, Mapping[str, Any]] | None = None
+        self._tags_task: asyncio.Task[None] | None = None
+        self._show_tasks: dict[str, asyncio.Task[ModelFacts | None]] = {}
+        self._show_failed: dict[str, float] = {}
+        self._ps_queued: asyncio.Task[None] | None = None
+        self._ps_lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._logged: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin polling ``/api/ps`` (and read the version) in the background."""
+        self._poller = asyncio.create_task(self._poll(), name="ollama-governor facts poller")
+
+    async def stop(self) -> None:
+        """Stop background work and persist calibrations."""
+        tasks = [t for t in (self._poller, self._ps_queued, self._tags_task, *self._show_tasks.values()) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.to_thread(self.calibrations.save)
+
+    async def _poll(self) -> None:
+        while True:
+            await self.refresh_loaded()
+            await asyncio.sleep(self.settings.ps_interval_s)
+
+    # -- version ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> tuple[int, int, int] | None:
+        """The configured override, else what ``/api/version`` said."""
+        return self.settings.version or self.detected_version
+
+    async def _read_version(self) -> None:
+        try:
+            answer = await self.upstream.get_json("/api/version", timeout_s=5.0)
+            self.detected_version = parse_version(str(answer.get("version")))
+        except Exception as exc:
+            self._once("version_unknown", error=f"{type(exc).__name__}: {exc}")
+
+    # -- loaded models ---------------------------------------------------------------------
+
+    @property
+    def ps_error(self) -> Exception | None:
+        """Why the last ``/api/ps`` read failed, or None when it worked."""
+        return self._ps_error
+
+    async def latest_ps(self) -> object:
+        """The last ``/api/ps`` answer the poller read; raises why there is none."""
+        if self._ps_error is not None:
+            raise self._ps_error
+        return self._ps_answer
+
+    def loaded_model(self, name: str) -> LoadedModel | None:
+        """This model as ``/api/ps`` last showed it, or None."""
+        wanted = canonical_model(name)
+        for model in self.loaded:
+            if canonical_model(model.name) == wanted:
+                return model
+        return None
+
+    def expect_loaded(self, name: str, num_ctx: int) -> bool:
+        """Note that a request just sent will have Ollama hold ``name`` at ``num_ctx``; True when
+        that means a (re)load, as far as the last ``/api/ps`` read tells.
+
+        Until ``/api/ps`` confirms it, the entry is provisional, so concurrent requests see the
+        context being loaded rather than a stale one (and do not trigger a second reload).
+        """
+        current = self.loaded_model(name)
+        facts = self.cached_facts(name)
+        if facts is not None and facts.context_length:
+            num_ctx = min(num_ctx, facts.context_length)  # Ollama clamps to the trained length
+        if current is not None and current.context_length == num_ctx:
+            return False
+        provisional = LoadedModel(
+            name=current.name if current else canonical_model(name),
+            digest=current.digest if current else (facts.digest or "" if facts else ""),
+            size_bytes=0,
+            size_vram_bytes=0,
+            context_length=num_ctx,
+            expires_at=None,
+            provisional=True,
+        )
+        others = tuple(m for m in self.loaded if m is not current)
+        self.loaded = (*others, provisional)
+        return True
+
+    def refresh_loaded_soon(self) -> asyncio.Task[None]:
+        """Schedule an ``/api/ps`` read that starts after this call (a load just finished).
+
+        Callers that arrive while such a read is still waiting to start share it, so a burst
+        of finished requests costs one read, and none of them gets a read from before it.
+        """
+        if self._ps_queued is None or self._ps_queued.done():
+            self._ps_queued = asyncio.create_task(self._queued_refresh())
+        return self._ps_queued
+
+    async def _queued_refresh(self) -> None:
+        async with self._ps_lock:
+            self._ps_queued = None
+            await self._read_loaded()
+
+    async def refresh_loaded(self) -> None:
+        """Read ``/api/ps`` once and calibrate from any load not seen before."""
+        async with self._ps_lock:
+            await self._read_loaded()
+
+    async def _read_loaded(self) -> None:
+        if self.detected_version is None:
+            await self._read_version()
+        try:
+            answer = await self.upstream.get_json("/api/ps", timeout_s=5.0)
+        except Exception as exc:
+            self._ps_error = exc
+            self._once("ps_unavailable", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._ps_answer, self._ps_error = answer, None
+        self._logged.discard("ps_unavailable")
+        models = answer.get("models") if isinstance(answer, dict) else None
+        snapshot = self.gpu()
+        gpu_host = bool(snapshot and snapshot.known) or any(
+            isinstance(m, dict) and _int(m.get("size_vram")) > 0
+            for m in (models if isinstance(models, list) else ())
+        )
+        self.loaded = parse_loaded(models, gpu_host=gpu_host)
+        if any(self._calibrate(model) for model in self.loaded):
+            await asyncio.to_thread(self.calibrations.save)
+
+    def _calibrate(self, loaded: LoadedModel) -> bool:
+        facts = self._by_digest.get(loaded.digest)
+        if facts is None or not loaded.context_length or loaded.size_bytes <= 0:
+            return False
+        parallel = effective_parallel(facts, self.settings.num_parallel)
+        try:
+            raw = estimate(
+                facts, loaded.context_length, parallel, self.settings.kv_cache_type, version=self.version
+            ).raw_bytes
+        except ValueError:
+            return False
+        return self.calibrations.observe(
+            self.calibration_key(facts), loaded.context_length, raw, loaded.size_bytes
+        )
+
+    def calibration_key(self, facts: ModelFacts) -> str:
+        """The calibration key for a model under the current settings."""
+        engine = "llama-server" if uses_llama_server(self.version) else "legacy"
+        parallel = effective_parallel(facts, self.settings.num_parallel)
+        return calibration_key(facts.digest or facts.name, parallel, self.settings.kv_cache_type, engine)
+
+    # -- model facts -----------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        """Forget name-to-digest mappings (a pull, create, copy or delete went through)."""
+        self._tags = None
+        self._show_failed.clear()
+
+    async def model_facts(self, name: str, wait_s: float | None = None) -> ModelFacts | None:
+        """Facts for ``name``, waiting at most ``wait_s`` for a first fetch (it goes on after)."""
+        key = canonical_model(name)
+        cached = self.cached_facts(key)
+        if cached is not None:
+            return cached
+        if self._show_failed.get(key, 0.0) > time.monotonic():
+            return None
+        task = self._show_tasks.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch_facts(key))
+            self._show_tasks[key] = task
+            task.add_done_callback(lambda _: self._show_tasks.pop(key, None))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(task), self.settings.facts_wait_s if wait_s is None else wait_s
+            )
+        except TimeoutError:
+            self._once(f"facts_slow:{key}", event="facts_slow", model=name)
+            return None
+
+    def cached_facts(self, name: str) -> ModelFacts | None:
+        """Facts already known for ``name``, without fetching anything."""
+        entry = (self._tags or {}).get(canonical_model(name))
+        digest = entry.get("digest") if entry else None
+        return self._by_digest.get(digest) if isinstance(digest, str) else None
+
+    async def _fetch_facts(self, name: str) -> ModelFacts | None:
+        try:
+            tags = await self._current_tags(refresh=name not in (self._tags or {}))
+            entry = tags.get(name)
+            if entry is None:
+                return None  # Ollama will answer "model not found" itself
+            digest = str(entry.get("digest") or "")
+            if digest in self._by_digest:
+                return self._by_digest[digest]
+            response = await self.upstream.session.post(
+                self.upstream.url("/api/show"), json={"model": name, "verbose": True}, headers=OWN_HEADERS
+            )
+            async with response:
+                if response.status != 200:
+                    raise RuntimeError(f"/api/show answered {response.status}")
+                raw = await response.read()
+            show = await asyncio.to_thread(json.loads, raw)
+            facts = await asyncio.to_thread(ModelFacts.from_show, name, show, entry)
+            self._by_digest[digest or name] = facts
+            self._logged.discard(f"facts_failed:{name}")
+            return facts
+        except Exception as exc:
+            self._show_failed[name] = time.monotonic() + 30.0
+            error = f"{type(exc).__name__}: {exc}"
+            self._once(f"facts_failed:{name}", event="facts_unavailable", model=name, error=error)
+            return None
+
+    async def _current_tags(self, *, refresh: bool) -> dict[str, Mapping[str, Any]]:
+        if self._tags is None or refresh:
+            if self._tags_task is None or self._tags_task.done():
+                self._tags_task = asyncio.create_task(self._read_tags())
+            await asyncio.shield(self._tags_task)
+        return self._tags or {}
+
+    async def _read_tags(self) -> None:
+        answer = await self.upstream.get_json("/api/tags", timeout_s=10.0)
+        models = answer.get("models") if isinstance(answer, dict) else None
+        self._tags = {
+            canonical_model(m["name"]): m
+            for m in (models if isinstance(models, list) else ())
+            if isinstance(m, dict) and isinstance(m.get("name"), str)
+        }
+
+    # -- logging ---------------------------------------------------------------------------
+
+    def _once(self, key: str, event: str | None = None, **fields: Any) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.warning(event or key, **fields)
+

@@ -1,0 +1,169 @@
+"""One governed request, end to end, with no HTTP in it: ``decide`` before Ollama, ``finish`` after.
+
+``decide``: facts -> Context -> the rule's policy chain -> Decision -> the rewritten body and the
+record so far. ``finish``: Ollama's answer -> what the facts learn and observe -> the ledger. The
+aiohttp handler, ``warm`` and the benchmarks all run requests through this one pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from policies.decision import Decision
+from policies.duration import format_keep_alive
+from policies.outcome import Outcome
+from proxy.facts.context import ContextFactory, request_context
+from proxy.govern.boundary import safe_await, safecall
+from proxy.govern.chain import ChainOutcome, run_chain
+from proxy.govern.record import Answer, GovernedRequest
+from proxy.govern.rules import Governor
+from proxy.ledger.ledger import Ledger
+from proxy.request.parse import ClientRequest
+from proxy.request.rewrite import rewrite_body
+
+log = structlog.get_logger("ollama_governor.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What ``decide`` settled: the record so far, and what to send (or the refusal)."""
+
+    request: ClientRequest
+    record: GovernedRequest
+    body: bytes | None
+    """The rewritten body; None means send the client's own bytes."""
+    rejection: str | None = None
+    """When set, answer ``400 {"error": rejection}`` and send nothing."""
+    expects_load: bool = False
+    """Ollama did not hold the model at the context sent: this request (re)loads it."""
+
+
+class Pipeline:
+    """Decides and records governed requests. ``governor`` is swapped whole on reload; a request
+    in flight keeps the one it started with."""
+
+    def __init__(self, governor: Governor, contexts: ContextFactory, ledger: Ledger) -> None:
+        self.governor = governor
+        self.contexts = contexts
+        self.ledger = ledger
+        self._pending: set[asyncio.Task[GovernedRequest]] = set()
+
+    async def decide(
+        self,
+        request: ClientRequest,
+        *,
+        client: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        warm: bool = False,
+        facts_wait_s: float | None = None,
+    ) -> Decided:
+        """Run the rule's policies for ``request`` and say what to send."""
+        governor = self.governor
+        started_ts = time.time()
+        start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
+        policies = governor.policies_for(request.model)
+        outcome = ChainOutcome(start)
+        gpu = None
+        if policies:
+            ctx = await safe_await(
+                "facts",
+                self.contexts.build(request, client=client, headers=headers, facts_wait_s=facts_wait_s),
+                model=request.model,
+            )
+            if ctx is None:  # facts are best effort; the request goes on with what it tells
+                ctx = request_context(request, client=client, headers=headers)
+            gpu = ctx.gpu
+            outcome = await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+            _warn(request, outcome)
+        decision = outcome.decision
+        dry_run = governor.config.dry_run
+        record = GovernedRequest(
+            ts=round(started_ts, 3),
+            model=request.model,
+            endpoint=request.endpoint,
+            stream=request.stream,
+            client_num_ctx=request.num_ctx,
+            client_keep_alive=format_keep_alive(request.keep_alive),
+            estimated_prompt_tokens=safecall("estimate tokens", self.contexts.estimate_tokens, request),
+            applied_num_ctx=decision.num_ctx,
+            applied_keep_alive=format_keep_alive(decision.keep_alive),
+            changed_by=outcome.changes,
+            policy_errors=outcome.errors,
+            rejected_by=outcome.rejected_by,
+            dry_run=dry_run,
+            warm=warm,
+            memory_source=gpu.source if gpu is not None else None,
+            free_bytes=gpu.free_bytes if gpu is not None else None,
+        )
+        if decision.rejection is not None:
+            return Decided(request, record, None, rejection=decision.rejection)
+        body = None if dry_run else rewrite_body(request, decision)
+        sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
+        expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
+        return Decided(request, record, body, expects_load=expects_load)
+
+    async def finish(self, decided: Decided, answer: Answer) -> GovernedRequest:
+        """Record Ollama's answer: learn from it, observe what it did, publish the record."""
+        record, later = self._learn(decided, answer)
+        if later is not None:
+            record = await safe_await("observe", later, model=record.model) or record
+        return self.ledger.record(record)
+
+    def finish_soon(self, decided: Decided, answer: Answer) -> None:
+        """``finish`` without holding the client: only what waits for an ``/api/ps`` read after a
+        load runs in the background (``drain`` waits for it at shutdown)."""
+        record, later = self._learn(decided, answer)
+        if later is None:
+            self.ledger.record(record)
+            return
+        task = asyncio.ensure_future(self._record_later(later, record))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _learn(
+        self, decided: Decided, answer: Answer
+    ) -> tuple[GovernedRequest, Awaitable[GovernedRequest] | None]:
+        """The answered record, and what must still be awaited to observe the load (or None)."""
+        record = decided.record.answered(answer)
+        learned = safecall("learn", self.contexts.learn, decided.request, record, decided.expects_load)
+        if learned is None or isinstance(learned, GovernedRequest):
+            return learned or record, None
+        return record, learned
+
+    async def _record_later(self, later: Awaitable[GovernedRequest], fallback: GovernedRequest) -> GovernedRequest:
+        record = await safe_await("observe", later, model=fallback.model) or fallback
+        return self.ledger.record(record)
+
+    def abandon(self, decided: Decided, status: int, error: str) -> GovernedRequest:
+        """Record a request that got no answer from Ollama to learn from (refused, or the client
+        hung up: 499, Ollama's own word for it)."""
+        record = dataclasses.replace(decided.record, status=status, completed=False, error=error)
+        return self.ledger.record(record)
+
+    def refuse(self, decided: Decided) -> GovernedRequest:
+        """Record a request a policy refused (the client gets a 400; nothing was sent)."""
+        return self.ledger.record(dataclasses.replace(decided.record, status=400))
+
+    async def drain(self) -> None:
+        """Record every result still waiting for facts (at shutdown)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _warn(request: ClientRequest, outcome: ChainOutcome) -> None:
+    """Outcomes where the client gets less than it asked are warnings, matched as data."""
+    for change in outcome.changes:
+        if change.outcome in (Outcome.OVERFLOW, Outcome.TRUNCATE):
+            log.warning(
+                change.outcome,
+                model=request.model,
+                num_ctx=outcome.decision.num_ctx,
+                policy=change.policy,
+                reason=change.reason,
+            )

@@ -1,0 +1,215 @@
+"""One governed request as one typed record: what was asked, what was decided, what Ollama
+answered, and what was observed after.
+
+The pipeline builds a ``GovernedRequest`` when it decides and completes it (``dataclasses.replace``)
+when the answer is in; the ledger, the metrics, the status page and the log all read this one
+record. Its flat ``fields()`` are the documented shape of a result in the log, the store and the
+JSON views. It holds names and numbers only: the client's body never gets here.
+
+Vocabulary, one name per concept from the body to the store: ``client_num_ctx`` is what the
+client sent, ``applied_num_ctx`` what the governor decided and sent to Ollama (the client's own
+value when nothing changed it, or in a dry run), ``loaded_num_ctx`` what Ollama then held
+(``/api/ps`` ``context_length``). The same three prefixes apply to ``keep_alive``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
+RELOAD_THRESHOLD_MS = 500.0
+"""A ``load_duration`` above this means the runner was (re)started. Measured: 1-2 ms (0.30+) or
+200-300 ms (0.24) when nothing loads; over a second for even a 270M model when it does."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The pair a policy decides and a change moves: ``num_ctx`` and ``keep_alive`` (as text)."""
+
+    num_ctx: int | None
+    keep_alive: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of the applied pair for one model; ``before`` is None the first time it is seen."""
+
+    before: Applied | None
+    after: Applied
+
+    @property
+    def first_seen(self) -> bool:
+        """The model's first applied pair since the ledger began: not a change anyone made."""
+        return self.before is None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """What one policy changed: its name, the fields, why, and its outcome (a stable token)."""
+
+    policy: str
+    fields: tuple[str, ...]
+    reason: str
+    outcome: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form kept in the log and the store."""
+        out: dict[str, Any] = {"policy": self.policy, "fields": list(self.fields), "reason": self.reason}
+        if self.outcome is not None:
+            out["outcome"] = self.outcome
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How Ollama answered: the relay's view (status, first byte, completeness) and the figures
+    of its final ``done: true`` object, in ms and tokens/s."""
+
+    status: int
+    completed: bool = True
+    error: str | None = None
+    ttfb_ms: float | None = None
+    done_reason: str | None = None
+    load_ms: float | None = None
+    total_ms: float | None = None
+    prompt_tokens: int | None = None
+    prompt_tokens_per_s: float | None = None
+    eval_tokens: int | None = None
+    eval_tokens_per_s: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        status: int,
+        final: Mapping[str, Any] | None,
+        *,
+        completed: bool = True,
+        error: str | None = None,
+        ttfb_ms: float | None = None,
+    ) -> Answer:
+        """The answer with the figures of ``final``, when it is a ``done: true`` object."""
+        if not final or final.get("done") is not True:
+            return cls(status=status, completed=completed, error=error, ttfb_ms=ttfb_ms)
+        return cls(
+            status=status,
+            completed=completed,
+            error=error,
+            ttfb_ms=ttfb_ms,
+            done_reason=_str(final.get("done_reason")),
+            load_ms=_ms(final.get("load_duration")),
+            total_ms=_ms(final.get("total_duration")),
+            prompt_tokens=_int(final.get("prompt_eval_count")),
+            prompt_tokens_per_s=_rate(final.get("prompt_eval_count"), final.get("prompt_eval_duration")),
+            eval_tokens=_int(final.get("eval_count")),
+            eval_tokens_per_s=_rate(final.get("eval_count"), final.get("eval_duration")),
+        )
+
+    @property
+    def reloaded(self) -> bool | None:
+        """Whether Ollama (re)loaded the model, judged from the load time alone."""
+        if self.load_ms is None:
+            return False if self.done_reason in ("stop", "length") else None
+        return self.load_ms >= RELOAD_THRESHOLD_MS
+
+
+@dataclass(frozen=True, slots=True)
+class GovernedRequest:
+    """The result of one governed request. Frozen: each stage returns a new one."""
+
+    # What was asked.
+    ts: float
+    model: str
+    endpoint: str
+    stream: bool = False
+    client_num_ctx: int | None = None
+    client_keep_alive: str | None = None
+    estimated_prompt_tokens: int | None = None
+    # What was decided.
+    applied_num_ctx: int | None = None
+    applied_keep_alive: str | None = None
+    changed_by: tuple[PolicyChange, ...] = ()
+    policy_errors: tuple[str, ...] = ()
+    rejected_by: str | None = None
+    dry_run: bool = False
+    warm: bool = False
+    # The facts the decision saw.
+    memory_source: str | None = None
+    free_bytes: int | None = None
+    # What Ollama answered.
+    status: int | None = None
+    completed: bool | None = None
+    error: str | None = None
+    ttfb_ms: float | None = None
+    done_reason: str | None = None
+    load_ms: float | None = None
+    total_ms: float | None = None
+    prompt_tokens: int | None = None
+    prompt_tokens_per_s: float | None = None
+    eval_tokens: int | None = None
+    eval_tokens_per_s: float | None = None
+    # What was observed after the answer.
+    reloaded: bool | None = None
+    spilled: bool | None = None
+    loaded_num_ctx: int | None = None
+    truncation_suspect: bool | None = None
+    # The change of the applied pair this request opened, if any (set by the ledger).
+    change: Transition | None = field(default=None, compare=False)
+
+    @property
+    def applied(self) -> Applied:
+        """The applied pair, the unit a change is made of."""
+        return Applied(self.applied_num_ctx, self.applied_keep_alive)
+
+    @property
+    def really_applied(self) -> bool:
+        """Its applied values reached Ollama and were accepted: not a dry run, status below 400."""
+        return not self.dry_run and (self.status or 0) < 400
+
+    def answered(self, answer: Answer) -> GovernedRequest:
+        """This record with Ollama's answer filled in."""
+        values = {f.name: getattr(answer, f.name) for f in dataclasses.fields(answer)}
+        return dataclasses.replace(self, reloaded=answer.reloaded, **values)
+
+    def fields(self) -> dict[str, Any]:
+        """The flat, JSON-ready form: the documented shape of a result in logs, store and views."""
+        out = {name: getattr(self, name) for name in FIELD_NAMES}
+        out["changed_by"] = [change.as_dict() for change in self.changed_by]
+        out["policy_errors"] = list(self.policy_errors)
+        return out
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GovernedRequest) if f.name != "change")
+"""Every field of a result, in order; the store's columns and the views' keys are these names."""
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _int(value: object) -> int | None:
+    number = _number(value)
+    return None if number is None else int(number)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ms(value: object) -> float | None:
+    number = _number(value)
+    return None if number is None else round(number / NS_PER_MS, 3)
+
+
+def _rate(count: object, duration_ns: object) -> float | None:
+    tokens, duration = _number(count), _number(duration_ns)
+    if tokens is None or not duration:
+        return None
+    return round(tokens * NS_PER_S / duration, 2)

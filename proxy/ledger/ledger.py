@@ -1,0 +1,93 @@
+"""The one ledger: every governed request's record goes through here, once.
+
+It detects changes (``proxy.ledger.changes``), logs the ``result`` and ``change`` events, files
+the record in its backend (SQLite, or memory when no store is configured) and hands it to the
+other sinks (metrics). The views and ``report`` read what it filed. Each sink runs behind the
+error boundary: a failing one is logged, never raised into a request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from proxy.govern.boundary import safecall
+from proxy.govern.record import Applied, GovernedRequest
+from proxy.ledger.changes import ChangeDetector
+
+log = structlog.get_logger("ollama_governor.results")
+
+Sink = Callable[[GovernedRequest], None]
+"""Receives each finished record (after change detection); must not block or do I/O."""
+
+
+class Backend(Protocol):
+    """Where the ledger files records and what the views read back: memory or SQLite."""
+
+    @property
+    def name(self) -> str:
+        """``memory`` or ``store``, shown on the status page."""
+        ...
+
+    def add(self, record: GovernedRequest) -> None:
+        """File one record (must not block the event loop)."""
+        ...
+
+    def last_applied(self) -> dict[str, Applied]:
+        """Each model's current applied pair, to resume change detection after a restart."""
+        ...
+
+    async def decisions(self, limit: int = ...) -> list[dict[str, Any]]:
+        """The newest decisions first."""
+        ...
+
+    async def changes(
+        self, *, model: str | None = ..., since_ts: float | None = ..., limit: int = ..., figures: bool = ...
+    ) -> list[dict[str, Any]]:
+        """The newest changes first, with before/after figures when ``figures``."""
+        ...
+
+    async def points(
+        self, *, model: str | None = ..., since_ts: float | None = ..., limit: int = ...
+    ) -> list[dict[str, Any]]:
+        """Plot points, oldest first."""
+        ...
+
+    async def aclose(self) -> None:
+        """Commit what is queued and release the backend."""
+        ...
+
+
+class Ledger:
+    """Detects changes, logs, files and fans out each record."""
+
+    def __init__(self, backend: Backend, sinks: Sequence[Sink] = ()) -> None:
+        self.backend = backend
+        self.sinks = list(sinks)
+        self.changes = ChangeDetector(safecall("ledger seed", backend.last_applied) or {})
+
+    def record(self, record: GovernedRequest) -> GovernedRequest:
+        """Publish one finished request; returns it with the change it opened, if any."""
+        transition = self.changes.observe(record)
+        if transition is not None:
+            record = dataclasses.replace(record, change=transition)
+            before = transition.before
+            if before is not None:
+                for name, old, new in (
+                    ("num_ctx", before.num_ctx, transition.after.num_ctx),
+                    ("keep_alive", before.keep_alive, transition.after.keep_alive),
+                ):
+                    if old != new:
+                        log.info("change", model=record.model, field=name, **{"from": old, "to": new})
+        log.info("result", **record.fields())
+        safecall(f"ledger {self.backend.name}", self.backend.add, record, model=record.model)
+        for sink in self.sinks:
+            safecall(f"sink {getattr(sink, '__qualname__', repr(sink))}", sink, record, model=record.model)
+        return record
+
+    async def aclose(self) -> None:
+        """Commit and close the backend."""
+        await self.backend.aclose()

@@ -1,0 +1,100 @@
+"""The aiohttp handler of the governed endpoints: read the body, run the pipeline, relay, finish.
+
+Everything HTTP about a governed request lives here and nothing else does: the body is parsed
+(``proxy.request.parse``), decided by the pipeline (``proxy.govern.pipeline``), relayed
+(``proxy.upstream.relay``), and the answer goes back into the pipeline to be recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import hdrs, web
+
+from policies.context import Endpoint
+from proxy.govern.pipeline import Pipeline
+from proxy.govern.record import Answer
+from proxy.request.parse import parse_request
+from proxy.upstream.client import Upstream
+from proxy.upstream.relay import error_response, relay
+from proxy.upstream.tap import FinalObjectTap
+
+log = structlog.get_logger("ollama_governor.request")
+
+GOVERNED_PATHS: dict[str, Endpoint] = {"/api/generate": "generate", "/api/chat": "chat"}
+MAX_GOVERNED_BODY_BYTES = 128 * 1024 * 1024
+"""Bodies larger than this (many big images) are streamed through ungoverned, never refused."""
+
+
+async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
+    """The body, and whether it was read whole (False: it is larger than ``limit``)."""
+    if request.content_length is not None and request.content_length > limit:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks), False
+    return b"".join(chunks), True
+
+
+async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    if prefix:
+        yield prefix
+    async for chunk in rest.iter_any():
+        yield chunk
+
+
+class GovernedHandler:
+    """Handles ``/api/generate`` and ``/api/chat``."""
+
+    def __init__(self, pipeline: Pipeline, upstream: Upstream) -> None:
+        self.pipeline = pipeline
+        self.upstream = upstream
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        """Govern one request and relay its answer."""
+        started = time.perf_counter()
+        endpoint = GOVERNED_PATHS[request.path]
+        raw, whole = await read_limited(request, MAX_GOVERNED_BODY_BYTES)
+        if not whole:
+            log.warning("not_governed", reason="body too large to govern", path=request.path)
+            body = _prefixed(raw, request.content)
+            return (await relay(request, self.upstream, body=body)).response  # type: ignore[arg-type]
+        parsed = parse_request(endpoint, raw)
+        if parsed is None:
+            return (await relay(request, self.upstream, body=raw)).response
+        decided = await self.pipeline.decide(parsed, client=request.remote, headers=request.headers)
+        if decided.rejection is not None:
+            self.pipeline.refuse(decided)
+            return error_response(400, decided.rejection)
+        tap = FinalObjectTap()
+        try:
+            relayed = await relay(
+                request,
+                self.upstream,
+                body=raw if decided.body is None else decided.body,
+                body_length=None if decided.body is None else len(decided.body),
+                drop_headers=(hdrs.ACCEPT_ENCODING,),
+                tap=tap,
+            )
+        except (asyncio.CancelledError, ConnectionError):
+            # The client went away; Ollama's own word for that is 499. Still one result.
+            self.pipeline.abandon(decided, 499, "client disconnected")
+            raise
+        ttfb_ms = round((relayed.first_byte_at - started) * 1000, 3) if relayed.first_byte_at else None
+        answer = Answer.of(
+            relayed.status,
+            tap.final_object(),
+            completed=relayed.completed,
+            error=relayed.error,
+            ttfb_ms=ttfb_ms,
+        )
+        self.pipeline.finish_soon(decided, answer)
+        return relayed.response

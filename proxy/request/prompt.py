@@ -1,0 +1,57 @@
+"""How big a request's prompt is, in the units a token estimate needs: characters and fixed tokens.
+
+Counting happens once per request, when the body is parsed; the chars-per-token ratio that turns
+it into tokens is learnt per model (``proxy.facts.tokens``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE_TOKENS = 768
+"""Ollama budgets 768 tokens per image when it fits chat history into num_ctx."""
+TOKENS_PER_MESSAGE = 4
+"""Chat templates wrap each message in a few role and turn tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSize:
+    """What a request body holds, in the units the estimate needs."""
+
+    chars: int
+    fixed_tokens: int
+    """Tokens known without a ratio: images, template overhead, a generate ``context``."""
+
+
+def measure(endpoint: str, body: dict[str, Any]) -> PromptSize:
+    """Count the characters and fixed tokens of a generate or chat body."""
+    chars = 0
+    fixed = 0
+    if endpoint == "generate":
+        for key in ("prompt", "system", "suffix"):
+            value = body.get(key)
+            if isinstance(value, str):
+                chars += len(value)
+        fixed += _count(body.get("images")) * IMAGE_TOKENS
+        fixed += _count(body.get("context"))
+    else:
+        messages = body.get("messages")
+        for message in messages if isinstance(messages, list) else ():
+            if not isinstance(message, dict):
+                continue
+            fixed += TOKENS_PER_MESSAGE + _count(message.get("images")) * IMAGE_TOKENS
+            for key in ("content", "thinking"):
+                value = message.get(key)
+                if isinstance(value, str):
+                    chars += len(value)
+            if message.get("tool_calls"):
+                chars += len(json.dumps(message["tool_calls"]))
+        if body.get("tools"):
+            chars += len(json.dumps(body["tools"]))
+    return PromptSize(chars=chars, fixed_tokens=fixed)
+
+
+def _count(value: object) -> int:
+    return len(value) if isinstance(value, list) else 0

@@ -1,0 +1,1 @@
+"""Ollama: the one client session, byte-for-byte relaying, and the tap that reads the final object."""

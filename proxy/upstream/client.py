@@ -1,0 +1,164 @@
+"""The one client session to Ollama, and the only place that retries.
+
+A connection refused before anything was sent is retried with a short, bounded backoff so a
+restarting Ollama is ridden over. Once the upstream may have seen the body, nothing is retried:
+a generate request is not idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, Mapping
+from typing import Any
+
+import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+from yarl import URL
+
+from proxy import __version__
+
+CONNECT_TIMEOUT_S = 10.0
+OWN_USER_AGENT = f"ollama-governor/{__version__}"
+"""Sent on the governor's own requests (facts, health, warm-up), never on relayed ones."""
+OWN_HEADERS = {"User-Agent": OWN_USER_AGENT}
+
+
+class UpstreamUnavailable(Exception):
+    """Ollama could not be reached; the message names the upstream and the cause."""
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True for failures that happen before a single byte of the request left."""
+    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
+    )
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A session that passes bytes through untouched: no decompression, no default headers."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=None),
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+class Upstream:
+    """Ollama at ``base_url``, reached through one shared session.
+
+    One object for the life of the process, handed to everything that talks to Ollama. Its
+    session is opened by the app's start-up (``open``) and closed at shutdown (``close``); the
+    URL is fixed at start (a reload that changes ``upstream`` is logged and applies at restart),
+    so no request ever depends on which config was current when it started.
+    """
+
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession | None = None, retry_window_s: float = 5.0
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self.retry_window_s = retry_window_s
+        base = URL(self.base_url)
+        if not base.is_absolute() or base.host is None:
+            raise ValueError(f"upstream must be an absolute http(s) URL, got {base_url!r}")
+        host = f"[{base.host}]" if ":" in base.host else base.host
+        self._prefix = f"{base.scheme}://{host}:{base.port}{base.raw_path.rstrip('/')}"
+        """Scheme, host, explicit port and path prefix: a request target appended to it can never
+        read as another host (``http://ollama`` + ``@evil/`` could, without the port)."""
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The client session (only while the app runs)."""
+        if self._session is None:
+            raise RuntimeError("the upstream session is not open: the application is not running")
+        return self._session
+
+    def open(self) -> None:
+        """Create the session (call on the event loop)."""
+        if self._session is None or self._session.closed:
+            self._session = new_session()
+
+    async def close(self) -> None:
+        """Close the session and every pooled connection."""
+        if self._session is not None:
+            await self._session.close()
+
+    def url(self, path_qs: str) -> URL:
+        """The upstream URL for a client's raw path and query, kept byte for byte.
+
+        Only the path and query of the request target are used: an absolute-form target
+        (``GET http://elsewhere/api/tags``) keeps its path and loses its host, so the upstream
+        host never depends on what a client wrote.
+        """
+        if not path_qs.startswith("/"):
+            target = URL(path_qs, encoded=True)
+            path_qs = target.raw_path_qs if target.raw_path_qs.startswith("/") else "/" + target.raw_path_qs
+        return URL(self._prefix + path_qs, encoded=True)
+
+    async def send(
+        self,
+        method: str,
+        path_qs: str,
+        *,
+        headers: Mapping[str, str] | Any = None,
+        data: bytes | AsyncIterable[bytes] | aiohttp.StreamReader | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return the response once its headers arrived.
+
+        The caller owns the response and must ``release()`` or ``close()`` it.
+        """
+        url = self.url(path_qs)
+        try:
+            return await self._request(method, url, headers, data)
+        except Exception as exc:
+            if not _never_sent(exc) or self.retry_window_s <= 0:
+                raise self._unavailable(exc) from exc
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_never_sent),
+                wait=wait_exponential(multiplier=0.05, min=0.05, max=1.0),
+                stop=stop_after_delay(self.retry_window_s),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._request(method, url, headers, data)
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+    async def _request(
+        self, method: str, url: URL, headers: Any, data: Any
+    ) -> aiohttp.ClientResponse:
+        return await self.session.request(
+            method, url, headers=headers, data=data, allow_redirects=False
+        )
+
+    async def get_json(self, path: str, timeout_s: float = 5.0) -> Any:
+        """GET a JSON document from Ollama (for health and facts, never for client traffic)."""
+        async with self.session.get(
+            self.url(path), headers=OWN_HEADERS, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            response.raise_for_status()
+            return await response.json(content_type=None)
+
+    async def post_json(self, path: str, payload: Any, timeout_s: float = 30.0) -> Any:
+        """POST JSON to Ollama and return the JSON answer (facts and warm-up calls)."""
+        async with self.session.post(
+            self.url(path), json=payload, headers=OWN_HEADERS, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            body = await response.read()
+            if response.status >= 400:
+                raise aiohttp.ClientResponseError(
+                    response.request_info,
+                    response.history,
+                    status=response.status,
+                    message=body.decode(errors="replace")[:500],
+                )
+            return json.loads(body) if body else None
+
+    def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
+        cause = getattr(exc, "os_error", None) or exc
+        text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        return UpstreamUnavailable(f"upstream Ollama at {self.base_url} is unreachable: {text}")

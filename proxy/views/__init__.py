@@ -1,0 +1,1 @@
+"""What the governor shows: health, status, metrics and the dashboard page, behind admin auth."""

@@ -1,0 +1,162 @@
+"""``/governor/status`` and ``/governor/api/series``: what the governor knows and did, as JSON.
+
+Everything here reads; nothing decides. The routes read the app's components (config, facts,
+memory sample, ledger); the ledger's reads of SQLite run in worker threads, so a slow disk never
+stalls the proxy. Authentication is the middleware's (``proxy.views.auth``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from policies.context import GpuSnapshot, LoadedModel
+from proxy.config import Config
+from proxy.govern.boundary import describe
+from proxy.keys import FACTS, LEDGER, MEMORY, METRICS, PIPELINE
+from proxy.ledger.figures import CHANGE_KEYS
+from proxy.ledger.memory import MAX_SERIES_POINTS, STATUS_CHANGES, STATUS_DECISIONS
+from proxy.ledger.report import parse_since
+from proxy.ledger.rows import POINT_FIELDS
+from proxy.views.health import PREFIX
+
+DEFAULT_SERIES_WINDOW_S = 86_400.0
+SERIES_CHANGES = 500
+
+
+def summarise_config(config: Config) -> dict[str, Any]:
+    """The config as the status page shows it: rules by policy name, never policy options (they
+    may hold credentials) and never the admin token (only whether one is set)."""
+    return {
+        "source": config.source,
+        "listen": config.listen,
+        "upstream": config.upstream,
+        "dry_run": config.dry_run,
+        "policy_timeout_s": config.policy_timeout_s,
+        "admin_auth": bool(config.admin_token),
+        "rules": [
+            {"models": list(rule.models), "policies": [spec.use for spec in rule.policies]}
+            for rule in config.rules
+        ],
+    }
+
+
+def _loaded_json(item: LoadedModel) -> dict[str, Any]:
+    """One loaded model as the status page shows it."""
+    return {
+        "name": item.name,
+        "context_length": item.context_length,
+        "size_bytes": item.size_bytes,
+        "size_vram_bytes": item.size_vram_bytes,
+        "spilled": item.spilled,
+        "expires_at": item.expires_at,
+    }
+
+
+def _gpu_json(snapshot: GpuSnapshot | None) -> dict[str, Any] | None:
+    if snapshot is None:
+        return None
+    return {
+        "source": snapshot.source,
+        "known": snapshot.known,
+        "free_bytes": snapshot.free_bytes,
+        "total_bytes": snapshot.total_bytes,
+        "taken_at": snapshot.taken_at,
+        "error": snapshot.error,
+        "devices": [
+            {
+                "index": device.index,
+                "name": device.name,
+                "free_bytes": device.free_bytes,
+                "total_bytes": device.total_bytes,
+                "utilization_pct": device.utilization_pct,
+            }
+            for device in snapshot.devices
+        ],
+    }
+
+
+def _since_ts(text: str | None, now: float) -> float:
+    """``since`` as a unix timestamp (``1718000000``) or a window (``6h``, as ``report --since``)."""
+    if not text:
+        return now - DEFAULT_SERIES_WINDOW_S
+    with contextlib.suppress(ValueError):
+        return float(text)
+    return now - parse_since(text)
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text (or OpenMetrics when the scraper asks for it)."""
+    registry = request.app[METRICS]
+    registry.set_gpu(request.app[MEMORY].snapshot)
+    body, content_type = registry.render_for(request.headers.get(hdrs.ACCEPT))
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+
+async def status(request: web.Request) -> web.Response:
+    """The config, what Ollama has loaded, the last decisions and the recent changes."""
+    app = request.app
+    ledger, facts = app[LEDGER], app[FACTS]
+    snapshot = app[MEMORY].snapshot
+    error = facts.ps_error
+    return web.json_response(
+        {
+            "generated_ts": time.time(),
+            "config": summarise_config(app[PIPELINE].governor.config),
+            "gpu": _gpu_json(snapshot),
+            "loaded": [_loaded_json(model) for model in facts.loaded],
+            "loaded_error": None if error is None else describe(error),
+            "results_source": ledger.backend.name,
+            "decisions": await ledger.backend.decisions(STATUS_DECISIONS),
+            "changes": await ledger.backend.changes(limit=STATUS_CHANGES),
+        },
+        headers={hdrs.CACHE_CONTROL: "no-store"},
+    )
+
+
+async def series(request: web.Request) -> web.Response:
+    """Per model: eval tokens/s, load time and num_ctx over time, and the changes."""
+    now = time.time()
+    model = request.query.get("model") or None
+    try:
+        since_ts = _since_ts(request.query.get("since"), now)
+        limit = min(int(request.query.get("limit", MAX_SERIES_POINTS)), MAX_SERIES_POINTS)
+    except ValueError as exc:
+        return _bad_request(f"{exc}; since is a unix time or a window such as 6h, limit an integer")
+    if limit < 1:
+        return _bad_request("limit must be at least 1")
+    backend = request.app[LEDGER].backend
+    points = await backend.points(model=model, since_ts=since_ts, limit=limit)
+    changes = await backend.changes(model=model, since_ts=since_ts, limit=SERIES_CHANGES, figures=False)
+    by_model: dict[str, dict[str, Any]] = {}
+    for point in points:
+        entry = by_model.setdefault(point["model"], {"model": point["model"], "points": [], "changes": []})
+        entry["points"].append({key: point[key] for key in POINT_FIELDS})
+    for change in reversed(changes):  # oldest first, like the points
+        entry = by_model.setdefault(change["model"], {"model": change["model"], "points": [], "changes": []})
+        entry["changes"].append({key: change[key] for key in CHANGE_KEYS})
+    return web.json_response(
+        {
+            "generated_ts": now,
+            "since_ts": since_ts,
+            "results_source": backend.name,
+            "models": [by_model[name] for name in sorted(by_model)],
+        },
+        headers={hdrs.CACHE_CONTROL: "no-store"},
+    )
+
+
+def status_routes() -> list[web.RouteDef]:
+    """``/governor/metrics``, ``/governor/status`` and ``/governor/api/series``."""
+    return [
+        web.get(f"{PREFIX}/metrics", metrics),
+        web.get(f"{PREFIX}/status", status),
+        web.get(f"{PREFIX}/api/series", series),
+    ]

@@ -65,7 +65,7 @@ def load_policy(spec: PolicySpec) -> LoadedPolicy:
 
 def _is_async(policy: object) -> bool:
     """An async function, or an instance whose ``__call__`` is one."""
-    call = policy if inspect.isfunction(policy) else type(policy).__call__  # type: ignore[operator]
+    call = policy if inspect.isfunction(policy) else type(policy).__call__
     return inspect.iscoroutinefunction(call)
 
 

@@ -61,9 +61,7 @@ def keep_alive_seconds(value: object) -> float:
     elif isinstance(value, str):
         seconds = parse_go_duration(value)
     else:
-        raise ValueError(
-            f"keep_alive must be a number of seconds or a duration string, not {value!r}"
-        )
+        raise ValueError(f"keep_alive must be a number of seconds or a duration string, not {value!r}")
     if math.isnan(seconds):
         raise ValueError("keep_alive must not be NaN")
     return math.inf if seconds < 0 else seconds

@@ -232,9 +232,9 @@ class Headroom:
                 message = f"prompt needs ~{need} tokens of context; {ctx.model_name} allows at most {ceiling}"
             else:
                 message = f"prompt needs ~{need} tokens of context; at most {limit} fit in free GPU memory"
-            return decision.replace(reason=f"headroom[{REJECT}]: {figures}; rejecting", outcome=REJECT).reject(
-                message
-            )
+            return decision.replace(
+                reason=f"headroom[{REJECT}]: {figures}; rejecting", outcome=REJECT
+            ).reject(message)
         if self.on_overflow == "truncate":
             chosen = fit if fit is not None else min(self.min_ctx, ceiling)
             return decision.replace(

@@ -21,9 +21,7 @@ class Static:
         keep_alive: KeepAlive | None = None,
         respect_client: bool = False,
     ) -> None:
-        if num_ctx is not None and (
-            isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx < 1
-        ):
+        if num_ctx is not None and (isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx < 1):
             raise ValueError(f"num_ctx must be a positive integer, not {num_ctx!r}")
         if keep_alive is not None:
             validate_keep_alive(keep_alive)
@@ -34,13 +32,9 @@ class Static:
         self.respect_client = respect_client
 
     async def __call__(self, ctx: Context, decision: Decision) -> Decision:
-        if self.num_ctx is not None and not (
-            self.respect_client and ctx.client_num_ctx is not None
-        ):
+        if self.num_ctx is not None and not (self.respect_client and ctx.client_num_ctx is not None):
             decision = decision.replace(num_ctx=self.num_ctx, reason=f"static: num_ctx {self.num_ctx}")
-        if self.keep_alive is not None and not (
-            self.respect_client and ctx.client_keep_alive is not None
-        ):
+        if self.keep_alive is not None and not (self.respect_client and ctx.client_keep_alive is not None):
             decision = decision.replace(
                 keep_alive=self.keep_alive, reason=f"static: keep_alive {self.keep_alive}"
             )

@@ -119,7 +119,11 @@ def describe(governor: Governor) -> str:
     lines.append(
         f"gpu: source {gpu.source}, reserve {format_bytes(gpu.reserve_bytes)}"
         + (f", devices {', '.join(gpu.devices)}" if gpu.devices else "")
-        + (f", vram_total {', '.join(map(format_bytes, gpu.vram_total_bytes))}" if gpu.vram_total_bytes else "")  # noqa: E501
+        + (
+            f", vram_total {', '.join(map(format_bytes, gpu.vram_total_bytes))}"
+            if gpu.vram_total_bytes
+            else ""
+        )
     )
     if config.warm:
         lines.append(f"warm at start: {', '.join(config.warm)}")

@@ -42,14 +42,18 @@ async def warm_models(pipeline: Pipeline, upstream: Upstream, models: Sequence[s
     done = []
     for model in models:
         started = time.time()
-        request = parse_request("generate", json.dumps({"model": model, "prompt": "", "stream": False}).encode())
+        request = parse_request(
+            "generate", json.dumps({"model": model, "prompt": "", "stream": False}).encode()
+        )
         assert request is not None
         try:
             decided = await pipeline.decide(request, warm=True, facts_wait_s=FACTS_WAIT_S)
             if decided.rejection is not None:
                 log.warning("warm_rejected", model=model, reason=decided.rejection)
                 continue
-            answer = await upstream.post_json("/api/generate", preload_body(decided), timeout_s=WARM_TIMEOUT_S)
+            answer = await upstream.post_json(
+                "/api/generate", preload_body(decided), timeout_s=WARM_TIMEOUT_S
+            )
         except Exception as exc:
             log.error("warm_failed", model=model, error=describe(exc))
             continue
@@ -57,7 +61,10 @@ async def warm_models(pipeline: Pipeline, upstream: Upstream, models: Sequence[s
         done_reason = final.get("done_reason") if final else None
         load_ms = round((time.time() - started) * 1000, 3)
         record = await pipeline.finish(
-            decided, Answer(status=200, done_reason=done_reason if isinstance(done_reason, str) else None, load_ms=load_ms)
+            decided,
+            Answer(
+                status=200, done_reason=done_reason if isinstance(done_reason, str) else None, load_ms=load_ms
+            ),
         )
         log.info(
             "warmed",
@@ -81,7 +88,9 @@ async def warm_once(governor: Governor, models: Sequence[str]) -> int:
     try:
         await facts.refresh_loaded()
         await sampler.refresh()
-        pipeline = Pipeline(governor, ContextFactory(facts, lambda: sampler.snapshot), Ledger(MemoryBackend()))
+        pipeline = Pipeline(
+            governor, ContextFactory(facts, lambda: sampler.snapshot), Ledger(MemoryBackend())
+        )
         done = await warm_models(pipeline, upstream, models)
     finally:
         await sampler.stop()

@@ -85,9 +85,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     """Start the governor in front of ``upstream`` with a TOML config text (or a Config)."""
     running: list[Running] = []
 
-    async def start(
-        upstream: str, config: str | Config = "", **create_options: Any
-    ) -> Running:
+    async def start(upstream: str, config: str | Config = "", **create_options: Any) -> Running:
         if isinstance(config, str):
             path = tmp_path / f"config{len(running)}.toml"
             path.write_text(textwrap.dedent(config))
@@ -134,7 +132,9 @@ async def settled(server: Running) -> None:
     await server.app[PIPELINE].drain()
 
 
-async def eventually(check: Callable[[], object], *, timeout_s: float = 5.0, what: str = "the condition") -> None:
+async def eventually(
+    check: Callable[[], object], *, timeout_s: float = 5.0, what: str = "the condition"
+) -> None:
     """Wait until ``check()`` is true, polling the event loop; fail with ``what`` after ``timeout_s``.
 
     For things that happen in the background with no event to wait on (a poller's next read, a

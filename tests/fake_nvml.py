@@ -101,7 +101,9 @@ class FakeNvml(types.ModuleType):
             raise self.read_error
         gpu = self.gpus[handle]
         used_bytes = gpu.used_by() if gpu.used_by is not None else gpu.used_bytes
-        return types.SimpleNamespace(total=gpu.total_bytes, used=used_bytes, free=gpu.total_bytes - used_bytes)
+        return types.SimpleNamespace(
+            total=gpu.total_bytes, used=used_bytes, free=gpu.total_bytes - used_bytes
+        )
 
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
         self._call()

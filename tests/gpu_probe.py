@@ -91,9 +91,7 @@ async def probe(devices: Sequence[str] | None, samples: int, interval_s: float) 
         "gpu": True,
         "versions": versions,
         "devices_selected": devices,
-        "devices": [
-            {"index": d.index, "name": d.name, "total_bytes": d.total_bytes} for d in first.devices
-        ],
+        "devices": [{"index": d.index, "name": d.name, "total_bytes": d.total_bytes} for d in first.devices],
         "samples": [
             {
                 "taken_at": round(s.taken_at, 3),

@@ -58,6 +58,7 @@ class TestFold:
 
     async def test_rejection_stops_the_chain(self) -> None:
         """After a rejection no further policy runs."""
+
         async def refuse(c: Context, d: Decision) -> Decision:
             return d.reject("no")
 
@@ -96,7 +97,11 @@ class TestErrorBoundary:
                 return d.replace(num_ctx=-1)
             return {"num_ctx": 1}
 
-        chain = [named("first", await set_ctx(2048)), named("broken", broken), named("last", Static(keep_alive="5m"))]
+        chain = [
+            named("first", await set_ctx(2048)),
+            named("broken", broken),
+            named("last", Static(keep_alive="5m")),
+        ]
         with capture_logs() as logs:
             outcome = await run_chain(chain, ctx(), Decision(), 0.05)
         assert (outcome.decision.num_ctx, outcome.decision.keep_alive) == (2048, "5m")
@@ -163,8 +168,12 @@ class TestRuleLookup:
         from proxy.govern.rules import Governor
 
         config = parse_config(
-            {"rules": [{"models": ["llama3.1:*"], "policies": [{"use": "static", "num_ctx": 1024}]},
-                       {"models": ["llama*"], "policies": []}]}
+            {
+                "rules": [
+                    {"models": ["llama3.1:*"], "policies": [{"use": "static", "num_ctx": 1024}]},
+                    {"models": ["llama*"], "policies": []},
+                ]
+            }
         )
         governor = Governor.build(config)
         assert governor.rule_for("llama3.1") is governor.rules[0]

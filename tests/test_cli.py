@@ -97,8 +97,16 @@ async def serve_process(tmp_path: Path) -> Any:
 
     async def start(*args: str) -> Served:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "--log-format", "json", *args,
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--log-format",
+            "json",
+            *args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         served = Served(process)
         started.append(served)
@@ -124,7 +132,14 @@ async def test_serve_reloads_on_sighup_without_dropping_streams(
     config.write_text(static_config(2048))
     port = free_port()
     served = await serve_process(
-        "--config", str(config), "--listen", f"127.0.0.1:{port}", "--upstream", fake.url, "--state-dir", str(tmp_path)
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--upstream",
+        fake.url,
+        "--state-dir",
+        str(tmp_path),
     )
     base = f"http://127.0.0.1:{port}"
     chat = {"model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}]}
@@ -136,14 +151,18 @@ async def test_serve_reloads_on_sighup_without_dropping_streams(
         served.process.send_signal(signal.SIGHUP)
         reloaded = await served.wait_for("reloaded")
         assert reloaded["upstream"] == fake.url
-        async with http.post(base + "/api/generate", json={"model": "gemma3:4b", "prompt": "x", "stream": False}) as r:
+        async with http.post(
+            base + "/api/generate", json={"model": "gemma3:4b", "prompt": "x", "stream": False}
+        ) as r:
             assert r.status == 200
 
         config.write_text("bogus = 1\n" + static_config(4096))
         served.process.send_signal(signal.SIGHUP)
         failed = await served.wait_for("reload_failed")
         assert failed["error"] == f"{config}: unknown key 'bogus' in the top level"
-        async with http.post(base + "/api/generate", json={"model": "gemma3:4b", "prompt": "y", "stream": False}) as r:
+        async with http.post(
+            base + "/api/generate", json={"model": "gemma3:4b", "prompt": "y", "stream": False}
+        ) as r:
             assert r.status == 200
 
         fake.hold.set()
@@ -167,15 +186,32 @@ async def test_warm_preloads_with_the_governors_decision(start_fake: StartFake, 
         '[[rules]]\nmodels = ["gemma3:*"]\npolicies = [{ use = "static", num_ctx = 8192, keep_alive = "30m" }]\n'
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "warm", "gemma3:4b", "--config", str(config), "--upstream", fake.url,
-        "--state-dir", str(tmp_path),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "warm",
+        "gemma3:4b",
+        "--config",
+        str(config),
+        "--upstream",
+        fake.url,
+        "--state-dir",
+        str(tmp_path),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 0, stderr.decode()
     assert stdout.decode().startswith("gemma3:4b: loaded with num_ctx 8192, keep_alive 30m in ")
     assert fake.bodies("/api/generate") == [
-        {"model": "gemma3:4b", "prompt": "", "stream": False, "keep_alive": "30m", "options": {"num_ctx": 8192}}
+        {
+            "model": "gemma3:4b",
+            "prompt": "",
+            "stream": False,
+            "keep_alive": "30m",
+            "options": {"num_ctx": 8192},
+        }
     ]
     assert fake.loads == [("gemma3:4b", 8192)]
 
@@ -184,8 +220,18 @@ async def test_warm_reports_failure(start_fake: StartFake, tmp_path: Path) -> No
     """An unknown model makes warm exit 1 with the error logged."""
     fake = await start_fake()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "warm", "no-such-model", "--upstream", fake.url, "--state-dir", str(tmp_path),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "warm",
+        "no-such-model",
+        "--upstream",
+        fake.url,
+        "--state-dir",
+        str(tmp_path),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 1

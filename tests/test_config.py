@@ -86,23 +86,47 @@ class TestErrors:
         [
             ('lisen = "x:1"', "unknown key 'lisen' in the top level"),
             ("listen = 11435", "listen: expected a string, got an integer"),
-            ('listen = "localhost"', "listen: expected host:port such as \"127.0.0.1:11435\", got 'localhost'"),
+            (
+                'listen = "localhost"',
+                "listen: expected host:port such as \"127.0.0.1:11435\", got 'localhost'",
+            ),
             ('listen = "127.0.0.1:99999"', "listen: port 99999 is out of range"),
-            ('upstream = "ftp://x"', "upstream: expected an http:// or https:// URL such as 'http://127.0.0.1:11434', got 'ftp://x'"),
+            (
+                'upstream = "ftp://x"',
+                "upstream: expected an http:// or https:// URL such as 'http://127.0.0.1:11434', got 'ftp://x'",
+            ),
             ("dry_run = 1", "dry_run: expected true or false, got an integer"),
             ('policy_timeout = "soon"', "policy_timeout: invalid duration 'soon'"),
             ('log_format = "xml"', "log_format: expected one of 'auto', 'json', 'console', got 'xml'"),
             ('rules = "all"', "rules: expected an array of tables ([[rules]]), got a string"),
-            ("[[rules]]\npolicies = []", "rules[0].models: missing; give a list of model globs such as [\"llama3.1:*\"]"),
-            ("[[rules]]\nmodels = []", "rules[0].models: expected a non-empty array of glob strings, got an array"),
-            ('[[rules]]\nmodels = "x"', "rules[0].models: expected a non-empty array of glob strings, got a string"),
+            (
+                "[[rules]]\npolicies = []",
+                'rules[0].models: missing; give a list of model globs such as ["llama3.1:*"]',
+            ),
+            (
+                "[[rules]]\nmodels = []",
+                "rules[0].models: expected a non-empty array of glob strings, got an array",
+            ),
+            (
+                '[[rules]]\nmodels = "x"',
+                "rules[0].models: expected a non-empty array of glob strings, got a string",
+            ),
             ("[[rules]]\nmodels = [1]", "rules[0].models[0]: expected a glob string, got an integer"),
             ('[[rules]]\nmodels = ["llama[3"]', "rules[0].models[0]: bad glob 'llama[3': unclosed '['"),
             ('[[rules]]\nmodels = [""]', "rules[0].models[0]: a model glob must not be empty"),
             ('[[rules]]\nmodels = ["*"]\nmodel = 1', "unknown key 'model' in [rules[0]]"),
-            ('[[rules]]\nmodels = ["*"]\npolicies = "static"', "rules[0].policies: expected an array of tables, got a string"),
-            ('[[rules]]\nmodels = ["*"]\npolicies = ["static"]', "rules[0].policies[0]: expected a table such as { use = \"static\" }, got a string"),
-            ('[[rules]]\nmodels = ["*"]\npolicies = [{ num_ctx = 1 }]', "rules[0].policies[0].use: missing; name the policy, e.g. use = \"static\""),
+            (
+                '[[rules]]\nmodels = ["*"]\npolicies = "static"',
+                "rules[0].policies: expected an array of tables, got a string",
+            ),
+            (
+                '[[rules]]\nmodels = ["*"]\npolicies = ["static"]',
+                'rules[0].policies[0]: expected a table such as { use = "static" }, got a string',
+            ),
+            (
+                '[[rules]]\nmodels = ["*"]\npolicies = [{ num_ctx = 1 }]',
+                'rules[0].policies[0].use: missing; name the policy, e.g. use = "static"',
+            ),
         ],
     )
     def test_each_mistake_has_one_message(self, tmp_path: Path, text: str, expected: str) -> None:

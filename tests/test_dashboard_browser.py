@@ -202,7 +202,9 @@ def expected_points(model: str) -> tuple[int, int]:
 class TestDashboardInChromium:
     async def test_plots_render_with_data(self, chromium: str, dashboard: Running, tmp_path: Path) -> None:
         """Both plots of both models carry their points and a marker at each change."""
-        html = await run_chromium(chromium, tmp_path, f"{dashboard.url}/governor/#token={TOKEN}", "--dump-dom")
+        html = await run_chromium(
+            chromium, tmp_path, f"{dashboard.url}/governor/#token={TOKEN}", "--dump-dom"
+        )
         dom = Dom(html)
         assert dom.body.get("data-ready") == "1", html[-3000:]
         for model, phases in PHASES.items():
@@ -217,7 +219,9 @@ class TestDashboardInChromium:
         assert "2.00 GiB free of 24.00 GiB" in html
         assert "llama3.1:8b" in html and "spilled" in html  # the loaded table flags the partial load
 
-    async def test_without_the_token_it_says_what_to_do(self, chromium: str, dashboard: Running, tmp_path: Path) -> None:
+    async def test_without_the_token_it_says_what_to_do(
+        self, chromium: str, dashboard: Running, tmp_path: Path
+    ) -> None:
         """Opened without ``#token=``, the page explains how to pass the admin token."""
         html = await run_chromium(chromium, tmp_path, f"{dashboard.url}/governor/", "--dump-dom")
         dom = Dom(html)

@@ -14,21 +14,34 @@ from proxy.facts.tokens import DEFAULT_CHARS_PER_TOKEN, TokenEstimator
 from proxy.request.prompt import IMAGE_TOKENS, TOKENS_PER_MESSAGE, PromptSize, measure
 
 PS_CPU = [  # v0.32.15 on a CPU-only host (ps.txt)
-    {"name": "gemma3-270m:latest", "model": "gemma3-270m:latest", "size": 287246908, "digest": "38c4",
-     "expires_at": "2026-11-25T12:33:53.910050018Z", "size_vram": 0, "context_length": 4096},
+    {
+        "name": "gemma3-270m:latest",
+        "model": "gemma3-270m:latest",
+        "size": 287246908,
+        "digest": "38c4",
+        "expires_at": "2026-11-25T12:33:53.910050018Z",
+        "size_vram": 0,
+        "context_length": 4096,
+    },
 ]
 
 
 class TestMeasure:
     def test_generate_counts_prompt_system_suffix_images_context(self) -> None:
         """Text fields count as characters; images and a generate context as known tokens."""
-        size = measure("generate", {"prompt": "abcd", "system": "ef", "suffix": "g", "images": ["x", "y"], "context": [1, 2, 3]})
+        size = measure(
+            "generate",
+            {"prompt": "abcd", "system": "ef", "suffix": "g", "images": ["x", "y"], "context": [1, 2, 3]},
+        )
         assert size == PromptSize(chars=7, fixed_tokens=2 * IMAGE_TOKENS + 3)
 
     def test_chat_counts_messages_and_tools(self) -> None:
         """Message contents, thinking, tool calls and tool schemas count; each message adds template tokens."""
         body = {
-            "messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "", "thinking": "hm"}],
+            "messages": [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "", "thinking": "hm"},
+            ],
             "tools": [{"type": "function"}],
         }
         size = measure("chat", body)
@@ -79,7 +92,10 @@ class TestParseLoaded:
         """size_vram 0 on a host without a GPU is CPU inference, never a spill."""
         [model] = parse_loaded(PS_CPU, gpu_host=False)
         assert (model.name, model.context_length, model.size_vram_bytes, model.spilled) == (
-            "gemma3-270m:latest", 4096, 0, False,
+            "gemma3-270m:latest",
+            4096,
+            0,
+            False,
         )
 
     def test_gpu_host_partial_offload_is_a_spill(self) -> None:

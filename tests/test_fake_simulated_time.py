@@ -23,10 +23,16 @@ class TestTimeScale:
         """Sleeping 1/1000 of the delays, the fake still reports the full load, prompt and eval time."""
         model = gemma3_27b()
         fake = await start_fake(
-            models=[model], vram_bytes=24 * GiB, token_delay_s=0.1, reply_tokens=20,
-            load_bytes_per_s=2e9, time_scale=1000.0,
+            models=[model],
+            vram_bytes=24 * GiB,
+            token_delay_s=0.1,
+            reply_tokens=20,
+            load_bytes_per_s=2e9,
+            time_scale=1000.0,
         )
-        reply = await ollama_client(fake.url).generate(model="gemma3:27b", prompt="hi", options={"num_ctx": 8192})  # type: ignore[attr-defined]
+        reply = await ollama_client(fake.url).generate(
+            model="gemma3:27b", prompt="hi", options={"num_ctx": 8192}
+        )  # type: ignore[attr-defined]
         load_s = model.weights_bytes / 2e9
         assert reply.load_duration is not None and reply.eval_duration is not None
         assert abs(reply.load_duration / 1e9 - load_s) < 0.5
@@ -41,10 +47,16 @@ class TestTimeScale:
         """A context that does not fit spills: loads and tokens take spill_slowdown times longer."""
         model = gemma3_27b()
         fake = await start_fake(
-            models=[model], vram_bytes=24 * GiB, token_delay_s=0.1, reply_tokens=10,
-            load_bytes_per_s=2e9, time_scale=1000.0,
+            models=[model],
+            vram_bytes=24 * GiB,
+            token_delay_s=0.1,
+            reply_tokens=10,
+            load_bytes_per_s=2e9,
+            time_scale=1000.0,
         )
-        reply = await ollama_client(fake.url).generate(model="gemma3:27b", prompt="hi", options={"num_ctx": 131072})  # type: ignore[attr-defined]
+        reply = await ollama_client(fake.url).generate(
+            model="gemma3:27b", prompt="hi", options={"num_ctx": 131072}
+        )  # type: ignore[attr-defined]
         assert fake.completions[-1].spilled is True
         assert reply.load_duration is not None and reply.eval_duration is not None
         assert abs(reply.load_duration / 1e9 - 10 * model.weights_bytes / 2e9) < 1.0
@@ -66,9 +78,18 @@ class TestScenarioBenchmark:
         assert without["loads"] == scenario.requests and governed["loads"] == 1
         assert governed["load_s"] < without["load_s"] / 2
         result: dict[str, Any] = {
-            "time_scale": 500.0, "note": "simulated",
-            "scenarios": [{"key": "b", "title": scenario.title, "host": "h", "governor": "g",
-                           "without": without, "with_governor": governed}],
+            "time_scale": 500.0,
+            "note": "simulated",
+            "scenarios": [
+                {
+                    "key": "b",
+                    "title": scenario.title,
+                    "host": "h",
+                    "governor": "g",
+                    "without": without,
+                    "with_governor": governed,
+                }
+            ],
         }
         table = render(result)
         assert "governed" in table and table.rstrip().endswith("simulated")
@@ -79,6 +100,9 @@ class TestScenarioBenchmark:
         without = await run_side(scenario, governed=False)
         governed = await run_side(scenario, governed=True)
         assert without["spilled_requests"] == scenario.requests and governed["spilled_requests"] == 0
-        assert without["median_eval_tokens_per_s"] is not None and governed["median_eval_tokens_per_s"] is not None
+        assert (
+            without["median_eval_tokens_per_s"] is not None
+            and governed["median_eval_tokens_per_s"] is not None
+        )
         assert 0.8 < without["median_eval_tokens_per_s"] < 1.2
         assert 8.0 < governed["median_eval_tokens_per_s"] < 12.0

@@ -47,11 +47,14 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 class TestOfficialClient:
-    async def test_async_chat_streaming(self, ollama_client: OllamaClients, fake: FakeOllama, governed: Running) -> None:
+    async def test_async_chat_streaming(
+        self, ollama_client: OllamaClients, fake: FakeOllama, governed: Running
+    ) -> None:
         """AsyncClient.chat(stream=True) yields the fake's tokens; num_ctx was rewritten upstream."""
         client = ollama_client(governed.url)
         parts = [
-            part async for part in await client.chat(
+            part
+            async for part in await client.chat(
                 model="gemma3-270m", messages=[{"role": "user", "content": SECRET}], stream=True
             )
         ]
@@ -60,7 +63,9 @@ class TestOfficialClient:
         assert body["options"]["num_ctx"] == 8192 and body["keep_alive"] == "30m"
         assert body["messages"] == [{"role": "user", "content": SECRET}]
 
-    async def test_async_generate_not_streamed(self, ollama_client: OllamaClients, fake: FakeOllama, governed: Running) -> None:
+    async def test_async_generate_not_streamed(
+        self, ollama_client: OllamaClients, fake: FakeOllama, governed: Running
+    ) -> None:
         """AsyncClient.generate() without streaming gets Ollama's single object."""
         result = await ollama_client(governed.url).generate(
             model="gemma3-270m", prompt="hi", options={"num_ctx": 2048}
@@ -70,6 +75,7 @@ class TestOfficialClient:
 
     async def test_sync_client_in_a_thread(self, fake: FakeOllama, governed: Running) -> None:
         """The blocking Client works too, streaming and not (run off the loop the proxy uses)."""
+
         def use_sync_client() -> tuple[str, int]:
             with ollama.Client(host=governed.url) as client:
                 reply = client.chat(model="gemma3-270m", messages=[{"role": "user", "content": "hi"}])
@@ -78,16 +84,23 @@ class TestOfficialClient:
 
         content, chunks = await asyncio.to_thread(use_sync_client)
         assert content and chunks > 1
-        assert [b["options"]["num_ctx"] for b in fake.bodies("/api/chat") + fake.bodies("/api/generate")] == [8192, 8192]
+        assert [b["options"]["num_ctx"] for b in fake.bodies("/api/chat") + fake.bodies("/api/generate")] == [
+            8192,
+            8192,
+        ]
 
-    async def test_errors_reach_the_client_as_ollama_errors(self, ollama_client: OllamaClients, governed: Running) -> None:
+    async def test_errors_reach_the_client_as_ollama_errors(
+        self, ollama_client: OllamaClients, governed: Running
+    ) -> None:
         """Ollama's 404 for an unknown model surfaces as ollama.ResponseError with its text."""
         with pytest.raises(ollama.ResponseError) as info:
             await ollama_client(governed.url).chat(model="no-such-model", messages=[])
         assert info.value.status_code == 404
         assert info.value.error == "model 'no-such-model' not found"
 
-    async def test_other_endpoints_through_the_client(self, ollama_client: OllamaClients, governed: Running) -> None:
+    async def test_other_endpoints_through_the_client(
+        self, ollama_client: OllamaClients, governed: Running
+    ) -> None:
         """list, ps, show and version work through the proxy with the official client."""
         client = ollama_client(governed.url)
         assert [m.model for m in (await client.list()).models] == ["gemma3-270m:latest"]
@@ -163,7 +176,9 @@ class TestResults:
             assert result["model"] == "gemma3-270m" and result["status"] == 200
             assert (result["client_num_ctx"], result["applied_num_ctx"]) == (None, 8192)
             assert (result["client_keep_alive"], result["applied_keep_alive"]) == (None, "30m")
-            assert [c["policy"] for c in result["changed_by"]] == ["static", ]
+            assert [c["policy"] for c in result["changed_by"]] == [
+                "static",
+            ]
             assert set(result["changed_by"][0]["fields"]) == {"num_ctx", "keep_alive"}
             for key in ("load_ms", "total_ms", "ttfb_ms", "prompt_tokens_per_s", "eval_tokens_per_s"):
                 assert isinstance(result[key], float), key
@@ -173,9 +188,13 @@ class TestResults:
         assert generate["reloaded"] is False
         assert SECRET not in repr(logs)
 
-    async def test_change_events(self, ollama_client: OllamaClients, fake: FakeOllama, start_proxy: StartProxy) -> None:
+    async def test_change_events(
+        self, ollama_client: OllamaClients, fake: FakeOllama, start_proxy: StartProxy
+    ) -> None:
         """A change event is logged when the applied num_ctx for a model differs from last time."""
-        proxy = await start_proxy(fake.url, '[[rules]]\nmodels = ["*"]\npolicies = [{ use = "static", keep_alive = "1m" }]')  # type: ignore[attr-defined]
+        proxy = await start_proxy(
+            fake.url, '[[rules]]\nmodels = ["*"]\npolicies = [{ use = "static", keep_alive = "1m" }]'
+        )  # type: ignore[attr-defined]
         client = ollama_client(proxy.url)
         with capture_logs() as logs:
             for num_ctx in (2048, 2048, 4096):
@@ -193,7 +212,8 @@ class TestPolicies:
     ) -> None:
         """A user's policy file is loaded and its decision reaches Ollama."""
         path = tmp_path / "night.py"
-        path.write_text(textwrap.dedent('''
+        path.write_text(
+            textwrap.dedent("""
             from policies import Context, Decision
 
             class NightShift:
@@ -202,7 +222,8 @@ class TestPolicies:
 
                 async def __call__(self, ctx: Context, decision: Decision) -> Decision:
                     return decision.replace(num_ctx=self.max_ctx, reason="night shift")
-        '''))
+        """)
+        )
         config = f'[[rules]]\nmodels = ["*"]\npolicies = [{{ use = "{path}:NightShift", max_ctx = 16384 }}]'
         proxy = await start_proxy(fake.url, config)  # type: ignore[attr-defined]
         await ollama_client(proxy.url).generate(model="gemma3-270m", prompt="hi")
@@ -235,10 +256,16 @@ class TestPolicies:
     ) -> None:
         """decision.reject() answers 400 {"error": ...} and Ollama never sees the request."""
         path = tmp_path / "gate.py"
-        path.write_text("async def gate(ctx, decision):\n    return decision.reject('closed for maintenance')\n")
-        proxy = await start_proxy(fake.url, f'[[rules]]\nmodels = ["*"]\npolicies = [{{ use = "{path}:gate" }}]')  # type: ignore[attr-defined]
+        path.write_text(
+            "async def gate(ctx, decision):\n    return decision.reject('closed for maintenance')\n"
+        )
+        proxy = await start_proxy(
+            fake.url, f'[[rules]]\nmodels = ["*"]\npolicies = [{{ use = "{path}:gate" }}]'
+        )  # type: ignore[attr-defined]
         with pytest.raises(ollama.ResponseError) as info:
-            await ollama_client(proxy.url).chat(model="gemma3-270m", messages=[{"role": "user", "content": "x"}])
+            await ollama_client(proxy.url).chat(
+                model="gemma3-270m", messages=[{"role": "user", "content": "x"}]
+            )
         assert (info.value.status_code, info.value.error) == (400, "closed for maintenance")
         assert client_requests(fake) == []
 
@@ -255,7 +282,10 @@ class TestUpstreamFailures:
             async with http.request("POST" if payload else "GET", proxy.url + path, json=payload) as response:
                 assert response.status == 502
                 error = (await response.json())["error"]
-            assert error == f"upstream Ollama at http://127.0.0.1:{port} is unreachable: Connect call failed ('127.0.0.1', {port})"
+            assert (
+                error
+                == f"upstream Ollama at http://127.0.0.1:{port} is unreachable: Connect call failed ('127.0.0.1', {port})"
+            )
 
     async def test_restarting_ollama_is_ridden_over(
         self, start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession
@@ -275,13 +305,19 @@ class TestUpstreamFailures:
             assert (await response.json())["done"] is True
         await comeback
 
-    async def test_health(self, start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_health(
+        self, start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """/governor/health is 200 while Ollama answers and 503 when it does not."""
         fake = await start_fake()
         proxy = await start_proxy(fake.url)
         async with http.get(proxy.url + "/governor/health") as response:
             assert response.status == 200
-            assert await response.json() == {"status": "ok", "upstream": fake.url, "ollama_version": "0.32.15"}
+            assert await response.json() == {
+                "status": "ok",
+                "upstream": fake.url,
+                "ollama_version": "0.32.15",
+            }
         down = await start_proxy(f"http://127.0.0.1:{free_port()}")
         async with http.get(down.url + "/governor/health") as response:
             assert response.status == 503

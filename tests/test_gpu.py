@@ -226,7 +226,9 @@ class TestOllamaPsSource:
             up = await source.read()
         assert all(not s.known for s in down)
         assert down[0].error is not None
-        assert down[0].error.startswith(f"GET /api/ps from Ollama failed: Cannot connect to host 127.0.0.1:{port}")
+        assert down[0].error.startswith(
+            f"GET /api/ps from Ollama failed: Cannot connect to host 127.0.0.1:{port}"
+        )
         assert up.free_bytes == 24 * GIB
         assert len(events(logs, "gpu_unavailable")) == 1
         assert len(events(logs, "gpu_recovered")) == 1
@@ -379,7 +381,9 @@ class TestGpuSampler:
         assert first.error == "counting read failed: RuntimeError('boom')"
         assert first.reserve_bytes == GIB
         assert back.known
-        assert [(e["log_level"], e["source"]) for e in events(logs, "gpu_read_failed")] == [("error", "counting")]
+        assert [(e["log_level"], e["source"]) for e in events(logs, "gpu_read_failed")] == [
+            ("error", "counting")
+        ]
         assert len(events(logs, "gpu_recovered")) == 1
 
     async def test_a_stale_sample_is_unknown(self) -> None:
@@ -420,12 +424,18 @@ class TestParseGpuSection:
     def test_ollama_with_one_or_several_totals(self) -> None:
         """vram_total is one size or one per GPU."""
         assert parse(source="ollama", vram_total="24GiB").vram_total_bytes == (24 * GIB,)
-        assert parse(source="ollama", vram_total=["24GiB", 17179869184]).vram_total_bytes == (24 * GIB, 16 * GIB)
+        assert parse(source="ollama", vram_total=["24GiB", 17179869184]).vram_total_bytes == (
+            24 * GIB,
+            16 * GIB,
+        )
 
     @pytest.mark.parametrize(
         ("data", "message"),
         [
-            ({"source": "cuda"}, "gov.toml: gpu.source: expected one of 'auto', 'nvml', 'ollama', 'none', got 'cuda'"),
+            (
+                {"source": "cuda"},
+                "gov.toml: gpu.source: expected one of 'auto', 'nvml', 'ollama', 'none', got 'cuda'",
+            ),
             ({"intervall": "1s"}, "gov.toml: unknown key 'intervall' in [gpu]"),
             (
                 {"source": "ollama"},
@@ -435,19 +445,43 @@ class TestParseGpuSection:
                 {"vram_total": "24GiB"},
                 'gov.toml: gpu.vram_total: only used with source = "ollama"; remove it or set that source',
             ),
-            ({"source": "ollama", "vram_total": []}, 'gov.toml: gpu.vram_total: expected one size per GPU such as ["24GiB", "24GiB"]'),
-            ({"source": "ollama", "vram_total": "0GiB"}, "gov.toml: gpu.vram_total: a GPU's total VRAM must be more than 0"),
-            ({"source": "ollama", "vram_total": 24.5}, 'gov.toml: gpu.vram_total: expected a size such as "24GiB" or a number of bytes, got a number'),
+            (
+                {"source": "ollama", "vram_total": []},
+                'gov.toml: gpu.vram_total: expected one size per GPU such as ["24GiB", "24GiB"]',
+            ),
+            (
+                {"source": "ollama", "vram_total": "0GiB"},
+                "gov.toml: gpu.vram_total: a GPU's total VRAM must be more than 0",
+            ),
+            (
+                {"source": "ollama", "vram_total": 24.5},
+                'gov.toml: gpu.vram_total: expected a size such as "24GiB" or a number of bytes, got a number',
+            ),
             (
                 {"source": "none", "devices": [0]},
-                "gov.toml: gpu.devices: only used with source = \"nvml\" or \"auto\", not 'none'; remove it",
+                'gov.toml: gpu.devices: only used with source = "nvml" or "auto", not \'none\'; remove it',
             ),
-            ({"devices": True}, 'gov.toml: gpu.devices: expected a list such as [0, 1] or a string such as "0,1", got a boolean'),
-            ({"devices": []}, "gov.toml: gpu.devices: expected at least one GPU; leave devices out to use every GPU"),
-            ({"devices": "0,,1"}, "gov.toml: gpu.devices: expected GPU indexes such as 0 or UUIDs such as \"GPU-8f6c...\", got ''"),
-            ({"devices": [-1]}, "gov.toml: gpu.devices: expected GPU indexes such as 0 or UUIDs such as \"GPU-8f6c...\", got -1"),
+            (
+                {"devices": True},
+                'gov.toml: gpu.devices: expected a list such as [0, 1] or a string such as "0,1", got a boolean',
+            ),
+            (
+                {"devices": []},
+                "gov.toml: gpu.devices: expected at least one GPU; leave devices out to use every GPU",
+            ),
+            (
+                {"devices": "0,,1"},
+                "gov.toml: gpu.devices: expected GPU indexes such as 0 or UUIDs such as \"GPU-8f6c...\", got ''",
+            ),
+            (
+                {"devices": [-1]},
+                'gov.toml: gpu.devices: expected GPU indexes such as 0 or UUIDs such as "GPU-8f6c...", got -1',
+            ),
             ({"devices": ["0", 0]}, "gov.toml: gpu.devices: GPU '0' is listed twice"),
-            ({"reserve": "1G"}, "gov.toml: gpu.reserve: unknown size unit 'G' in '1G': use B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal)"),
+            (
+                {"reserve": "1G"},
+                "gov.toml: gpu.reserve: unknown size unit 'G' in '1G': use B, KiB, MiB, GiB, TiB (binary) or KB, MB, GB, TB (decimal)",
+            ),
             ({"reserve": -1}, "gov.toml: gpu.reserve: size must not be negative, got -1"),
             ({"interval": "10ms"}, "gov.toml: gpu.interval: expected at least 50ms, got '10ms'"),
         ],

@@ -52,7 +52,9 @@ async def governed_gpu(
     fake_options.setdefault("models", [gemma3_27b(), gemma3_4b()])
     fake = await start_fake(vram_bytes=GPU_BYTES, num_parallel=parallel, **fake_options)
     proxy = await start_proxy(
-        fake.url, config(policies, parallel=parallel), memory_source=NvmlSource(nvml=nvml_for(fake))  # type: ignore[attr-defined]
+        fake.url,
+        config(policies, parallel=parallel),
+        memory_source=NvmlSource(nvml=nvml_for(fake)),  # type: ignore[attr-defined]
     )
     await proxy.app[MEMORY].refresh()
     return fake, proxy
@@ -100,8 +102,12 @@ class TestSeedScenario:
         """Three slots triple the KV cache, so the chosen context shrinks accordingly."""
         chosen = []
         for parallel in (1, 3):
-            fake, proxy = await governed_gpu(start_fake, start_proxy, '{ use = "headroom" }', parallel=parallel)
-            await ollama_client(proxy.url).generate(model="gemma3:27b", prompt="hi", options={"num_ctx": 131072})
+            fake, proxy = await governed_gpu(
+                start_fake, start_proxy, '{ use = "headroom" }', parallel=parallel
+            )
+            await ollama_client(proxy.url).generate(
+                model="gemma3:27b", prompt="hi", options={"num_ctx": 131072}
+            )
             chosen.append(fake.bodies("/api/generate")[-1]["options"]["num_ctx"])
         assert chosen[1] < chosen[0]
 
@@ -114,12 +120,18 @@ class TestNoThrash:
         fake, proxy = await governed_gpu(start_fake, start_proxy, '{ use = "headroom" }')
         client_a, client_b = ollama_client(proxy.url), ollama_client(proxy.url)
         for _ in range(3):
-            await client_a.chat(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 4096})
-            await client_b.chat(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 16384})
+            await client_a.chat(
+                model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 4096}
+            )
+            await client_b.chat(
+                model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 16384}
+            )
         assert fake.loads == [("gemma3:4b", 4096)]
         direct = await start_fake(vram_bytes=GPU_BYTES, models=[gemma3_4b()])
         for num_ctx in (4096, 16384) * 3:
-            await ollama_client(direct.url).chat(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": num_ctx})  # type: ignore[attr-defined]
+            await ollama_client(direct.url).chat(
+                model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": num_ctx}
+            )  # type: ignore[attr-defined]
         assert len(direct.loads) == 6  # what the governor saved
 
     async def test_concurrent_requests_during_a_load_reuse_it(
@@ -130,7 +142,9 @@ class TestNoThrash:
         client = ollama_client(proxy.url)
         await asyncio.gather(
             *(
-                client.chat(model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": n})
+                client.chat(
+                    model="gemma3:4b", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": n}
+                )
                 for n in (4096, 16384, 8192, 4096)
             )
         )
@@ -157,7 +171,9 @@ class TestLongPrompts:
         self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
     ) -> None:
         """When the prompt needs more than fits, spill (the default) sends what it needs and warns."""
-        fake, proxy = await governed_gpu(start_fake, start_proxy, '{ use = "headroom" }', models=[gemma3_27b()])
+        fake, proxy = await governed_gpu(
+            start_fake, start_proxy, '{ use = "headroom" }', models=[gemma3_27b()]
+        )
         prompt = "word " * 64_000  # ~80K tokens: fits the trained 128K, not 24 GiB of VRAM
         with capture_logs() as logs:
             await ollama_client(proxy.url).generate(model="gemma3:27b", prompt=prompt)
@@ -188,9 +204,13 @@ class TestFailOpen:
         fake = await start_fake(vram_bytes=GPU_BYTES, models=[gemma3_4b()])
         broken = FakeNvml([])
         broken.init_error = FakeLibraryNotFound()
-        proxy = await start_proxy(fake.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=broken))  # type: ignore[attr-defined]
+        proxy = await start_proxy(
+            fake.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=broken)
+        )  # type: ignore[attr-defined]
         with capture_logs() as logs:
-            reply = await ollama_client(proxy.url).generate(model="gemma3:4b", prompt="hi", options={"num_ctx": 8192})
+            reply = await ollama_client(proxy.url).generate(
+                model="gemma3:4b", prompt="hi", options={"num_ctx": 8192}
+            )
             await settled(proxy)
         assert reply.done
         assert fake.bodies("/api/generate")[-1]["options"]["num_ctx"] == 8192
@@ -212,9 +232,13 @@ class TestFailOpen:
         fake.app.middlewares.append(broken_show)
         upstream = await start_app(fake.app)
         try:
-            proxy = await start_proxy(upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=nvml_for(fake)))
+            proxy = await start_proxy(
+                upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=nvml_for(fake))
+            )
             with capture_logs() as logs:
-                reply = await ollama_client(proxy.url).generate(model="gemma3:4b", prompt="hi", options={"num_ctx": 8192})
+                reply = await ollama_client(proxy.url).generate(
+                    model="gemma3:4b", prompt="hi", options={"num_ctx": 8192}
+                )
                 await settled(proxy)
         finally:
             await upstream.runner.cleanup()
@@ -222,7 +246,10 @@ class TestFailOpen:
         assert fake.bodies("/api/generate")[-1]["options"]["num_ctx"] == 8192
         assert any(e["event"] == "facts_unavailable" for e in logs)
         [result] = [e for e in logs if e["event"] == "result"]
-        assert result["changed_by"][0]["reason"] == "headroom[unknown]: no facts about model 'gemma3:4b'; leaving num_ctx 8192"
+        assert (
+            result["changed_by"][0]["reason"]
+            == "headroom[unknown]: no facts about model 'gemma3:4b'; leaving num_ctx 8192"
+        )
 
 
 class TestCalibration:
@@ -230,7 +257,9 @@ class TestCalibration:
         self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
     ) -> None:
         """After one load, the calibrated estimate at that context equals what Ollama reported."""
-        fake, proxy = await governed_gpu(start_fake, start_proxy, '{ use = "static", num_ctx = 8192 }', models=[gemma3_4b()])
+        fake, proxy = await governed_gpu(
+            start_fake, start_proxy, '{ use = "static", num_ctx = 8192 }', models=[gemma3_4b()]
+        )
         await ollama_client(proxy.url).generate(model="gemma3:4b", prompt="hi")
         await settled(proxy)
         facts = proxy.app[FACTS]
@@ -245,7 +274,9 @@ class TestCalibration:
 
 
 class TestWarmAtStart:
-    async def test_config_warm_list_preloads_at_start(self, start_fake: StartFake, start_proxy: StartProxy) -> None:
+    async def test_config_warm_list_preloads_at_start(
+        self, start_fake: StartFake, start_proxy: StartProxy
+    ) -> None:
         """``warm = [...]`` preloads each model with the governor's decision when serving starts."""
         fake = await start_fake(vram_bytes=GPU_BYTES, models=[gemma3_4b()])
         await start_proxy(

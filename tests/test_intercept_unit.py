@@ -25,7 +25,10 @@ class TestParse:
         )
         assert parsed is not None
         assert (parsed.num_ctx, parsed.keep_alive, parsed.num_predict, parsed.stream) == (
-            8192, "10m", 64, False,
+            8192,
+            "10m",
+            64,
+            False,
         )
 
     def test_defaults(self) -> None:
@@ -60,7 +63,11 @@ class TestRewrite:
 
     def test_sets_and_keeps_everything_else(self) -> None:
         """Only options.num_ctx and keep_alive change; other fields and options stay."""
-        body = {"model": "m", "messages": [{"role": "user", "content": "héllo"}], "options": {"temperature": 0.1}}
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "héllo"}],
+            "options": {"temperature": 0.1},
+        }
         parsed = parse(body)
         assert parsed is not None
         rewritten = json.loads(rewrite_body(parsed, Decision(num_ctx=8192, keep_alive="30m")) or b"")

@@ -23,7 +23,9 @@ from tests.fake_ollama import FakeOllama, gemma3_27b
 
 def nvml_for(fake: FakeOllama) -> FakeNvml:
     total = 24 * GIB
-    return FakeNvml([FakeGpu("GPU-0", "RTX 4090", total, 0, used_by=lambda: total - (fake.free_vram_bytes() or 0))])
+    return FakeNvml(
+        [FakeGpu("GPU-0", "RTX 4090", total, 0, used_by=lambda: total - (fake.free_vram_bytes() or 0))]
+    )
 
 
 def static(num_ctx: int, state_dir: Path) -> str:
@@ -40,7 +42,9 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
 ) -> None:
     """8192 -> 131072 on gemma3:27b with 24 GiB: the second context spills; the store, the log
     and the report all say so, with before/after figures."""
-    fake = await start_fake(vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002, load_delay_s=0.05)
+    fake = await start_fake(
+        vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002, load_delay_s=0.05
+    )
     proxy = await start_proxy(fake.url, static(8192, tmp_path), memory_source=NvmlSource(nvml=nvml_for(fake)))  # type: ignore[attr-defined]
     client = ollama_client(proxy.url)
     with capture_logs() as logs:
@@ -68,8 +72,16 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
     assert [r[2] for r in rows] == [1, 0, 0, 1, 0, 0]  # a load at first and after the change, even a fast one
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "report", "--state-dir", str(tmp_path), "--json",
-        cwd=ROOT_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "report",
+        "--state-dir",
+        str(tmp_path),
+        "--json",
+        cwd=ROOT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 0, stderr.decode()
@@ -79,8 +91,17 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
     assert change["eval_tokens_per_s_ratio"] < 0.5  # the fake runs 10x slower when spilled
 
     text = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "report", "--state-dir", str(tmp_path), "--model", "gemma3:*",
-        cwd=ROOT_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "report",
+        "--state-dir",
+        str(tmp_path),
+        "--model",
+        "gemma3:*",
+        cwd=ROOT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, _ = await text.communicate()
     assert "num_ctx 8192 -> 131072" in out.decode()
@@ -89,8 +110,15 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
 async def test_report_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
     """report on an empty state directory is a clear error, not a traceback."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "report", "--state-dir", str(tmp_path),
-        cwd=ROOT_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "report",
+        "--state-dir",
+        str(tmp_path),
+        cwd=ROOT_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await process.communicate()
     assert process.returncode == 2

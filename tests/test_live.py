@@ -220,12 +220,26 @@ class TestGovernorMetrics:
 
 
 class TestLoadedModels:
-    async def test_loaded_models_and_spills(self, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_loaded_models_and_spills(
+        self, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """What the /api/ps poller read shows; size_vram 0 is a spill only on a host with a GPU."""
         ps = [
-            {"name": "cpu-only:1b", "size": 5 * GiB, "size_vram": 0, "context_length": 4096, "expires_at": "2030-01-01T00:00:00Z"},
+            {
+                "name": "cpu-only:1b",
+                "size": 5 * GiB,
+                "size_vram": 0,
+                "context_length": 4096,
+                "expires_at": "2030-01-01T00:00:00Z",
+            },
             {"name": "partial:27b", "size": 20 * GiB, "size_vram": 12 * GiB, "context_length": 32768},
-            {"name": "facts:8b", "digest": "sha256:x", "size": 6 * GiB, "size_vram": 6 * GiB, "context_length": 8192},
+            {
+                "name": "facts:8b",
+                "digest": "sha256:x",
+                "size": 6 * GiB,
+                "size_vram": 6 * GiB,
+                "context_length": 8192,
+            },
         ]
         live = Live()
         live.server = await start_proxy("http://127.0.0.1:9", "", **live.options())
@@ -233,7 +247,9 @@ class TestLoadedModels:
         facts.loaded = parse_loaded(ps, gpu_host=False)
         _, body = await get_json(http, f"{live.server.url}/governor/status")
         assert [(m["name"], m["spilled"]) for m in body["loaded"]] == [
-            ("cpu-only:1b", False), ("partial:27b", False), ("facts:8b", False),
+            ("cpu-only:1b", False),
+            ("partial:27b", False),
+            ("facts:8b", False),
         ]
         assert body["loaded"][0]["expires_at"] == "2030-01-01T00:00:00Z"
         facts.loaded = parse_loaded(ps, gpu_host=True)
@@ -262,11 +278,22 @@ class TestMemoryLedger:
         """Changes open like the store opens them; figures compare the change with the one before."""
         backend = MemoryBackend()
         recent = Ledger(backend)
-        recent.record(result_event(ts=1.0, applied_num_ctx=8192, reloaded=True, load_ms=2000.0, eval_tokens_per_s=40.0))
+        recent.record(
+            result_event(ts=1.0, applied_num_ctx=8192, reloaded=True, load_ms=2000.0, eval_tokens_per_s=40.0)
+        )
         recent.record(result_event(ts=2.0, applied_num_ctx=8192, eval_tokens_per_s=44.0))
         recent.record(result_event(ts=3.0, applied_num_ctx=65536, dry_run=True))  # never sent: no change
         recent.record(result_event(ts=4.0, applied_num_ctx=32768, status=500))  # failed: no change
-        recent.record(result_event(ts=5.0, applied_num_ctx=32768, reloaded=True, load_ms=9000.0, eval_tokens_per_s=4.0, spilled=True))
+        recent.record(
+            result_event(
+                ts=5.0,
+                applied_num_ctx=32768,
+                reloaded=True,
+                load_ms=9000.0,
+                eval_tokens_per_s=4.0,
+                spilled=True,
+            )
+        )
         recent.record(result_event(ts=6.0, applied_num_ctx=32768, eval_tokens_per_s=6.0))
         newest, first = await backend.changes()
         assert first["first_seen"] and first["before"] is None and first["to_num_ctx"] == 8192
@@ -340,7 +367,9 @@ async def generate(live: Live, http: aiohttp.ClientSession, **options: Any) -> N
 
 
 class TestLiveRoutes:
-    async def test_status_shape(self, start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_status_shape(
+        self, start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """Config summary, what Ollama holds now, the last decisions and the changes among them."""
         fake = await start_fake(vram_bytes=24 * GiB)
         live = Live(gpu=gpu_snapshot((20 * GiB, 24 * GiB)))
@@ -349,7 +378,14 @@ class TestLiveRoutes:
         status, body = await get_json(http, f"{live.server.url}/governor/status")
         assert status == 200
         assert set(body) == {
-            "generated_ts", "config", "gpu", "loaded", "loaded_error", "results_source", "decisions", "changes",
+            "generated_ts",
+            "config",
+            "gpu",
+            "loaded",
+            "loaded_error",
+            "results_source",
+            "decisions",
+            "changes",
         }
         assert body["config"]["upstream"] == fake.url  # type: ignore[attr-defined]
         assert body["config"]["rules"] == [{"models": ["gemma3-270m*"], "policies": ["static"]}]
@@ -367,7 +403,9 @@ class TestLiveRoutes:
         [change] = body["changes"]
         assert change["first_seen"] and change["to_num_ctx"] == 8192 and change["after"]["requests"] == 1
 
-    async def test_status_when_ollama_is_down(self, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_status_when_ollama_is_down(
+        self, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """/api/ps failing is shown as an error; the rest of the page still answers."""
         live = Live()
         live.server = await start_proxy("http://127.0.0.1:9", "", **live.options())
@@ -375,7 +413,9 @@ class TestLiveRoutes:
         assert status == 200 and body["loaded"] == [] and body["loaded_error"]
         assert body["gpu"]["known"] is False and body["decisions"] == []
 
-    async def test_metrics_endpoint(self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_metrics_endpoint(
+        self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """A scrape after a governed request parses back and counts it, with the GPU sample."""
         live = Live(gpu=gpu_snapshot((5 * GiB, 8 * GiB)))
         live.server = await start_proxy(fake.url, STATIC_8192, **live.options())  # type: ignore[attr-defined]
@@ -391,31 +431,42 @@ class TestLiveRoutes:
         }
         labels = (("endpoint", "generate"), ("model", "gemma3-270m:latest"), ("status_class", "2xx"))
         assert parsed[("ollama_governor_requests_total", labels)] == 1
-        count = ("ollama_governor_eval_tokens_per_second_count", (("model", "gemma3-270m:latest"), ("num_ctx", "8192")))
+        count = (
+            "ollama_governor_eval_tokens_per_second_count",
+            (("model", "gemma3-270m:latest"), ("num_ctx", "8192")),
+        )
         assert parsed[count] == 1
         assert parsed[("ollama_governor_gpu_free_bytes", (("gpu", "0"),))] == 5 * GiB
 
-    async def test_series_from_memory(self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_series_from_memory(
+        self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """Without a store the plots read the last decisions, grouped by model, oldest first."""
         live = Live()
         live.server = await start_proxy(fake.url, "", **live.options())  # type: ignore[attr-defined]
         await generate(live, http, num_ctx=2048)
         await generate(live, http, num_ctx=4096)
-        status, body = await get_json(http, f"{live.server.url}/governor/api/series", params={"model": "gemma3-270m"})
+        status, body = await get_json(
+            http, f"{live.server.url}/governor/api/series", params={"model": "gemma3-270m"}
+        )
         assert status == 200 and body["results_source"] == "memory"
         [model] = body["models"]
         assert model["model"] == "gemma3-270m:latest"
         assert [p["applied_num_ctx"] for p in model["points"]] == [2048, 4096]
         assert [(c["to_num_ctx"], c["first_seen"]) for c in model["changes"]] == [(2048, True), (4096, False)]
 
-    async def test_series_from_store(self, fake: FakeOllama, start_proxy: StartProxy, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async def test_series_from_store(
+        self, fake: FakeOllama, start_proxy: StartProxy, tmp_path: Path, http: aiohttp.ClientSession
+    ) -> None:
         """With a store, points and change markers come from SQLite; ``since`` and ``model`` filter."""
         store = ResultStore(tmp_path / "results.db", flush_interval_s=0.05)
         now = time.time()
         earlier = Ledger(store)  # an earlier run of the governor filled the store
         earlier.record(result_event(ts=now - 90_000, model="old:1b"))  # outside the default 24 h window
         for i, ctx in enumerate((4096, 4096, 8192, 8192, 16384)):
-            earlier.record(result_event(ts=now - 500 + i * 100, applied_num_ctx=ctx, eval_tokens_per_s=40.0 - i))
+            earlier.record(
+                result_event(ts=now - 500 + i * 100, applied_num_ctx=ctx, eval_tokens_per_s=40.0 - i)
+            )
         earlier.record(result_event(ts=now - 50, model="llama3.1:8b"))
         assert store.flush(timeout_s=5.0)
         try:
@@ -428,7 +479,9 @@ class TestLiveRoutes:
             gemma = body["models"][0]
             assert [p["eval_tokens_per_s"] for p in gemma["points"]] == [40.0, 39.0, 38.0, 37.0, 36.0]
             assert [(c["from_num_ctx"], c["to_num_ctx"], c["first_seen"]) for c in gemma["changes"]] == [
-                (None, 4096, True), (4096, 8192, False), (8192, 16384, False),
+                (None, 4096, True),
+                (4096, 8192, False),
+                (8192, 16384, False),
             ]
             _, since = await get_json(http, url, params={"model": "gemma3:4b", "since": str(now - 250)})
             [only] = since["models"]
@@ -441,7 +494,11 @@ class TestLiveRoutes:
             assert status == 400 and "since" in error["error"]
             _, status_body = await get_json(http, f"{live.server.url}/governor/status")
             newest = status_body["changes"][0]
-            assert (newest["model"], newest["from_num_ctx"], newest["to_num_ctx"]) == ("llama3.1:8b", None, 8192)
+            assert (newest["model"], newest["from_num_ctx"], newest["to_num_ctx"]) == (
+                "llama3.1:8b",
+                None,
+                8192,
+            )
             assert [d["model"] for d in status_body["decisions"]][:2] == ["llama3.1:8b", "gemma3:4b"]
             assert status_body["decisions"][0]["eval_tokens_per_s"] == 42.0  # from the store after a restart
             gemma_change = next(c for c in status_body["changes"] if c["to_num_ctx"] == 16384)
@@ -450,7 +507,9 @@ class TestLiveRoutes:
         finally:
             await store.aclose()
 
-    async def test_page_is_self_contained(self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_page_is_self_contained(
+        self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """The page loads nothing from elsewhere, and its CSP would refuse it if it tried."""
         live = Live()
         server = await start_proxy(fake.url, "", **live.options())  # type: ignore[attr-defined]
@@ -462,7 +521,7 @@ class TestLiveRoutes:
             csp = response.headers["Content-Security-Policy"]
         assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "'sha256-" in csp
         assert "unsafe-inline" not in csp
-        for external in ("src=\"http", "href=\"http", "src=\"//", "href=\"//", "@import", "url("):
+        for external in ('src="http', 'href="http', 'src="//', 'href="//', "@import", "url("):
             assert external not in html
         assert len(html.splitlines()) <= 400
 
@@ -482,7 +541,9 @@ async def guarded(fake: FakeOllama) -> AsyncIterator[Running]:
 
 
 class TestAdminAuth:
-    @pytest.mark.parametrize("path", ["/governor/status", "/governor/metrics", "/governor/api/series", "/governor/nope"])
+    @pytest.mark.parametrize(
+        "path", ["/governor/status", "/governor/metrics", "/governor/api/series", "/governor/nope"]
+    )
     async def test_needs_the_token(self, guarded: Running, http: aiohttp.ClientSession, path: str) -> None:
         """No token or a wrong one is a 401 with a JSON error and a Bearer challenge."""
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
@@ -501,7 +562,9 @@ class TestAdminAuth:
         async with http.get(f"{guarded.url}{path}") as response:
             assert response.status == 200
 
-    async def test_ollama_paths_untouched(self, guarded: Running, fake: FakeOllama, http: aiohttp.ClientSession) -> None:
+    async def test_ollama_paths_untouched(
+        self, guarded: Running, fake: FakeOllama, http: aiohttp.ClientSession
+    ) -> None:
         """The client's own Authorization header reaches Ollama as sent, with no token needed."""
         headers = {"Authorization": "Bearer client-key-for-ollama"}
         async with http.get(f"{guarded.url}/api/tags", headers=headers) as response:
@@ -524,7 +587,9 @@ class TestAdminAuth:
         async with http.get(url, headers={"Authorization": "Bearer rotated"}) as response:
             assert response.status == 404
 
-    async def test_no_token_no_check(self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_no_token_no_check(
+        self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """Without a token every admin path answers."""
         server = await start_proxy(fake.url, "")  # type: ignore[attr-defined]
         async with http.get(f"{server.url}/governor/status") as response:

@@ -82,7 +82,10 @@ class TestSpellings:
 class TestErrors:
     def test_missing_attribute(self, policy_module: Path) -> None:
         """The issue's exact wording for a module without the attribute."""
-        assert error("my_policies:Clamp") == "policy 'my_policies:Clamp': module 'my_policies' has no attribute 'Clamp'"
+        assert (
+            error("my_policies:Clamp")
+            == "policy 'my_policies:Clamp': module 'my_policies' has no attribute 'Clamp'"
+        )
 
     def test_missing_module(self) -> None:
         """A module that does not exist is named."""
@@ -96,7 +99,9 @@ class TestErrors:
     def test_unknown_builtin(self) -> None:
         """An unknown bare name lists the known ones and how to load your own."""
         message = error("nightshift")
-        assert message.startswith("policy 'nightshift': no built-in or installed policy of that name (known: ")
+        assert message.startswith(
+            "policy 'nightshift': no built-in or installed policy of that name (known: "
+        )
         assert "static" in message
 
     def test_bad_format(self) -> None:
@@ -108,7 +113,10 @@ class TestErrors:
 
     def test_not_callable(self, policy_module: Path) -> None:
         """An attribute that is not callable cannot be a policy."""
-        assert error("my_policies:not_a_policy") == "policy 'my_policies:not_a_policy': int object is not callable"
+        assert (
+            error("my_policies:not_a_policy")
+            == "policy 'my_policies:not_a_policy': int object is not callable"
+        )
 
     def test_unknown_option(self) -> None:
         """An option the class does not take lists the accepted ones."""
@@ -138,4 +146,7 @@ class TestErrors:
         """A callable that cannot take (ctx, decision) is refused at load."""
         path = tmp_path / "sig.py"
         path.write_text("async def lonely(ctx):\n    return None\n")
-        assert error(f"{path}:lonely") == f"policy '{path}:lonely': must accept (ctx, decision) and return a Decision"
+        assert (
+            error(f"{path}:lonely")
+            == f"policy '{path}:lonely': must accept (ctx, decision) and return a Decision"
+        )

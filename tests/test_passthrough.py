@@ -74,11 +74,18 @@ class TestEndpoints:
             http, proxy.url, "POST", "/api/copy", json={"source": "gemma3-270m", "destination": "mine"}
         )
         assert status == 200
-        status, _, _ = await exchange(http, proxy.url, "POST", "/api/create", json={"model": "x", "from": "mine"})
+        status, _, _ = await exchange(
+            http, proxy.url, "POST", "/api/create", json={"model": "x", "from": "mine"}
+        )
         assert status == 200
         status, _, _ = await exchange(http, proxy.url, "DELETE", "/api/delete", json={"model": "mine"})
         assert status == 200
-        assert [r.path for r in client_requests(fake)] == ["/api/pull", "/api/copy", "/api/create", "/api/delete"]
+        assert [r.path for r in client_requests(fake)] == [
+            "/api/pull",
+            "/api/copy",
+            "/api/create",
+            "/api/delete",
+        ]
 
     async def test_openai_streaming_passes_through(
         self, fake: FakeOllama, proxy: Running, http: aiohttp.ClientSession
@@ -103,7 +110,9 @@ class TestEndpoints:
             "X-End-To-End": "keep me",
             "Authorization": "Bearer client-token",
         }
-        async with http.get(URL(proxy.url + "/api/tags?x=1&y=%2Fz&y=2", encoded=True), headers=headers) as response:
+        async with http.get(
+            URL(proxy.url + "/api/tags?x=1&y=%2Fz&y=2", encoded=True), headers=headers
+        ) as response:
             assert response.status == 200
         [received] = client_requests(fake)
         assert received.query == "x=1&y=%2Fz&y=2"

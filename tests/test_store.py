@@ -169,7 +169,9 @@ class TestWrites:
         release_writer = threading.Event()
 
         class StalledDiskStore(ResultStore):
-            def _write_batch(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], bool]]) -> None:
+            def _write_batch(
+                self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], bool]]
+            ) -> None:
                 writer_stuck.set()
                 release_writer.wait(timeout=10.0)
                 super()._write_batch(conn, batch)
@@ -483,11 +485,14 @@ class TestDegraded:
         directory = str(db_path.parent)
         script = (
             f"mount --bind {directory} {directory} && mount -o remount,bind,ro {directory} && "
-            f"exec {sys.executable} -c \"$0\" {db_path}"
+            f'exec {sys.executable} -c "$0" {db_path}'
         )
         done = subprocess.run(
             ["unshare", "--mount", "sh", "-c", script, child],
-            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parent.parent,
         )
         assert done.returncode == 0, done.stderr
         outcome = json.loads(done.stdout.splitlines()[-1])
@@ -609,7 +614,9 @@ class TestChanges:
         ]
         assert rows(db_path, "SELECT change_id FROM results ORDER BY id") == [(1,), (1,), (2,)]
 
-    def test_dry_run_and_failed_requests_open_no_change(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
+    def test_dry_run_and_failed_requests_open_no_change(
+        self, store: ResultStore, ledger: Ledger, db_path: Path
+    ) -> None:
         """Values that never reached Ollama, or a failed request, stay under the current change."""
         ledger.record(event(applied_num_ctx=8192))
         ledger.record(event(applied_num_ctx=65536, dry_run=True))
@@ -644,7 +651,9 @@ class TestChanges:
             ("hf.co/org/repo:latest",),
         ]
 
-    def test_a_spilled_result_marks_its_change(self, store: ResultStore, ledger: Ledger, db_path: Path) -> None:
+    def test_a_spilled_result_marks_its_change(
+        self, store: ResultStore, ledger: Ledger, db_path: Path
+    ) -> None:
         """changes.spilled is set when any result under the change spilled."""
         ledger.record(event(applied_num_ctx=8192, spilled=False))
         ledger.record(event(applied_num_ctx=65536, spilled=False))

@@ -29,7 +29,9 @@ async def test_first_line_arrives_while_ollama_still_holds_the_rest(
     hold = asyncio.Event()
     fake = await start_fake()
     fake.hold = hold
-    proxy = await start_proxy(fake.url, '[[rules]]\nmodels = ["*"]\npolicies = [{ use = "static", num_ctx = 2048 }]')
+    proxy = await start_proxy(
+        fake.url, '[[rules]]\nmodels = ["*"]\npolicies = [{ use = "static", num_ctx = 2048 }]'
+    )
     payload = {"model": "gemma3-270m", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}
     async with http.post(proxy.url + path, json=payload) as response:
         first = await asyncio.wait_for(response.content.readline(), timeout=5)

@@ -37,7 +37,10 @@ class TestFinalObjectTap:
 
     def test_whole_json_without_newline(self) -> None:
         """A non-streamed answer is one object, often without a trailing newline."""
-        assert feed_in([b'{"done":true,', b'"eval_count":3}']).final_object() == {"done": True, "eval_count": 3}
+        assert feed_in([b'{"done":true,', b'"eval_count":3}']).final_object() == {
+            "done": True,
+            "eval_count": 3,
+        }
 
     def test_error_after_stream_started(self) -> None:
         """A mid-stream error line is the last object; the caller sees it is not done."""

@@ -31,6 +31,7 @@ DEFAULT_LISTEN = "127.0.0.1:11435"
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
 CONFIG_ENV = "OLLAMA_GOVERNOR_CONFIG"
 
+
 @dataclass(frozen=True, slots=True)
 class PolicySpec:
     """One ``{ use = "...", option = value }`` entry of a rule."""
@@ -87,7 +88,7 @@ def parse_listen(value: object) -> tuple[str, int]:
     text = as_str(value).strip()
     match = re.fullmatch(r"\[(?P<v6>[^\]]+)\]:(?P<port>\d+)|(?P<host>[^:\[\]]*):(?P<port4>\d+)", text)
     if match is None:
-        raise ValueError(f"expected host:port such as \"127.0.0.1:11435\", got {text!r}")
+        raise ValueError(f'expected host:port such as "127.0.0.1:11435", got {text!r}')
     host = match.group("v6") or match.group("host") or "0.0.0.0"
     port = int(match.group("port") or match.group("port4"))
     if not 0 < port < 65536:
@@ -129,7 +130,7 @@ def _check_glob(pattern: str) -> str:
 def _parse_rule(source: str, data: object, index: int) -> RuleConfig:
     table = Table(source, data, f"rules[{index}]")
     if "models" not in table.data:
-        raise table.error("models", "missing; give a list of model globs such as [\"llama3.1:*\"]")
+        raise table.error("models", 'missing; give a list of model globs such as ["llama3.1:*"]')
     raw_models = table.data.pop("models")
     if not isinstance(raw_models, list) or not raw_models:
         raise table.error("models", f"expected a non-empty array of glob strings, got {kind(raw_models)}")
@@ -149,12 +150,12 @@ def _parse_rule(source: str, data: object, index: int) -> RuleConfig:
         where = table.key(f"policies[{i}]")
         if not isinstance(entry, dict):
             raise ConfigError(
-                f"{source}: {where}: expected a table such as {{ use = \"static\" }}, got {kind(entry)}"
+                f'{source}: {where}: expected a table such as {{ use = "static" }}, got {kind(entry)}'
             )
         options = dict(entry)
         use = options.pop("use", None)
         if not isinstance(use, str) or not use.strip():
-            raise ConfigError(f"{source}: {where}.use: missing; name the policy, e.g. use = \"static\"")
+            raise ConfigError(f'{source}: {where}.use: missing; name the policy, e.g. use = "static"')
         policies.append(PolicySpec(use=use.strip(), options=options, where=f"{source}: {where}"))
     table.finish()
     return RuleConfig(models=tuple(models), policies=tuple(policies), where=table.path)

@@ -102,13 +102,13 @@ def as_positive_int(value: object) -> int:
 def as_seconds(value: object) -> float:
     """A duration: a number of seconds or a Go-style string such as "250ms" or "5m"."""
     if isinstance(value, bool):
-        raise TypeError(f"expected a duration such as \"500ms\" or a number of seconds, got {kind(value)}")
+        raise TypeError(f'expected a duration such as "500ms" or a number of seconds, got {kind(value)}')
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = parse_go_duration(value)
     else:
-        raise TypeError(f"expected a duration such as \"500ms\" or a number of seconds, got {kind(value)}")
+        raise TypeError(f'expected a duration such as "500ms" or a number of seconds, got {kind(value)}')
     if seconds < 0:
         raise ValueError(f"expected a duration of zero or more, got {value!r}")
     return seconds

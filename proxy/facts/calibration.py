@@ -43,7 +43,7 @@ class CalibrationBook:
         except (OSError, ValueError) as exc:
             log.warning("calibration_unreadable", path=str(path), error=str(exc), action="starting afresh")
             return
-        for key, text in (data.items() if isinstance(data, dict) else ()):
+        for key, text in data.items() if isinstance(data, dict) else ():
             try:
                 self._entries[key] = Calibration.from_json(json.dumps(text))
             except ValueError as exc:

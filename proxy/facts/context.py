@@ -26,7 +26,6 @@ TRUNCATION_FILL = 0.95
 """A prompt that fills this much of the context may have been cut by Ollama without a word."""
 
 
-
 def request_context(
     request: ClientRequest, *, client: str | None = None, headers: Mapping[str, str] | None = None
 ) -> Context:

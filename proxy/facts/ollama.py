@@ -320,4 +320,3 @@ class Facts:
         if key not in self._logged:
             self._logged.add(key)
             log.warning(event or key, **fields)
-

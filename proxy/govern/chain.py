@@ -126,7 +126,9 @@ def _check_blocking(policy: LoadedPolicy, ctx: Context, held_s: float, timeout_s
         action="every other request waited; make it async, or set threaded = true for it",
     )
     if timeout_s and held_s > timeout_s:
-        raise _Failed(f"blocked the event loop for {held_s * 1000:.0f} ms, past the {timeout_s * 1000:.0f} ms timeout")
+        raise _Failed(
+            f"blocked the event loop for {held_s * 1000:.0f} ms, past the {timeout_s * 1000:.0f} ms timeout"
+        )
 
 
 async def _bounded(task: asyncio.Future[Any], timeout_s: float) -> object:
@@ -206,4 +208,6 @@ def _change(name: str, before: Decision, after: Decision) -> PolicyChange | None
         return None
     new_outcomes = after.outcomes[len(before.outcomes) :]
     reason = "; ".join(new_reasons) or after.rejection or ""
-    return PolicyChange(policy=name, fields=fields, reason=reason, outcome=new_outcomes[-1] if new_outcomes else None)
+    return PolicyChange(
+        policy=name, fields=fields, reason=reason, outcome=new_outcomes[-1] if new_outcomes else None
+    )

@@ -59,7 +59,9 @@ def load_policy(spec: PolicySpec) -> LoadedPolicy:
     _check_signature(name, policy)
     threaded = threaded or getattr(policy, "blocking", False) is True
     if threaded and _is_async(policy):
-        raise PolicyLoadError(f"policy {name!r}: an async policy cannot be threaded; only a blocking sync one")
+        raise PolicyLoadError(
+            f"policy {name!r}: an async policy cannot be threaded; only a blocking sync one"
+        )
     return LoadedPolicy(name=name, call=policy, threaded=threaded)
 
 
@@ -157,11 +159,7 @@ def _instantiate(name: str, target: object, options: Mapping[str, Any]) -> objec
     except TypeError:
         accepted = _accepted_options(target)
         unknown = [key for key in options if key not in accepted]
-        detail = (
-            f"unknown option {', '.join(map(repr, unknown))}"
-            if unknown
-            else "missing required option"
-        )
+        detail = f"unknown option {', '.join(map(repr, unknown))}" if unknown else "missing required option"
         raise PolicyLoadError(
             f"policy {name!r}: {detail} (accepted: {', '.join(accepted) or 'none'})"
         ) from None
@@ -185,8 +183,6 @@ def _check_signature(name: str, policy: Callable[..., Any]) -> None:
     try:
         inspect.signature(policy).bind(None, None)
     except TypeError:
-        raise PolicyLoadError(
-            f"policy {name!r}: must accept (ctx, decision) and return a Decision"
-        ) from None
+        raise PolicyLoadError(f"policy {name!r}: must accept (ctx, decision) and return a Decision") from None
     except ValueError:
         pass

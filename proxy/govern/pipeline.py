@@ -136,7 +136,9 @@ class Pipeline:
             return learned or record, None
         return record, learned
 
-    async def _record_later(self, later: Awaitable[GovernedRequest], fallback: GovernedRequest) -> GovernedRequest:
+    async def _record_later(
+        self, later: Awaitable[GovernedRequest], fallback: GovernedRequest
+    ) -> GovernedRequest:
         record = await safe_await("observe", later, model=fallback.model) or fallback
         return self.ledger.record(record)
 

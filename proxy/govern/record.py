@@ -183,7 +183,9 @@ class GovernedRequest:
         return out
 
 
-FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GovernedRequest) if f.name != "change")
+FIELD_NAMES: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(GovernedRequest) if f.name != "change"
+)
 """Every field of a result, in order; the store's columns and the views' keys are these names."""
 
 

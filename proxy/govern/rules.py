@@ -30,9 +30,7 @@ class Governor:
     @classmethod
     def build(cls, config: Config) -> Governor:
         """Load every policy of every rule now, so a bad spec stops start-up or a reload."""
-        rules = tuple(
-            Rule(rule, tuple(load_policy(spec) for spec in rule.policies)) for rule in config.rules
-        )
+        rules = tuple(Rule(rule, tuple(load_policy(spec) for spec in rule.policies)) for rule in config.rules)
         return cls(config, rules)
 
     def rule_for(self, model_name: str) -> Rule | None:
@@ -50,4 +48,3 @@ class Governor:
         """The policies that govern this model (empty: forward as sent)."""
         rule = self.rule_for(model_name)
         return rule.policies if rule is not None else ()
-

@@ -21,7 +21,9 @@ class ChangeDetector:
     """The last applied pair per model, and the transitions between them."""
 
     def __init__(self, seed: Mapping[str, Applied] | None = None) -> None:
-        self._last: dict[str, Applied] = {canonical_model(model): applied for model, applied in (seed or {}).items()}
+        self._last: dict[str, Applied] = {
+            canonical_model(model): applied for model, applied in (seed or {}).items()
+        }
 
     def observe(self, record: GovernedRequest) -> Transition | None:
         """The change ``record`` opens, or None when it runs under the model's current one."""

@@ -155,7 +155,15 @@ def phase_json(stats: PhaseStats | None) -> dict[str, Any] | None:
     }
 
 
-CHANGE_KEYS = ("ts", "from_num_ctx", "to_num_ctx", "from_keep_alive", "to_keep_alive", "spilled", "first_seen")
+CHANGE_KEYS = (
+    "ts",
+    "from_num_ctx",
+    "to_num_ctx",
+    "from_keep_alive",
+    "to_keep_alive",
+    "spilled",
+    "first_seen",
+)
 """What a change marker on a plot needs."""
 
 

@@ -79,8 +79,11 @@ class MemoryBackend:
         ][:limit]
         if not figures:
             return [
-                {**{key: change.get(key) for key in CHANGE_KEYS}, "model": change["model"],
-                 "first_seen": change["previous_id"] is None}
+                {
+                    **{key: change.get(key) for key in CHANGE_KEYS},
+                    "model": change["model"],
+                    "first_seen": change["previous_id"] is None,
+                }
                 for change in wanted
             ]
         rows_by_change: dict[int, list[Mapping[str, Any]]] = {}

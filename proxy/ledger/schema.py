@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 DB_FILENAME = "results.db"
-BOOL_COLUMNS = frozenset({"reloaded", "spilled", "truncation_suspect", "dry_run", "stream", "warm", "completed"})
+BOOL_COLUMNS = frozenset(
+    {"reloaded", "spilled", "truncation_suspect", "dry_run", "stream", "warm", "completed"}
+)
 JSON_COLUMNS = frozenset({"changed_by", "policy_errors"})
 
 
@@ -89,7 +91,11 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_v1, _migrate_to_v2, _migrate_to_v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_to_v1,
+    _migrate_to_v2,
+    _migrate_to_v3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

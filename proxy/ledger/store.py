@@ -93,7 +93,9 @@ def _row(record: GovernedRequest) -> dict[str, Any]:
     for name in FIELD_NAMES:
         value = getattr(record, name)
         if name in JSON_COLUMNS:
-            value = json.dumps([change.as_dict() for change in value] if name == "changed_by" else list(value))
+            value = json.dumps(
+                [change.as_dict() for change in value] if name == "changed_by" else list(value)
+            )
         elif name in BOOL_COLUMNS and value is not None:
             value = int(value)
         row[name] = value
@@ -469,6 +471,7 @@ class ResultStore:
             path=str(self._path),
             hint="results are logged instead of stored until ollama-governor restarts",
         )
+
     def _log_rows(self, rows: list[dict[str, Any]], error: str | None = None) -> None:
         for row in rows:
             fields = {
@@ -491,11 +494,20 @@ class ResultStore:
             return newest
         stored = await asyncio.to_thread(self.recent_results, limit=limit)
         oldest_ts = newest[-1]["ts"] if newest else float("inf")
-        older = [{key: row.get(key) for key in (*FIELD_NAMES, "change_id")} for row in stored if row["ts"] < oldest_ts]
+        older = [
+            {key: row.get(key) for key in (*FIELD_NAMES, "change_id")}
+            for row in stored
+            if row["ts"] < oldest_ts
+        ]
         return (newest + older)[:limit]
 
     async def changes(
-        self, *, model: str | None = None, since_ts: float | None = None, limit: int = 20, figures: bool = True
+        self,
+        *,
+        model: str | None = None,
+        since_ts: float | None = None,
+        limit: int = 20,
+        figures: bool = True,
     ) -> list[dict[str, Any]]:
         """``change_rows`` in a worker thread."""
         return await asyncio.to_thread(
@@ -521,7 +533,9 @@ class ResultStore:
         finally:
             conn.close()
 
-    def _query(self, conn: sqlite3.Connection | None, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    def _query(
+        self, conn: sqlite3.Connection | None, sql: str, params: tuple[Any, ...]
+    ) -> list[dict[str, Any]]:
         """Rows of a query; [] (logged unless the schema is simply not there yet) on an error."""
         if conn is None:
             return []
@@ -556,14 +570,24 @@ class ResultStore:
         )
 
     def change_rows(
-        self, *, model: str | None = None, since_ts: float | None = None, limit: int = 20, figures: bool = True
+        self,
+        *,
+        model: str | None = None,
+        since_ts: float | None = None,
+        limit: int = 20,
+        figures: bool = True,
     ) -> list[dict[str, Any]]:
         """The newest changes first, as the views show them (blocking: call in a worker thread)."""
         with self._reading() as conn:
             return self._changes(conn, model, since_ts, limit, figures)
 
     def _changes(
-        self, conn: sqlite3.Connection | None, model: str | None, since_ts: float | None, limit: int, figures: bool
+        self,
+        conn: sqlite3.Connection | None,
+        model: str | None,
+        since_ts: float | None,
+        limit: int,
+        figures: bool,
     ) -> list[dict[str, Any]]:
         changes = self._query(
             conn,
@@ -576,8 +600,12 @@ class ResultStore:
         )
         if not figures:
             return [
-                {**{key: change.get(key) for key in CHANGE_KEYS}, "model": change["model"],
-                 "spilled": bool(change["spilled"]), "first_seen": change["previous_id"] is None}
+                {
+                    **{key: change.get(key) for key in CHANGE_KEYS},
+                    "model": change["model"],
+                    "spilled": bool(change["spilled"]),
+                    "first_seen": change["previous_id"] is None,
+                }
                 for change in changes
             ]
         out = []

@@ -128,12 +128,8 @@ class Upstream:
             raise self._unavailable(exc) from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
-    async def _request(
-        self, method: str, url: URL, headers: Any, data: Any
-    ) -> aiohttp.ClientResponse:
-        return await self.session.request(
-            method, url, headers=headers, data=data, allow_redirects=False
-        )
+    async def _request(self, method: str, url: URL, headers: Any, data: Any) -> aiohttp.ClientResponse:
+        return await self.session.request(method, url, headers=headers, data=data, allow_redirects=False)
 
     async def get_json(self, path: str, timeout_s: float = 5.0) -> Any:
         """GET a JSON document from Ollama (for health and facts, never for client traffic)."""

@@ -41,9 +41,7 @@ NDJSON = "application/x-ndjson"
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """The headers without hop-by-hop ones, including those the Connection header names."""
     named = {
-        token.strip().lower()
-        for value in headers.getall(hdrs.CONNECTION, ())
-        for token in value.split(",")
+        token.strip().lower() for value in headers.getall(hdrs.CONNECTION, ()) for token in value.split(",")
     }
     return CIMultiDict(
         (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
@@ -106,9 +104,7 @@ async def relay(
     """
     headers = upstream_request_headers(request, body_length=body_length, drop=drop_headers)
     try:
-        upstream_response = await upstream.send(
-            request.method, request.raw_path, headers=headers, data=body
-        )
+        upstream_response = await upstream.send(request.method, request.raw_path, headers=headers, data=body)
     except UpstreamUnavailable as exc:
         log.warning("upstream_unavailable", path=request.path, error=str(exc))
         failed = error_response(502, str(exc))
@@ -123,9 +119,7 @@ async def relay(
             headers=end_to_end(upstream_response.headers),
         )
         await response.prepare(request)
-        relayed = Relayed(
-            response, upstream_response.status, content_type=upstream_response.content_type
-        )
+        relayed = Relayed(response, upstream_response.status, content_type=upstream_response.content_type)
         try:
             async for chunk in upstream_response.content.iter_any():
                 if relayed.first_byte_at is None:
@@ -150,9 +144,7 @@ async def relay(
             upstream_response.close()
 
 
-async def _end_broken_stream(
-    request: web.Request, response: web.StreamResponse, relayed: Relayed
-) -> None:
+async def _end_broken_stream(request: web.Request, response: web.StreamResponse, relayed: Relayed) -> None:
     if relayed.content_type == NDJSON:
         line = json.dumps({"error": relayed.error}).encode() + b"\n"
         await response.write(line)

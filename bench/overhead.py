@@ -77,7 +77,7 @@ SMOKE = Plan(
     closed_1_requests=40,
     closed_32_requests=200,
     paced_rate_per_s=320.0,
-    paced_duration_s=0.3,
+    paced_duration_s=0.1,
     ttfb_requests=20,
     streams=((1, 2, 20, 0.0), (2, 2, 20, 0.0), (2, 1, 10, 1.0)),
     open_streams=2,
@@ -237,9 +237,11 @@ def _ablation(
     try:
         for name, switches in variants.items():
             slug = name.replace(" ", "-")
-            process = targets.start_governor(slug, upstream.port, workdir / slug, loop=loop, **switches)
+            process = targets.launch_governor(slug, upstream.port, workdir / slug, loop=loop, **switches)
             started.append(process)
             measured.append((name, Target(name, process.port, process), "chat"))
+        for process in started:
+            targets.ready(process)
         measured.append(("GET /api/tags (relay only)", default, "tags"))
         bench = Bench(plan, loadgen, upstream, [])
         samples: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in measured}
@@ -323,12 +325,14 @@ def run(smoke: bool = False, loop: str = "both", progress: Callable[[str], None]
         processes.append(loadgen)
         target_list = [Target(DIRECT, upstream.port)]
         governors: dict[str, Process] = {}
-        for name in loops:
-            process = targets.start_governor(
+        for name in loops:  # launched together, then waited for: start-up dominates a smoke run
+            process = targets.launch_governor(
                 f"governor-{name}", upstream.port, workdir / f"governor-{name}", loop=name
             )
             processes.append(process)
             governors[name] = process
+        for name, process in governors.items():
+            targets.ready(process)
             target_list.append(Target(f"governor ({name})", process.port, process))
         if targets.nginx_binary() is not None:
             nginx = targets.start_nginx(upstream.port, workdir / "nginx")

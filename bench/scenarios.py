@@ -40,6 +40,8 @@ from tests.fake_nvml import FakeGpu, FakeNvml
 from tests.fake_ollama import FakeModel, FakeOllama, gemma3_27b, llama3_1_8b
 
 TIME_SCALE: Final = 500.0
+SMOKE_TIME_SCALE: Final = 5000.0
+"""A smoke run compresses further: it checks that every path works, its wall time means nothing."""
 """Simulated seconds per wall second: a 2-minute spilled load sleeps a quarter of a second."""
 
 DECODE_BYTES_PER_S: Final = gemma3_27b().weights_bytes * 10.0
@@ -191,7 +193,7 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
     ]
 
 
-def _fake_for(scenario: Scenario) -> FakeOllama:
+def _fake_for(scenario: Scenario, time_scale: float) -> FakeOllama:
     model = scenario.model()
     return FakeOllama(
         models=[model],
@@ -202,7 +204,7 @@ def _fake_for(scenario: Scenario) -> FakeOllama:
         spill_slowdown=SPILL_SLOWDOWN,
         load_bytes_per_s=LOAD_BYTES_PER_S,
         reply_tokens=REPLY_TOKENS,
-        time_scale=TIME_SCALE,
+        time_scale=time_scale,
     )
 
 
@@ -263,9 +265,9 @@ def _side_result(fake: FakeOllama, replies: Sequence[ollama.GenerateResponse], w
     )
 
 
-async def run_side(scenario: Scenario, *, governed: bool) -> SideResult:
+async def run_side(scenario: Scenario, *, governed: bool, time_scale: float = TIME_SCALE) -> SideResult:
     """Run the scenario's script on a fresh fake, straight at it or through the governor."""
-    fake = _fake_for(scenario)
+    fake = _fake_for(scenario, time_scale)
     model = scenario.model().name
     fake_runner, url = await _serve(fake.app)
     proxy_runner: web.AppRunner | None = None
@@ -300,9 +302,10 @@ async def run_async(smoke: bool) -> dict[str, Any]:
     """Every scenario, without then with the governor; see ``run``."""
     started = time.perf_counter()
     results: list[ScenarioResult] = []
+    time_scale = SMOKE_TIME_SCALE if smoke else TIME_SCALE
     for scenario in scenarios(smoke=smoke):
-        without = await run_side(scenario, governed=False)
-        with_governor = await run_side(scenario, governed=True)
+        without = await run_side(scenario, governed=False, time_scale=time_scale)
+        with_governor = await run_side(scenario, governed=True, time_scale=time_scale)
         host = (
             f"{scenario.model().name}, {scenario.vram_bytes / GIB:g} GiB GPU, "
             f"num_parallel {scenario.num_parallel}, {scenario.requests} requests"
@@ -320,7 +323,7 @@ async def run_async(smoke: bool) -> dict[str, Any]:
     return {
         "simulated": True,
         "note": SIMULATION_NOTE,
-        "time_scale": TIME_SCALE,
+        "time_scale": time_scale,
         "smoke": smoke,
         "wall_s": time.perf_counter() - started,
         "scenarios": results,

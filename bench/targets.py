@@ -206,8 +206,9 @@ def start_upstream() -> Process:
     return Process("upstream", popen, int(line.split()[1]))
 
 
-def start_governor(name: str, upstream_port: int, workdir: Path, *, loop: str, **switches: Any) -> Process:
-    """``python -m proxy serve`` with the benchmark's config; its JSON log goes to a file."""
+def launch_governor(name: str, upstream_port: int, workdir: Path, *, loop: str, **switches: Any) -> Process:
+    """Start ``python -m proxy serve`` with the benchmark's config, without waiting for it; its JSON
+    log goes to a file. ``ready`` waits for it, so several can start at once."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.toml"
@@ -218,10 +219,19 @@ def start_governor(name: str, upstream_port: int, workdir: Path, *, loop: str, *
         "-m", "proxy", "serve", "--config", str(config), "--state-dir", str(workdir / "state"),
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
-    process = Process(name, popen, port, log)
-    _wait_for_port(port, popen)
-    _wait_healthy(port)
+    return Process(name, popen, port, log)
+
+
+def ready(process: Process) -> Process:
+    """Wait until a launched governor listens and has reached the upstream."""
+    _wait_for_port(process.port, process.popen)
+    _wait_healthy(process.port)
     return process
+
+
+def start_governor(name: str, upstream_port: int, workdir: Path, *, loop: str, **switches: Any) -> Process:
+    """``launch_governor`` and wait until it is ready."""
+    return ready(launch_governor(name, upstream_port, workdir, loop=loop, **switches))
 
 
 def _wait_healthy(port: int, timeout_s: float = 10.0) -> None:

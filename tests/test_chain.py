@@ -144,8 +144,10 @@ class TestSuspendingPolicies:
     async def test_cancellation_of_the_request_reaches_the_policy(self) -> None:
         """If the request itself is cancelled while a policy waits, the policy sees it."""
         seen: list[str] = []
+        waiting = asyncio.Event()
 
         async def waits(c: Context, d: Decision) -> Decision:
+            waiting.set()
             try:
                 await asyncio.sleep(10)
             except asyncio.CancelledError:
@@ -154,7 +156,7 @@ class TestSuspendingPolicies:
             return d
 
         task = asyncio.create_task(run_chain([named("waits", waits)], ctx(), Decision(), 30.0))
-        await asyncio.sleep(0.01)
+        await waiting.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import StartFake, free_port
+from tests.conftest import StartFake, eventually, free_port
 from tests.fake_ollama import gemma3_4b, gemma3_270m
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,12 +83,11 @@ class Served:
                 self.logs.append({"event": "non-json", "line": line.decode(errors="replace")})
 
     async def wait_for(self, event: str, count: int = 1) -> dict[str, Any]:
-        for _ in range(500):
-            found = [e for e in self.logs if e.get("event") == event]
-            if len(found) >= count:
-                return found[count - 1]
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no {event!r} log line; got {self.logs}")
+        def found() -> list[dict[str, Any]]:
+            return [e for e in self.logs if e.get("event") == event]
+
+        await eventually(lambda: len(found()) >= count, timeout_s=10.0, what=f"{event!r} in {self.logs}")
+        return found()[count - 1]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from proxy.facts.memory import (
     build_source,
 )
 from proxy.upstream.client import Upstream
-from tests.conftest import StartFake, free_port
+from tests.conftest import StartFake, eventually, free_port
 from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, FakeNVMLError
 
 
@@ -305,12 +305,6 @@ class CountingSource:
         self.closed = True
 
 
-async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 class TestGpuSampler:
     def test_unknown_before_the_first_read(self) -> None:
         """Until a read completes, the snapshot is unknown with a reason."""
@@ -342,9 +336,9 @@ class TestGpuSampler:
         sampler = GpuSampler(source, interval_s=0.01)
         task = sampler.start()
         assert sampler.start() is task
-        await wait_until(lambda: source.reads >= 2)
+        await eventually(lambda: source.reads >= 2)
         source.free_bytes = 3 * GIB
-        await wait_until(lambda: sampler.snapshot.free_bytes == 3 * GIB)
+        await eventually(lambda: sampler.snapshot.free_bytes == 3 * GIB)
         await sampler.stop()
         assert task.done()
         assert source.closed
@@ -358,7 +352,7 @@ class TestGpuSampler:
         source.gate = asyncio.Event()
         sampler = GpuSampler(source)
         first = asyncio.create_task(sampler.refresh())
-        await wait_until(lambda: source.reads == 1)
+        await eventually(lambda: source.reads == 1)
         second = asyncio.create_task(sampler.refresh())
         await asyncio.sleep(0.01)
         assert source.reads == 1

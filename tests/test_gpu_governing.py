@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from policies.memory import GIB, estimate_bytes
 from proxy.facts.memory import NvmlSource
 from proxy.keys import FACTS, MEMORY
-from tests.conftest import OllamaClients, Running, StartFake, StartProxy, settled, start_app
+from tests.conftest import OllamaClients, Running, StartFake, StartProxy, eventually, settled, start_app
 from tests.fake_nvml import FakeGpu, FakeLibraryNotFound, FakeNvml
 from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b
 
@@ -284,9 +284,6 @@ class TestWarmAtStart:
             'warm = ["gemma3:4b"]\n' + config('{ use = "static", num_ctx = 16384, keep_alive = "1h" }'),
             memory_source=NvmlSource(nvml=nvml_for(fake)),
         )
-        for _ in range(200):
-            if fake.loads:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: fake.loads, what="the warm-up load")
         assert fake.loads == [("gemma3:4b", 16384)]
         assert fake.bodies("/api/generate")[0]["keep_alive"] == "1h"

@@ -21,6 +21,7 @@ import structlog.testing
 from proxy.govern.record import FIELD_NAMES, GovernedRequest, PolicyChange
 from proxy.ledger.ledger import Ledger
 from proxy.ledger.store import DB_FILENAME, SCHEMA_VERSION, ResultStore, default_state_dir
+from tests.conftest import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,15 +59,6 @@ def rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[An
 
 def count_results(db_path: Path) -> int:
     return int(rows(db_path, "SELECT COUNT(*) FROM results")[0][0])
-
-
-def wait_until(predicate: Any, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def warnings_in(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
@@ -198,22 +190,22 @@ class TestWrites:
         assert count_results(db_path) == 10
         result_store.close()  # idempotent
 
-    def test_a_full_batch_is_written_without_waiting(self, db_path: Path) -> None:
+    async def test_a_full_batch_is_written_without_waiting(self, db_path: Path) -> None:
         """batch_size waiting events are committed at once, long before the interval."""
         result_store = ResultStore(db_path, flush_interval_s=3600.0, batch_size=5)
         for _ in range(5):
             result_store.add(event())
         try:
-            assert wait_until(lambda: len(result_store.recent_results(limit=10)) == 5)
+            await eventually(lambda: len(result_store.recent_results(limit=10)) == 5, timeout_s=10.0)
         finally:
             result_store.close()
 
-    def test_the_interval_flushes_a_partial_batch(self, db_path: Path) -> None:
+    async def test_the_interval_flushes_a_partial_batch(self, db_path: Path) -> None:
         """A lone event is committed after flush_interval_s."""
         result_store = ResultStore(db_path, flush_interval_s=0.05, batch_size=100)
         result_store.add(event())
         try:
-            assert wait_until(lambda: len(result_store.recent_results(limit=10)) == 1)
+            await eventually(lambda: len(result_store.recent_results(limit=10)) == 1, timeout_s=10.0)
         finally:
             result_store.close()
 

@@ -10,15 +10,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.conftest import StartFake, StartProxy, start_app
-
-
-async def wait_until(condition: object, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.conftest import StartFake, StartProxy, eventually, start_app
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/api/pull"])
@@ -55,8 +47,8 @@ async def test_client_disconnect_cancels_upstream(
     await asyncio.wait_for(response.content.readline(), timeout=5)
     with capture_logs() as logs:
         response.close()  # the client hangs up
-        await wait_until(lambda: fake.cancelled == ["/api/chat"])
-        await wait_until(lambda: any(e["event"] == "result" for e in logs))
+        await eventually(lambda: fake.cancelled == ["/api/chat"])
+        await eventually(lambda: any(e["event"] == "result" for e in logs))
     [result] = [e for e in logs if e["event"] == "result"]
     assert (result["status"], result["completed"], result["error"]) == (499, False, "client disconnected")
 

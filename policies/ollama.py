@@ -202,19 +202,23 @@ def runner_options(
     modelfile = modelfile_options or {}
 
     def pick(name: str) -> Any:
-        if name in request:
-            return request[name]
-        return modelfile.get(name)
+        """The value ``FromMap`` leaves: the request's, else the Modelfile's (a JSON null is skipped)."""
+        value = request.get(name)
+        return modelfile.get(name) if value is None else value
+
+    def named(name: str) -> bool:
+        """``usesAutomatic*`` asks whether the key is present at all, null or not."""
+        return name in request or name in modelfile
 
     raw_ctx = pick("num_ctx")
-    num_ctx_auto = raw_ctx is None and not context_length_env
+    num_ctx_auto = not named("num_ctx") and not context_length_env
     if raw_ctx is None:
         raw_ctx = context_length_env or server_default_num_ctx
     clamp = trained_ctx if uses_llama_server(version) else None
     num_ctx = loaded_num_ctx(raw_ctx, clamp, vision=vision, version=version)
 
     raw_batch = pick("num_batch")
-    num_batch_auto = raw_batch is None and not embedding
+    num_batch_auto = not named("num_batch") and not embedding
     if raw_batch is not None:
         num_batch = _go_int(raw_batch, "num_batch")
     elif embedding:

@@ -920,7 +920,7 @@ class TestComputeBuffer:
         assert compute_buffer_bytes(model, 8192, 1, 1024) == 1024 * per_token + 2 * 1024 * (8192 + 2048)
 
     def test_llama31_8b_near_llama_cpp(self) -> None:
-        """llama3.1:8b at 8192 with ub 1024 comes to about the 260 MiB llama.cpp logs."""
+        """llama3.1:8b at 8192 with ub 1024 comes to the 260 MiB the replaced heuristic cited from llama.cpp."""
         model = llama31_8b(model_info={"llama.feed_forward_length": 14336})
         assert compute_buffer_bytes(model, 8192, 1, 1024) / MIB == pytest.approx(260, abs=2)
 

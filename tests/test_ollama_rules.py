@@ -164,6 +164,11 @@ class TestRunnerOptions:
         got = served({}, context_length_env=8192)
         assert (got.num_ctx, got.num_ctx_auto) == (8192, False)
 
+    def test_null_is_named_but_skipped(self) -> None:
+        """A JSON null keeps the default value yet, being present, makes it explicit."""
+        got = served({"num_ctx": None, "num_batch": None})
+        assert got == RunnerOptions(num_ctx=4096, num_ctx_auto=False, num_batch=512, num_batch_auto=False)
+
     def test_runner_options_read(self) -> None:
         """Every load-time option is read, floats truncated; sampling options are ignored."""
         got = served({"num_batch": 256.9, "num_gpu": 20, "main_gpu": 1, "use_mmap": False, "num_thread": 8, "top_k": 5})

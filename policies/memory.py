@@ -37,7 +37,6 @@ TIB = 1024 * GIB
 KV_CELL_PADDING = 256
 """llama.cpp and Ollama's engine both round KV cell counts up to a multiple of 256."""
 
-
 _KV_TYPE_LAYOUT: Mapping[str, tuple[int, int]] = {
     "f32": (1, 4),
     "f16": (1, 2),

@@ -1,9 +1,11 @@
-"""How much GPU memory a model needs at a given ``num_ctx``, and the largest context that fits.
+"""How much memory a model needs at a given ``num_ctx``, and the largest context that fits.
 
 The KV cache is computed exactly as llama.cpp (Ollama 0.30 and later) or Ollama's own engine
-(before 0.30) allocates it; see ``ollama-facts.md`` §3. Weights come from the model's size on
-disk, and the compute buffer from a deliberately simple, generous heuristic. Whatever that misses
-is learnt per model by ``Calibration`` from what Ollama reports once the model is loaded.
+(before 0.30) allocates it, and the compute buffer from a formula fitted to llama-server's own
+allocations; ``docs/ollama-rules.md`` gives the measurements and their limits. Weights come from
+the model's size on disk. Whatever that misses is learnt per model by ``Calibration`` from what
+Ollama reports once the model is loaded. Ollama's own rules (its predictor, its batch choice, its
+slot count) live in ``policies.ollama``; this module applies them to a ``ModelFacts``.
 
 Everything here is pure arithmetic on ``ModelFacts``: no I/O, no clocks, no global state.
 """
@@ -18,6 +20,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard
 
 from policies.model import IncompleteModelFacts, ModelFacts, per_layer, uses_llama_server
+from policies.ollama import DEFAULT_NUM_BATCH as DEFAULT_NUM_BATCH
+from policies.ollama import SINGLE_SLOT_ARCHITECTURES as SINGLE_SLOT_ARCHITECTURES
+from policies.ollama import (
+    automatic_num_batch,
+    legacy_graph_bytes,
+    predict_server_vram,
+)
+from policies.ollama import num_parallel as _num_parallel
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -26,9 +36,6 @@ TIB = 1024 * GIB
 
 KV_CELL_PADDING = 256
 """llama.cpp and Ollama's engine both round KV cell counts up to a multiple of 256."""
-
-DEFAULT_NUM_BATCH = 512
-"""Ollama's default ``num_batch``; before 0.30 the batch that sized SWA caches and graphs."""
 
 _KV_TYPE_LAYOUT: Mapping[str, tuple[int, int]] = {
     "f32": (1, 4),
@@ -69,11 +76,17 @@ LEGACY_KV_BYTES_PER_ELEMENT: Mapping[str, float] = {
 DEFAULT_VOCAB_SIZE = 262_144
 """Vocabulary assumed when a model does not report one: Gemma's, the largest in common use."""
 
-COMPUTE_BASE_BYTES = 64 * MIB
-"""Fixed part of the compute estimate: scratch tensors, output and mask buffers."""
+FFN_ROWS_AT_PEAK = 4
+"""f32 rows of ``feed_forward_length`` per micro-batch token live at the compute peak (fitted)."""
 
-ACTIVATIONS_PER_TOKEN = 24
-"""f32 tensors of ``embedding_length`` per batch token assumed live at the compute peak."""
+INPUT_BYTES_PER_TOKEN = 4
+"""The int32 position of each micro-batch token, an input tensor live for the whole graph."""
+
+INDEX_BYTES_PER_TOKEN_PER_CACHE = 16
+"""The int64 K and V cell indices each KV cache takes per micro-batch token."""
+
+LOGIT_BYTES = 4
+"""One f32 logit; the output buffer holds a vocabulary's worth per slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,34 +100,34 @@ class MemoryEstimate:
     n_ubatch: int
     """The micro-batch the estimate assumed (Ollama's automatic choice unless overridden)."""
     weights_bytes: int
+    """The model's size on disk; a little above the allocated weights (the GGUF metadata)."""
     kv_bytes: int
+    """``kv_full_bytes + kv_swa_bytes``."""
+    kv_full_bytes: int
+    """Full-attention layers' cache, the part that grows with ``num_ctx``."""
+    kv_swa_bytes: int
+    """Sliding-window layers' cache (0 without SWA); ``/api/ps`` on 0.30+ reports only this part
+    of an SWA model's cache, see ``ps_unreported_bytes``."""
     compute_bytes: int
+    """``graph_bytes + output_bytes``: what llama.cpp allocates beside weights and cache."""
+    graph_bytes: int
+    """The compute buffer (``compute_buffer_bytes``)."""
+    output_bytes: int
+    """The output buffer: one row of f32 logits per slot."""
     raw_bytes: int
     """``weights_bytes + kv_bytes + compute_bytes``: what ``Calibration`` learns from."""
     total_bytes: int
     """``raw_bytes`` corrected by the calibration, if one was given."""
 
 
-SINGLE_SLOT_ARCHITECTURES = frozenset(
-    {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe"}
-)
-"""Architectures Ollama always loads with one slot, whatever ``OLLAMA_NUM_PARALLEL`` says
-(plus every ``nemotron_h*`` and every embedding model; facts §2)."""
-
-
 def effective_parallel(model: ModelFacts, num_parallel: int) -> int:
-    """The slot count Ollama will really use for ``model``: ``max(OLLAMA_NUM_PARALLEL, 1)``, or 1.
+    """The slot count Ollama will really use for ``model`` (``policies.ollama.num_parallel``).
 
     Pass the result as ``parallel`` to the functions below, since the KV cache scales with it.
+    A model known only as an embedding model (``("embedding",)``) counts as one without
+    completion, so it gets one slot.
     """
-    architecture = model.architecture or ""
-    if (
-        architecture in SINGLE_SLOT_ARCHITECTURES
-        or architecture.startswith("nemotron_h")
-        or "embedding" in model.capabilities
-    ):
-        return 1
-    return max(num_parallel, 1)
+    return _num_parallel(model.architecture, model.capabilities, num_parallel)
 
 
 def pad_cells(cells: int) -> int:
@@ -141,12 +154,30 @@ def kv_cache_bytes(
 ) -> int:
     """Bytes of K and V cache Ollama allocates for ``num_ctx`` tokens in each of ``parallel`` slots.
 
-    Ollama 0.30 and later (and ``version=None``) follow llama.cpp with one KV stream per slot:
-    ``n_ctx = pad256(num_ctx * P)``, ``n_ctx_seq = pad256(n_ctx / P)``; a full-attention layer
-    holds ``n_ctx_seq * P`` cells and a sliding-window layer
-    ``P * pad256(min(n_ctx_seq, window + n_ubatch))``. Older versions follow Ollama's engine:
-    ``pad256(P * num_ctx)`` cells, and ``pad256(P * window' + num_batch)`` on sliding-window layers
-    (``window' = window + 1`` when ``P > 1``); pass that ``num_batch`` as ``n_ubatch``.
+    The sum of ``kv_cache_split``'s full-attention and sliding-window parts; see there.
+    """
+    full_bytes, swa_bytes = kv_cache_split(model, num_ctx, parallel, kv_cache_type, n_ubatch, version)
+    return full_bytes + swa_bytes
+
+
+def kv_cache_split(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int = 1,
+    kv_cache_type: str = "f16",
+    n_ubatch: int = DEFAULT_NUM_BATCH,
+    version: tuple[int, int, int] | None = None,
+) -> tuple[int, int]:
+    """``(full_bytes, swa_bytes)``: the cache of full-attention layers and of sliding-window ones.
+
+    llama.cpp logs them as two ``llama_kv_cache: size = ...`` lines, which these match to the
+    byte on every recorded load (tests/test_memory_recorded.py). Ollama 0.30 and later (and
+    ``version=None``) follow llama.cpp with one KV stream per slot: ``n_ctx = pad256(num_ctx * P)``,
+    ``n_ctx_seq = pad256(n_ctx / P)``; a full-attention layer holds ``n_ctx_seq * P`` cells and a
+    sliding-window layer ``P * pad256(min(n_ctx_seq, window + n_ubatch))``. Older versions follow
+    Ollama's engine: ``pad256(P * num_ctx)`` cells, and ``pad256(P * window' + num_batch)`` on
+    sliding-window layers (``window' = window + 1`` when ``P > 1``); pass that ``num_batch`` as
+    ``n_ubatch``.
 
     Layers with 0 KV heads (recurrent or convolution blocks) and layers that share an earlier
     layer's cache count 0: their fixed-size recurrent state does not grow with ``num_ctx`` and is
@@ -164,11 +195,14 @@ def kv_cache_bytes(
     def row_bytes(elements: int) -> int:
         return -(-elements // elements_per_block) * bytes_per_block
 
-    total_bytes = 0
+    full_bytes = swa_bytes = 0
     for is_swa, key_elements, value_elements in _kv_layers(model):
-        cells = swa_cells if is_swa else full_cells
-        total_bytes += cells * (row_bytes(key_elements) + row_bytes(value_elements))
-    return total_bytes
+        layer_row_bytes = row_bytes(key_elements) + row_bytes(value_elements)
+        if is_swa:
+            swa_bytes += swa_cells * layer_row_bytes
+        else:
+            full_bytes += full_cells * layer_row_bytes
+    return full_bytes, swa_bytes
 
 
 def auto_num_batch(
@@ -180,34 +214,22 @@ def auto_num_batch(
     free_bytes: int | None = None,
 ) -> int:
     """The ``num_batch`` (= llama.cpp ``n_ubatch``) Ollama picks when neither request nor Modelfile
-    sets one.
+    sets one: ``policies.ollama.automatic_num_batch`` for ``num_ctx * P`` cells.
 
     From 0.30: 2048 when ``num_ctx * P`` exceeds 32768, 1024 above 4096, else 512; stepped down
     unless Ollama's own prediction (``ollama_predicted_bytes``) is within 60% (for 2048) or 75%
-    (for 1024) of ``free_bytes``. Without ``free_bytes`` the largest choice is returned, which
-    gives the larger estimate. The CUDA-without-flash-attention rule (512 or 256) is not modelled.
-    Before 0.30 the batch was always 512.
+    (for 1024) of ``free_bytes`` and leaves room for the batch surcharge under 80%. Without
+    ``free_bytes`` the largest choice is returned, which gives the larger estimate. Before 0.30
+    the batch was always 512.
     """
-    if not uses_llama_server(version):
-        return DEFAULT_NUM_BATCH
-    ctx_total = num_ctx * max(parallel, 1)
-    if ctx_total > 32768:
-        num_batch = 2048
-    elif ctx_total > 4096:
-        num_batch = 1024
-    else:
-        num_batch = 512
-    if predicted_bytes is not None and free_bytes is not None:
-        if num_batch == 2048 and predicted_bytes > 0.60 * free_bytes:
-            num_batch = 1024
-        if num_batch == 1024 and predicted_bytes > 0.75 * free_bytes:
-            num_batch = 512
-    return num_batch
+    return automatic_num_batch(
+        num_ctx * max(parallel, 1), predicted_bytes, free_bytes, version=version
+    )
 
 
 def ollama_predicted_bytes(model: ModelFacts, num_ctx: int, parallel: int = 1) -> int:
-    """Ollama 0.30+'s own footprint prediction (``PredictServerVRAM``), which drives its placement,
-    eviction and automatic ``num_batch``.
+    """Ollama 0.30+'s own footprint prediction (``policies.ollama.predict_server_vram``), which
+    drives its placement, eviction and automatic ``num_batch``.
 
     ``weights + 2 * block_count * min(head_count_kv) * (embedding_length / max(head_count))
     * num_ctx * P * 2``. It ignores the cache type, SWA and ``key_length``, so it can be far off
@@ -223,29 +245,109 @@ def ollama_predicted_bytes(model: ModelFacts, num_ctx: int, parallel: int = 1) -
     head_count = _layers(model.head_count, block_count, name, "head_count")
     head_count_kv = _layers(model.head_count_kv, block_count, name, "head_count_kv")
     ctx_total = clamp_num_ctx(model, num_ctx) * max(parallel, 1)
-    head_dim = embedding_length // max(max(head_count), 1)
-    return weights_bytes + 2 * block_count * min(head_count_kv) * head_dim * ctx_total * 2
+    return predict_server_vram(
+        weights_bytes, block_count, min(head_count_kv), embedding_length, max(head_count), ctx_total
+    )
 
 
-def compute_buffer_bytes(model: ModelFacts, num_ctx: int, parallel: int, n_ubatch: int) -> int:
-    """A generous guess at llama.cpp's compute buffer, which has no closed form (facts §3a).
+def legacy_predicted_bytes(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int = 1,
+    kv_cache_type: str = "f16",
+    num_batch: int = DEFAULT_NUM_BATCH,
+) -> int:
+    """What Ollama before 0.30 predicted for a full offload on its llama.cpp runner.
 
-    ``64 MiB + n_ubatch * embedding_length * 4 * 24 + 2 * n_ubatch * cells + 4 * P * vocab``:
-    about 24 live f32 activations of hidden size per batch token (the FFN's gate, up and product
-    dominate), an f16 attention mask over the whole cache as flash attention uses, and one row of
-    f32 logits per slot. That gives 264 MiB for llama3.1:8b at 8192 (llama.cpp logs about 260)
-    and more than a tiny model really needs; calibration pulls it in after the first load.
+    ``fs/ggml`` ``GraphSize``: weights, plus ``ctx * (key + value) * max(head_count_kv) * s`` per
+    layer with ``ctx = num_ctx * P`` and Ollama's old element sizes (no SWA, no row blocks), plus
+    ``policies.ollama.legacy_graph_bytes``. ``EstimateGPULayers`` also kept the 457 MiB minimum and
+    ``OLLAMA_GPU_OVERHEAD`` free, which are not added here. Ollama-engine architectures (gemma3 and
+    others at v0.12) were sized from real allocations instead, so this is for the llama.cpp path.
+    """
+    name = model.name
+    weights_bytes = _require(model.weights_bytes, name, "weights_bytes", "the /api/tags size")
+    block_count = _require(model.block_count, name, "block_count", "model_info block_count")
+    embedding_length = _require(
+        model.embedding_length, name, "embedding_length", "model_info embedding_length"
+    )
+    head_count = _layers(model.head_count, block_count, name, "head_count")
+    head_count_kv = _layers(model.head_count_kv, block_count, name, "head_count_kv")
+    per_element = LEGACY_KV_BYTES_PER_ELEMENT.get(kv_cache_type.lower())
+    if per_element is None:
+        raise ValueError(
+            f"unknown KV cache type {kv_cache_type!r} for Ollama before 0.30: "
+            f"expected one of {', '.join(sorted(LEGACY_KV_BYTES_PER_ELEMENT))}"
+        )
+    key_length = model.key_length or _default_head_dim(model, block_count)
+    value_length = model.value_length or key_length
+    ctx_total = clamp_num_ctx(model, num_ctx) * max(parallel, 1)
+    kv_total = block_count * int(ctx_total * (key_length + value_length) * max(head_count_kv) * per_element)
+    graph = legacy_graph_bytes(
+        model.architecture,
+        embedding_length=embedding_length,
+        head_count_max=max(head_count),
+        head_count_kv_min=min(head_count_kv),
+        vocab_size=model.vocab_size or DEFAULT_VOCAB_SIZE,
+        ctx_total=ctx_total,
+        num_batch=num_batch,
+        kv_total_bytes=kv_total,
+    )
+    return weights_bytes + kv_total + graph
+
+
+def compute_buffer_bytes(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int,
+    n_ubatch: int,
+    *,
+    version: tuple[int, int, int] | None = None,
+) -> int:
+    """llama.cpp's compute buffer (``sched_reserve: ... compute buffer size``) for one load.
+
+    ``n_ubatch * (4 * (4 * feed_forward + embedding + kv_width) + 4 + 16 * caches)
+    + 2 * n_ubatch * (n_ctx_seq + swa_cells_seq)``: four f32 rows of the FFN width, one of the
+    hidden size and one K row live at the peak, the token positions and each cache's int64 K/V
+    cell indices, and the f16 attention mask flash attention builds over every cell of a slot
+    (one mask per cache: full and sliding-window). ``kv_width`` is the widest layer's
+    ``head_count_kv * key_length``; ``caches`` is 2 for a model with both kinds of layer.
+
+    Measured on llama.cpp b10488's CPU backend with flash attention enabled (Ollama 0.33.0-rc2):
+    it reproduces all 22 recorded loads of two models of different shapes (gemma3-270m, with
+    SWA, and a llama) to 0.12 MiB with an f16 cache; a q8_0 cache moves the peak by up to 2 MiB,
+    and three slots add 0.1 MiB, neither modelled. Assumed for GPUs: the same graph, which CUDA
+    and Metal allocate with their own kernels' scratch and a small host-side input buffer, and
+    split across devices under partial offload; ``Calibration`` learns that difference per model.
+    ``feed_forward_length`` comes from ``model_info`` (the largest layer's), else
+    ``4 * embedding_length``.
     """
     embedding_length = _require(
         model.embedding_length, model.name, "embedding_length", "model_info embedding_length"
     )
     parallel = max(parallel, 1)
-    vocab_size = model.vocab_size or DEFAULT_VOCAB_SIZE
-    cells = pad_cells(clamp_num_ctx(model, num_ctx) * parallel)
-    activations_bytes = n_ubatch * embedding_length * 4 * ACTIVATIONS_PER_TOKEN
-    mask_bytes = 2 * n_ubatch * cells
-    logits_bytes = 4 * parallel * vocab_size
-    return COMPUTE_BASE_BYTES + activations_bytes + mask_bytes + logits_bytes
+    legacy = not uses_llama_server(version)
+    layers = _kv_layers(model)
+    has_swa = any(is_swa for is_swa, _, _ in layers)
+    has_full = any(not is_swa for is_swa, _, _ in layers)
+    caches = int(has_swa) + int(has_full)
+    kv_width = max((key_elements for _, key_elements, _ in layers), default=0)
+    full_cells, swa_cells = _kv_cells(
+        clamp_num_ctx(model, num_ctx), parallel, model.sliding_window, n_ubatch, legacy=legacy
+    )
+    streams = 1 if legacy else parallel  # the mask spans one slot's cells per stream
+    mask_cells = (full_cells if has_full else 0) + (swa_cells if has_swa else 0)
+    per_token_bytes = (
+        4 * (FFN_ROWS_AT_PEAK * _feed_forward_length(model) + embedding_length + kv_width)
+        + INPUT_BYTES_PER_TOKEN
+        + INDEX_BYTES_PER_TOKEN_PER_CACHE * caches
+    )
+    return n_ubatch * per_token_bytes + 2 * n_ubatch * (mask_cells // streams)
+
+
+def output_buffer_bytes(model: ModelFacts, parallel: int = 1) -> int:
+    """llama.cpp's output buffer: one row of f32 logits per slot (1.00 MiB per slot for Gemma)."""
+    return LOGIT_BYTES * (model.vocab_size or DEFAULT_VOCAB_SIZE) * max(parallel, 1)
 
 
 def estimate(
@@ -258,19 +360,25 @@ def estimate(
     calibration: Calibration | None = None,
     n_ubatch: int | None = None,
 ) -> MemoryEstimate:
-    """Weights + KV cache + compute buffer for one load, with the breakdown.
+    """Weights + KV cache + compute and output buffers for one load, with the breakdown.
 
     ``n_ubatch`` defaults to Ollama's automatic choice for the context (``auto_num_batch`` without
-    free-memory step-down, i.e. the largest). Raises ``IncompleteModelFacts`` when a needed fact
-    is unknown.
+    free-memory step-down, i.e. the largest). Before calibration the total is 0.4% to 2.3% above
+    llama-server's recorded allocations, never below (docs/ollama-rules.md). Raises
+    ``IncompleteModelFacts`` when a needed fact is unknown.
     """
     clamped_ctx = clamp_num_ctx(model, num_ctx)
     parallel = max(parallel, 1)
     if n_ubatch is None:
         n_ubatch = auto_num_batch(clamped_ctx, parallel, version=version)
     weights_bytes = _require(model.weights_bytes, model.name, "weights_bytes", "the /api/tags size")
-    kv_bytes = kv_cache_bytes(model, clamped_ctx, parallel, kv_cache_type, n_ubatch=n_ubatch, version=version)
-    compute_bytes = compute_buffer_bytes(model, clamped_ctx, parallel, n_ubatch)
+    kv_full_bytes, kv_swa_bytes = kv_cache_split(
+        model, clamped_ctx, parallel, kv_cache_type, n_ubatch=n_ubatch, version=version
+    )
+    graph_bytes = compute_buffer_bytes(model, clamped_ctx, parallel, n_ubatch, version=version)
+    output_bytes = output_buffer_bytes(model, parallel)
+    kv_bytes = kv_full_bytes + kv_swa_bytes
+    compute_bytes = graph_bytes + output_bytes
     raw_bytes = weights_bytes + kv_bytes + compute_bytes
     total_bytes = calibration.apply(raw_bytes) if calibration is not None else raw_bytes
     return MemoryEstimate(
@@ -279,10 +387,30 @@ def estimate(
         n_ubatch=n_ubatch,
         weights_bytes=weights_bytes,
         kv_bytes=kv_bytes,
+        kv_full_bytes=kv_full_bytes,
+        kv_swa_bytes=kv_swa_bytes,
         compute_bytes=compute_bytes,
+        graph_bytes=graph_bytes,
+        output_bytes=output_bytes,
         raw_bytes=raw_bytes,
         total_bytes=total_bytes,
     )
+
+
+def ps_unreported_bytes(result: MemoryEstimate, *, version: tuple[int, int, int] | None = None) -> int:
+    """The bytes Ollama 0.30+ allocates for this load but leaves out of ``/api/ps`` ``size``.
+
+    Ollama fills ``size`` (and ``size_vram``, and its own free-memory accounting) from
+    llama-server's "buffer size" log lines, keeping one figure per (component, device, kind)
+    (``llm/llama_server.go`` ``memoryParsingWriter``). A model with sliding-window layers logs two
+    ``llama_kv_cache: <device> KV buffer size`` lines, full-attention cache first, so the second
+    replaces the first and the full-attention cache is never counted: ``size`` equals the sum of
+    the logged buffers minus that line on all 22 recorded loads, to the byte. Before 0.30 ``size``
+    came from Ollama's own estimate, and a model without SWA logs one cache line; both give 0.
+    """
+    if not uses_llama_server(version) or result.kv_swa_bytes == 0:
+        return 0
+    return result.kv_full_bytes
 
 
 def estimate_bytes(
@@ -371,6 +499,15 @@ class Calibration:
     (then the offset is refitted), because noisy samples close together can suggest a wild slope,
     and extrapolating one to a much larger context is worse than a bounded error.
 
+    What it learns towards is the memory the load really holds, not ``/api/ps`` ``size`` as such.
+    On Ollama 0.30+ ``size`` leaves out the full-attention KV cache of every model with
+    sliding-window layers (``ps_unreported_bytes``): 96 of 457 MiB for gemma3-270m at 32768, 288
+    of 848 MiB at 32768 with three slots. Fitted to ``size`` alone, the line would learn a slope
+    below 1 and promise contexts that do not fit. So ``observe`` takes ``unreported_bytes`` (pass
+    ``ps_unreported_bytes(estimate(...))``, which the KV model reproduces to the byte) and learns
+    from ``reported + unreported_bytes``; the samples hold that sum. Models without SWA, and
+    Ollama before 0.30, report faithfully and pass 0.
+
     A calibration belongs to one model digest, ``parallel``, cache type and Ollama version; the
     proxy keys and persists it (``to_json``/``from_json``).
     """
@@ -378,17 +515,21 @@ class Calibration:
     offset_bytes: float = 0.0
     slope: float = 1.0
     samples: tuple[tuple[int, int, int], ...] = ()
-    """``(num_ctx, raw_estimate_bytes, reported_bytes)``, oldest first."""
+    """``(num_ctx, raw_estimate_bytes, allocated_bytes)``, oldest first; ``allocated_bytes`` is
+    the reported size plus what Ollama leaves out of it."""
 
     MAX_SAMPLES: ClassVar[int] = 16
     SLOPE_BOUNDS: ClassVar[tuple[float, float]] = (0.5, 2.0)
     JSON_FORMAT: ClassVar[int] = 1
 
-    def observe(self, num_ctx: int, raw_estimate: int, reported: int) -> Calibration:
+    def observe(
+        self, num_ctx: int, raw_estimate: int, reported: int, *, unreported_bytes: int = 0
+    ) -> Calibration:
         """A new calibration that also accounts for one load of ``num_ctx``.
 
-        ``raw_estimate`` is the uncalibrated ``estimate(...).raw_bytes`` for that load and
-        ``reported`` what Ollama said it holds (``/api/ps`` ``size``).
+        ``raw_estimate`` is the uncalibrated ``estimate(...).raw_bytes`` for that load,
+        ``reported`` what Ollama said it holds (``/api/ps`` ``size``), and ``unreported_bytes``
+        what that figure is known to leave out (``ps_unreported_bytes``).
         """
         for label, value in (
             ("num_ctx", num_ctx),
@@ -397,8 +538,12 @@ class Calibration:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"calibration {label} must be a positive integer, got {value!r}")
+        if not _is_count(unreported_bytes):
+            raise ValueError(
+                f"calibration unreported_bytes must be a non-negative integer, got {unreported_bytes!r}"
+            )
         kept = tuple(sample for sample in self.samples if sample[0] != num_ctx)
-        samples = (*kept, (num_ctx, raw_estimate, reported))[-self.MAX_SAMPLES :]
+        samples = (*kept, (num_ctx, raw_estimate, reported + unreported_bytes))[-self.MAX_SAMPLES :]
         slope, offset_bytes = _fit_line(samples, self.SLOPE_BOUNDS)
         return Calibration(offset_bytes=offset_bytes, slope=slope, samples=samples)
 
@@ -523,7 +668,7 @@ def _kv_layout(kv_cache_type: str, *, legacy: bool) -> tuple[int, int]:
 def _kv_cells(
     num_ctx: int, parallel: int, window: int | None, n_ubatch: int, *, legacy: bool
 ) -> tuple[int, int]:
-    """Cells of a full-attention layer and of a sliding-window layer (facts §3a and §3b)."""
+    """Cells of a full-attention layer and of a sliding-window layer (docs/ollama-rules.md)."""
     if legacy:
         full_cells = pad_cells(parallel * num_ctx)
         if window is None or num_ctx < window:
@@ -535,6 +680,17 @@ def _kv_cells(
     if window is None:
         return full_cells, full_cells
     return full_cells, parallel * pad_cells(min(n_ctx_seq, window + n_ubatch))
+
+
+def _feed_forward_length(model: ModelFacts) -> int:
+    """The widest layer's FFN from ``model_info``, else ``4 * embedding_length``."""
+    raw = model.model_info.get(f"{model.architecture}.feed_forward_length") if model.architecture else None
+    values = raw if isinstance(raw, list) else [raw]
+    widths = [value for value in values if isinstance(value, int) and not isinstance(value, bool)]
+    widths = [value for value in widths if value > 0]
+    if widths:
+        return max(widths)
+    return 4 * _require(model.embedding_length, model.name, "embedding_length", "model_info embedding_length")
 
 
 def _kv_layers(model: ModelFacts) -> list[tuple[bool, int, int]]:
@@ -617,6 +773,10 @@ def _fit_line(
     low, high = slope_bounds
     slope = min(max(covariance / variance, low), high)
     return slope, mean_reported - slope * mean_raw
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_finite_number(value: Any) -> TypeGuard[int | float]:

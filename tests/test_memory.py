@@ -16,14 +16,19 @@ from policies.memory import (
     MIB,
     Calibration,
     auto_num_batch,
+    compute_buffer_bytes,
     effective_parallel,
     estimate,
     estimate_bytes,
     format_bytes,
     kv_cache_bytes,
+    kv_cache_split,
     largest_fitting_ctx,
+    legacy_predicted_bytes,
     ollama_predicted_bytes,
+    output_buffer_bytes,
     parse_size,
+    ps_unreported_bytes,
 )
 from policies.model import (
     IncompleteModelFacts,
@@ -871,3 +876,117 @@ class TestLargestFittingCtx:
         """Without a trained context length, max_ctx must bound the search."""
         with pytest.raises(IncompleteModelFacts, match="max_ctx"):
             largest_fitting_ctx(llama31_8b(context_length=None), 8 * GIB)
+
+
+class TestKvCacheSplit:
+    def test_gemma3_27b_parts(self) -> None:
+        """gemma3:27b at 131072: 10 global layers hold 10 GiB, 52 SWA layers 1248 MiB at ub 2048."""
+        full_bytes, swa_bytes = kv_cache_split(gemma3_27b(), 131072, n_ubatch=2048)
+        assert (full_bytes, swa_bytes) == (10 * GIB, 1248 * MIB)
+
+    def test_no_swa(self) -> None:
+        """A model without a window keeps everything in the full-attention part."""
+        assert kv_cache_split(llama31_8b(), 8192) == (GIB, 0)
+
+    def test_estimate_carries_the_split(self) -> None:
+        """The estimate exposes both parts and their sum."""
+        result = estimate(gemma3_4b(), 8192, n_ubatch=512)
+        assert (result.kv_full_bytes, result.kv_swa_bytes) == kv_cache_split(gemma3_4b(), 8192, n_ubatch=512)
+        assert result.kv_bytes == result.kv_full_bytes + result.kv_swa_bytes
+
+
+class TestComputeBuffer:
+    def test_formula(self) -> None:
+        """FFN, hidden and K rows plus inputs per token, and an f16 mask over one slot's cells."""
+        model = llama31_8b()  # no feed_forward_length in model_info: 4 x 4096 assumed
+        per_token = 4 * (4 * 4 * 4096 + 4096 + 8 * 128) + 4 + 16
+        assert compute_buffer_bytes(model, 8192, 1, 1024) == 1024 * per_token + 2 * 1024 * 8192
+
+    def test_feed_forward_from_model_info(self) -> None:
+        """A feed_forward_length in model_info (largest layer of an array) replaces the fallback."""
+        model = llama31_8b(model_info={"llama.feed_forward_length": [14336, 1024]})
+        per_token = 4 * (4 * 14336 + 4096 + 8 * 128) + 4 + 16
+        assert compute_buffer_bytes(model, 8192, 1, 512) == 512 * per_token + 2 * 512 * 8192
+
+    def test_mask_is_per_slot(self) -> None:
+        """More slots do not widen the mask: each stream masks its own cells."""
+        model = llama31_8b()
+        assert compute_buffer_bytes(model, 8192, 3, 1024) == compute_buffer_bytes(model, 8192, 1, 1024)
+
+    def test_swa_adds_a_second_mask_and_cache_indices(self) -> None:
+        """An SWA model masks its window cells too and indexes two caches."""
+        model = gemma3_4b()
+        per_token = 4 * (4 * 4 * 2560 + 2560 + 4 * 256) + 4 + 2 * 16
+        assert compute_buffer_bytes(model, 8192, 1, 1024) == 1024 * per_token + 2 * 1024 * (8192 + 2048)
+
+    def test_llama31_8b_near_llama_cpp(self) -> None:
+        """llama3.1:8b at 8192 with ub 1024 comes to the 260 MiB the replaced heuristic cited from llama.cpp."""
+        model = llama31_8b(model_info={"llama.feed_forward_length": 14336})
+        assert compute_buffer_bytes(model, 8192, 1, 1024) / MIB == pytest.approx(260, abs=2)
+
+
+class TestOutputBuffer:
+    @pytest.mark.parametrize(("parallel", "expected"), [(1, MIB), (3, 3 * MIB), (0, MIB)])
+    def test_logits_per_slot(self, parallel: int, expected: int) -> None:
+        """One f32 row of Gemma's 262144-token vocabulary per slot."""
+        assert output_buffer_bytes(gemma3_27b(), parallel) == expected
+
+    def test_in_compute(self) -> None:
+        """The estimate's compute part is the graph plus the output buffer."""
+        result = estimate(gemma3_27b(), 8192, 2)
+        assert result.compute_bytes == result.graph_bytes + result.output_bytes == result.graph_bytes + 2 * MIB
+
+
+class TestPsUnreportedBytes:
+    def test_swa_model(self) -> None:
+        """For an SWA model on 0.30+, /api/ps misses the full-attention cache."""
+        result = estimate(gemma3_27b(), 131072)
+        assert ps_unreported_bytes(result) == result.kv_full_bytes == 10 * GIB
+
+    def test_plain_model(self) -> None:
+        """A model with one cache is reported faithfully."""
+        assert ps_unreported_bytes(estimate(llama31_8b(), 8192)) == 0
+
+
+class TestCalibrationUnreported:
+    def test_learns_the_allocation(self) -> None:
+        """With the known omission passed, one load makes the estimate match the real allocation."""
+        calibration = Calibration().observe(8192, 5 * GIB, 4 * GIB, unreported_bytes=GIB + 300 * MIB)
+        assert calibration.apply(5 * GIB) == 5 * GIB + 300 * MIB
+        assert calibration.samples == ((8192, 5 * GIB, 5 * GIB + 300 * MIB),)
+
+    @pytest.mark.parametrize("unreported", [-1, True, 1.5])
+    def test_rejects_nonsense(self, unreported: Any) -> None:
+        """The omission must be a non-negative integer."""
+        with pytest.raises(ValueError, match="unreported_bytes"):
+            Calibration().observe(8192, GIB, GIB, unreported_bytes=unreported)
+
+
+class TestEffectiveParallelCompletion:
+    def test_embedding_and_completion(self) -> None:
+        """A model that also completes keeps the configured slots (Ollama checks completion)."""
+        assert effective_parallel(llama31_8b(capabilities=("completion", "embedding")), 3) == 3
+
+
+class TestAutoNumBatchSurcharge:
+    def test_surcharge_steps_down(self) -> None:
+        """Within 60% but without room for the 2 GiB surcharge under 80%, 2048 becomes 1024."""
+        assert auto_num_batch(65536, predicted_bytes=3 * GIB, free_bytes=5 * GIB) == 1024
+
+
+class TestLegacyPredictedBytes:
+    def test_llama31_8b(self) -> None:
+        """Weights + 1 GiB of f16 KV + the 560 MiB llama graph at 8192, batch 512."""
+        model = llama31_8b()
+        graph = 4 * 512 * (1 + 4 * 4096 + 8192 * 33)
+        assert legacy_predicted_bytes(model, 8192) == model.weights_bytes + GIB + graph
+
+    def test_old_element_sizes(self) -> None:
+        """q8_0 counted one byte per element before 0.30: half the f16 cache, no block overhead."""
+        model = llama31_8b()
+        assert legacy_predicted_bytes(model, 8192, kv_cache_type="q8_0") == legacy_predicted_bytes(model, 8192) - GIB // 2
+
+    def test_unknown_cache_type(self) -> None:
+        """Cache types Ollama did not accept then are refused."""
+        with pytest.raises(ValueError, match=r"before 0\.30"):
+            legacy_predicted_bytes(llama31_8b(), 8192, kv_cache_type="q5_1")

@@ -78,7 +78,7 @@ SIMULATION_NOTE: Final = (
 
 
 def ollama_default_num_ctx(vram_bytes: int) -> int:
-    """Ollama's automatic ``num_ctx`` for a host's total VRAM (facts §2, HEAD's VRAM tiers)."""
+    """Ollama's automatic ``num_ctx`` for a host's total VRAM (docs/ollama-rules.md §1, the VRAM tiers)."""
     if vram_bytes >= 47 * GIB:
         return 262144
     if vram_bytes >= 23 * GIB:

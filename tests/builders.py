@@ -47,7 +47,7 @@ def unknown_gpu(*, error: str | None = "NVML Shared Library Not Found", source: 
 
 
 def facts(**overrides: Any) -> ModelFacts:
-    """gemma3:27b as ``/api/show`` and ``/api/tags`` describe it (facts §3), with ``overrides``."""
+    """gemma3:27b as ``/api/show`` and ``/api/tags`` describe it (docs/ollama-rules.md §6), with ``overrides``."""
     values: dict[str, Any] = {
         "name": "gemma3:27b",
         "digest": "a418f5838eaf7fd4c8cbd3b0ec7bfd3b0f36e2e4ff4ac2d4f6d3b0b7cc0c2c3d",

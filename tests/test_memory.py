@@ -1,4 +1,4 @@
-"""ModelFacts parsing and the memory model: KV cache sizes pinned to ollama-facts.md §3."""
+"""ModelFacts parsing and the memory model: KV cache sizes pinned to docs/ollama-rules.md §6."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def gemma3_270m(**overrides: Any) -> ModelFacts:
 
 
 def llama31_8b(**overrides: Any) -> ModelFacts:
-    """llama3.1:8b: 32 layers, 8 KV heads of 128, no sliding window (facts §3 worked example)."""
+    """llama3.1:8b: 32 layers, 8 KV heads of 128, no sliding window (docs/ollama-rules.md §6 worked example)."""
     base = ModelFacts(
         name="llama3.1:8b",
         architecture="llama",
@@ -396,7 +396,7 @@ class TestKvCacheBytes:
         ],
     )
     def test_llama31_8b(self, kv_cache_type: str, expected_bytes: int) -> None:
-        """llama3.1:8b at 8192 matches facts §3: 1024 / 544 / 288 MiB."""
+        """llama3.1:8b at 8192 matches docs/ollama-rules.md §6: 1024 / 544 / 288 MiB."""
         assert kv_cache_bytes(llama31_8b(), 8192, kv_cache_type=kv_cache_type) == expected_bytes
 
     @pytest.mark.parametrize(
@@ -441,7 +441,7 @@ class TestKvCacheBytes:
         ],
     )
     def test_gemma3_27b(self, parallel: int, n_ubatch: int, expected_bytes: int) -> None:
-        """gemma3:27b at 131072 matches facts §3: 10.6-11.2 GiB at P=1, 31.8-33.7 GiB at P=3."""
+        """gemma3:27b at 131072 matches docs/ollama-rules.md §6: 10.6-11.2 GiB at P=1, 31.8-33.7 GiB at P=3."""
         assert kv_cache_bytes(gemma3_27b(), 131072, parallel, n_ubatch=n_ubatch) == expected_bytes
 
     def test_gemma3_27b_without_swa(self) -> None:
@@ -469,7 +469,7 @@ class TestKvCacheBytes:
         ],
     )
     def test_gemma3_4b(self, n_ubatch: int, expected_bytes: int) -> None:
-        """gemma3:4b at 8192 matches facts §3: 334-392 MiB."""
+        """gemma3:4b at 8192 matches docs/ollama-rules.md §6: 334-392 MiB."""
         assert kv_cache_bytes(gemma3_4b(), 8192, n_ubatch=n_ubatch) == expected_bytes
 
     def test_gemma3_4b_without_swa(self) -> None:
@@ -609,7 +609,7 @@ class TestOllamaPredictedBytes:
         ],
     )
     def test_head_predictor(self, model: ModelFacts, num_ctx: int, parallel: int, kv_term_bytes: int) -> None:
-        """Ollama's own predictor overestimates SWA models, as facts §3a shows."""
+        """Ollama's own predictor overestimates SWA models, as docs/ollama-rules.md §5 shows."""
         assert model.weights_bytes is not None
         predicted_bytes = ollama_predicted_bytes(model, num_ctx, parallel)
         assert predicted_bytes == model.weights_bytes + kv_term_bytes

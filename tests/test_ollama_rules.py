@@ -487,7 +487,7 @@ class TestPreflightEvicts:
 
 class TestLegacyGraphBytes:
     def test_llama(self) -> None:
-        """llama3.1:8b at 8192, batch 512, full offload: 560 MiB (facts §3 worked example)."""
+        """llama3.1:8b at 8192, batch 512, full offload: 560 MiB (docs/ollama-rules.md §5 worked example)."""
         got = legacy_graph_bytes(
             "llama", embedding_length=4096, head_count_max=32, head_count_kv_min=8, vocab_size=128256,
             ctx_total=8192, num_batch=512, kv_total_bytes=GIB,

@@ -104,6 +104,8 @@ def _metrics(done_reason: str, prompt_eval_count: int, eval_count: int) -> dict[
     }
 
 
-def tool_call(name: str, arguments: dict[str, Any], *, call_id: str = "call_abc123", index: int = 0) -> dict[str, Any]:
+def tool_call(
+    name: str, arguments: dict[str, Any], *, call_id: str = "call_abc123", index: int = 0
+) -> dict[str, Any]:
     """A native tool call as ``/api/chat`` returns it."""
     return {"id": call_id, "function": {"index": index, "name": name, "arguments": arguments}}

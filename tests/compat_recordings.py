@@ -92,7 +92,9 @@ def _stream(path: str, request: Any, request_headers: dict[str, str], lines: lis
         elif line.startswith("+"):
             literal = line.split("ms", 1)[1].strip()
             arrived.append(ast.literal_eval(literal))
-    return Exchange("POST", path, request, status, headers, lines=tuple(arrived), request_headers=request_headers)
+    return Exchange(
+        "POST", path, request, status, headers, lines=tuple(arrived), request_headers=request_headers
+    )
 
 
 def _whole(path: str, request: Any, request_headers: dict[str, str], text: str) -> Exchange:

@@ -4,7 +4,7 @@ Ollama builds every compatibility reply with ``json.Marshal`` or ``json.NewEncod
 output, ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, floats in the shortest form without a
 trailing ``.0`` and in exponent form only below 1e-6 or from 1e21 up. Keys come out in insertion
 order here; builders put them in Go's struct order, or sorted where Go marshals a map
-(:func:`go_map`). Reading follows ``json.Decoder.Decode`` as gin calls it: one value is read and
+(:func:`go_map_deep`). Reading follows ``json.Decoder.Decode`` as gin calls it: one value is read and
 anything after it ignored, and failures carry Go's error text.
 """
 
@@ -50,11 +50,6 @@ def dumps(value: Any) -> bytes:
 def encoder_line(value: Any) -> bytes:
     """``json.NewEncoder(w).Encode(value)``: :func:`dumps` plus the newline Encode appends."""
     return dumps(value) + b"\n"
-
-
-def go_map(value: dict[str, Any]) -> dict[str, Any]:
-    """The same mapping with keys sorted, as Go marshals a ``map[string]any`` (one level)."""
-    return {key: value[key] for key in sorted(value)}
 
 
 def go_map_deep(value: Any) -> Any:

@@ -411,11 +411,9 @@ class StreamTranslator:
         """The frames Ollama writes for one native NDJSON object."""
         if isinstance(native.get("error"), str):
             self.native_error = native["error"]
-        created = unix_seconds(native.get("created_at"))
-        if created is None:
-            created = now_seconds(self._clock)
         if self._created is None:
-            self._created = created
+            created = unix_seconds(native.get("created_at"))
+            self._created = now_seconds(self._clock) if created is None else created
         message = native_message(native)
         content = _string(message.get("content"))
         thinking = _string(message.get("thinking"))

@@ -171,11 +171,6 @@ def usage(native: Mapping[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def finish_reason(reason: str) -> str | None:
-    """A native ``done_reason`` as OpenAI's ``finish_reason`` (empty means still running)."""
-    return reason or None
-
-
 def native_message(native: Mapping[str, Any]) -> Mapping[str, Any]:
     """The ``message`` of a native chat object, or an empty one (Go's zero value)."""
     message = native.get("message")

@@ -15,7 +15,8 @@ from types import MappingProxyType
 from typing import Any
 
 LLAMA_SERVER_ENGINE_VERSION = (0, 30, 0)
-"""First Ollama release that runs every GGUF model in llama.cpp's ``llama-server`` (docs/ollama-rules.md §2)."""
+"""First Ollama release that runs every GGUF model in llama.cpp's ``llama-server``
+(docs/ollama-rules.md §2)."""
 
 SWA_PERIOD_BY_ARCHITECTURE: Mapping[str, int] = {
     "gemma2": 2,
@@ -71,7 +72,8 @@ def uses_llama_server(version: tuple[int, int, int] | None) -> bool:
 def per_layer(value: int | Sequence[int] | None, block_count: int) -> tuple[int, ...]:
     """Expand a GGUF value that is either one number for all layers or one number per layer.
 
-    ``head_count``, ``head_count_kv`` and ``feed_forward_length`` come in both shapes (docs/ollama-rules.md §6).
+    ``head_count``, ``head_count_kv`` and ``feed_forward_length`` come in both shapes
+    (docs/ollama-rules.md §6).
     Raises ``ValueError`` when the value is unknown or an array has the wrong length, as llama.cpp
     refuses such a model too.
     """

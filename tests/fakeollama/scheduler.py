@@ -348,7 +348,8 @@ class SchedulerMixin:
         if state is not None and not state.loading and not self.reload_changes(state, req):
             return self._use(state, req.keep_alive_ns)  # getRunner's fast path: no queueing
         async with self._sched:
-            oom_retried, reason, changed = False, "load", ()
+            oom_retried, reason = False, "load"
+            changed: tuple[str, ...] = ()
             evicted: list[str] = []
             while True:
                 self._purge()

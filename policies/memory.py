@@ -222,9 +222,7 @@ def auto_num_batch(
     ``free_bytes`` the largest choice is returned, which gives the larger estimate. Before 0.30
     the batch was always 512.
     """
-    return automatic_num_batch(
-        num_ctx * max(parallel, 1), predicted_bytes, free_bytes, version=version
-    )
+    return automatic_num_batch(num_ctx * max(parallel, 1), predicted_bytes, free_bytes, version=version)
 
 
 def ollama_predicted_bytes(model: ModelFacts, num_ctx: int, parallel: int = 1) -> int:

@@ -87,7 +87,10 @@ def create_app(
         await facts.stop()
 
     async def memory_ctx(app: web.Application) -> AsyncIterator[None]:
-        source = memory_source or build_source(config.gpu, app[FACTS].latest_ps)
+        facts = app[FACTS]
+        source = memory_source or build_source(
+            config.gpu, facts.latest_ps, hidden_bytes=facts.ps_hidden_bytes
+        )
         sampler = app[MEMORY] = build_sampler(config.gpu, source)
         sampler.start()
         yield

@@ -27,6 +27,9 @@ from tests.fake_ollama import (
     parse_go_duration,
 )
 
+V032 = "0.32.15"
+"""The version these tests describe: the top-level transcripts and the 0.32 fake (0.33 has its own tests)."""
+
 GiB = 1 << 30
 MakeClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -45,7 +48,7 @@ async def ndjson(resp: aiohttp.ClientResponse) -> list[dict[str, Any]]:
 
 
 async def test_root_version_and_unknown_paths(make_client: MakeClient) -> None:
-    client = await make_client(FakeOllama().app)
+    client = await make_client(FakeOllama(version=V032).app)
     r = await client.get("/")
     assert (r.status, r.headers["Content-Type"], await r.text()) == (
         200, "text/plain; charset=utf-8", "Ollama is running")
@@ -61,7 +64,7 @@ async def test_root_version_and_unknown_paths(make_client: MakeClient) -> None:
 
 
 async def test_generate_stream_matches_transcript_shape(make_client: MakeClient) -> None:
-    fake = FakeOllama(reply_tokens=3)
+    fake = FakeOllama(version=V032, reply_tokens=3)
     client = await make_client(fake.app)
     r = await client.post("/api/generate", json={"model": "gemma3-270m", "prompt": "Why is the sky blue?"},
                           headers={"X-Test": "1"})
@@ -87,7 +90,7 @@ async def test_generate_stream_matches_transcript_shape(make_client: MakeClient)
 
 
 async def test_chat_nonstream_and_num_predict(make_client: MakeClient) -> None:
-    client = await make_client(FakeOllama().app)
+    client = await make_client(FakeOllama(version=V032).app)
     r = await client.post("/api/chat", json={
         "model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}], "stream": False,
         "options": {"num_predict": 2}})
@@ -99,7 +102,7 @@ async def test_chat_nonstream_and_num_predict(make_client: MakeClient) -> None:
 
 
 async def test_num_ctx_changes_reload_including_omission(make_client: MakeClient) -> None:
-    fake = FakeOllama()
+    fake = FakeOllama(version=V032)
     client = await make_client(fake.app)
 
     async def gen(**options: Any) -> None:
@@ -115,7 +118,7 @@ async def test_num_ctx_changes_reload_including_omission(make_client: MakeClient
 
 
 async def test_errors_like_ollama(make_client: MakeClient) -> None:
-    fake = FakeOllama()
+    fake = FakeOllama(version=V032)
     client = await make_client(fake.app)
     cases: list[tuple[str, Any, int, str]] = [
         ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, 404,
@@ -145,7 +148,7 @@ async def test_errors_like_ollama(make_client: MakeClient) -> None:
 
 
 async def test_keep_alive_preload_unload_and_forever(make_client: MakeClient) -> None:
-    fake = FakeOllama()
+    fake = FakeOllama(version=V032)
     client = await make_client(fake.app)
     r = await client.post("/api/generate", json={"model": "gemma3-270m"})
     assert r.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -165,13 +168,13 @@ async def test_keep_alive_preload_unload_and_forever(make_client: MakeClient) ->
 
 
 def test_kv_math_matches_facts() -> None:
-    fake = FakeOllama()
+    fake = FakeOllama(version=V032)
     gib = 1 << 30
     # gemma3:27b at 131072: 10 GiB global + 52 SWA layers x pad256(1024+512) cells x 8 KiB
     assert fake.kv_bytes(gemma3_27b(), 131072) == 10 * gib + 52 * 1536 * 8192
-    assert FakeOllama(num_parallel=3).kv_bytes(gemma3_27b(), 131072) == 30 * gib + 3 * 52 * 1536 * 8192
+    assert FakeOllama(version=V032, num_parallel=3).kv_bytes(gemma3_27b(), 131072) == 30 * gib + 3 * 52 * 1536 * 8192
     assert fake.kv_bytes(llama3_1_8b(), 8192) == 1024 << 20
-    assert FakeOllama(kv_cache_type="q8_0").kv_bytes(llama3_1_8b(), 8192) == 544 << 20
+    assert FakeOllama(version=V032, kv_cache_type="q8_0").kv_bytes(llama3_1_8b(), 8192) == 544 << 20
     assert fake.kv_bytes(gemma3_4b(), 8192) == 334 << 20
     m = gemma3_27b()
     assert fake.size_for(m, 8192) - fake.size_for(m, 4096) == (
@@ -180,7 +183,7 @@ def test_kv_math_matches_facts() -> None:
 
 async def test_spill_and_lru_eviction_on_gpu_host(make_client: MakeClient) -> None:
     m27, m4 = gemma3_27b(), gemma3_4b()
-    fake = FakeOllama(models=[m27, m4], vram_bytes=24 * GiB)
+    fake = FakeOllama(version=V032, models=[m27, m4], vram_bytes=24 * GiB)
     client = await make_client(fake.app)
     await client.post("/api/generate", json={"model": "gemma3:4b", "options": {"num_ctx": 8192}})
     await client.post("/api/generate", json={"model": "gemma3:27b", "options": {"num_ctx": 8192}})
@@ -193,7 +196,7 @@ async def test_spill_and_lru_eviction_on_gpu_host(make_client: MakeClient) -> No
 
 
 async def test_show_hides_arrays_unless_verbose(make_client: MakeClient) -> None:
-    client = await make_client(FakeOllama().app)
+    client = await make_client(FakeOllama(version=V032).app)
     body = await (await client.post("/api/show", json={"model": "gemma3-270m"})).json()
     assert list(body) == ["modelfile", "parameters", "template", "details", "model_info",
                           "capabilities", "modified_at"]
@@ -205,7 +208,7 @@ async def test_show_hides_arrays_unless_verbose(make_client: MakeClient) -> None
 
 
 async def test_create_copy_delete_pull_and_tags_shapes(make_client: MakeClient) -> None:
-    fake = FakeOllama(models=[gemma3_270m(), nomic_embed_text()])
+    fake = FakeOllama(version=V032, models=[gemma3_270m(), nomic_embed_text()])
     client = await make_client(fake.app)
     r = await client.post("/api/create", json={"model": "g8k", "from": "gemma3-270m",
                                                 "parameters": {"num_ctx": 8192}})
@@ -235,7 +238,7 @@ async def test_create_copy_delete_pull_and_tags_shapes(make_client: MakeClient) 
 
 
 async def test_blob_upload_is_streamed_and_verified(make_client: MakeClient) -> None:
-    fake = FakeOllama()
+    fake = FakeOllama(version=V032)
     client = await make_client(fake.app)
     data = b"x" * (3 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -254,7 +257,7 @@ async def test_blob_upload_is_streamed_and_verified(make_client: MakeClient) -> 
 
 
 async def test_openai_routes(make_client: MakeClient) -> None:
-    fake = FakeOllama(reply_tokens=2)
+    fake = FakeOllama(version=V032, reply_tokens=2)
     client = await make_client(fake.app)
     r = await client.post("/v1/chat/completions", json={
         "model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
@@ -274,7 +277,7 @@ async def test_openai_routes(make_client: MakeClient) -> None:
 
 @pytest.mark.parametrize("cancel_handlers", [True, False])
 async def test_client_disconnect_is_recorded(cancel_handlers: bool) -> None:
-    fake = FakeOllama()
+    fake = FakeOllama(version=V032)
     fake.hold = asyncio.Event()
     server = TestServer(fake.app)
     if not cancel_handlers:  # like web.run_app: handlers are not cancelled on disconnect
@@ -294,7 +297,7 @@ async def test_client_disconnect_is_recorded(cancel_handlers: bool) -> None:
 
 
 async def test_spilled_model_streams_slower(make_client: MakeClient) -> None:
-    fake = FakeOllama(vram_bytes=100 << 20, token_delay_s=0.002, spill_slowdown=10.0, reply_tokens=4)
+    fake = FakeOllama(version=V032, vram_bytes=100 << 20, token_delay_s=0.002, spill_slowdown=10.0, reply_tokens=4)
     client = await make_client(fake.app)
     body = await (await client.post("/api/generate", json={
         "model": "gemma3-270m", "prompt": "hi", "stream": False})).json()

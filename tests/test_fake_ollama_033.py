@@ -68,7 +68,7 @@ class TestStatusRoutes:
 
     async def test_status_route_is_absent_before_033(self, start_fake: StartFake, http: aiohttp.ClientSession) -> None:
         """/api/status is new in 0.33; the older fake answers it like any unknown path."""
-        fake = await start_fake()
+        fake = await start_fake(version="0.32.15")
         assert (await send(http, fake, "GET", "/api/status"))[0] == 404
 
 
@@ -447,7 +447,7 @@ class TestOlderVersions:
     async def test_before_033_names_do_not_share_runners(self, start_fake: StartFake,
                                                          ollama_client: OllamaClients) -> None:
         """The older fake keys runners by name: two names with one blob load twice."""
-        fake = await start_fake(models=[gemma3_270m(), gemma3_270m_b()])
+        fake = await start_fake(version="0.32.15", models=[gemma3_270m(), gemma3_270m_b()])
         client = ollama_client(fake.url)  # type: ignore[attr-defined]
         await client.generate(model="gemma3-270m", prompt="hi")
         await client.generate(model="gemma3-270m-b", prompt="hi")

@@ -316,7 +316,7 @@ class TestUpstreamFailures:
             assert await response.json() == {
                 "status": "ok",
                 "upstream": fake.url,
-                "ollama_version": "0.32.15",
+                "ollama_version": "0.33.0-rc2",
             }
         down = await start_proxy(f"http://127.0.0.1:{free_port()}")
         async with http.get(down.url + "/governor/health") as response:

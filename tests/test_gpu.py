@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from policies.context import GpuDevice, GpuSnapshot
 from policies.memory import GIB, MIB
 from proxy.config import ConfigError, Table, parse_config
-from proxy.config.settings import GpuSettings, parse_gpu_section
+from proxy.config.settings import GpuSettings, OllamaSettings, parse_gpu_section
 from proxy.facts.memory import (
     AutoSource,
     GpuSampler,
@@ -26,9 +26,11 @@ from proxy.facts.memory import (
     build_sampler,
     build_source,
 )
+from proxy.facts.ollama import Facts
 from proxy.upstream.client import Upstream
 from tests.conftest import StartFake, eventually, free_port
 from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, FakeNVMLError
+from tests.fake_ollama import llama_tiny
 
 
 def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
@@ -182,11 +184,11 @@ class TestOllamaPsSource:
         self, start_fake: StartFake, session: aiohttp.ClientSession
     ) -> None:
         """Free VRAM is the configured total minus what the loaded models hold on the GPU."""
-        fake = await start_fake(vram_bytes=24 * GIB)
+        fake = await start_fake(vram_bytes=24 * GIB, models=[llama_tiny()])
         upstream = Upstream(fake.url, session)  # type: ignore[attr-defined]
         source = OllamaPsSource(reads_ps(upstream), [24 * GIB])
         assert (await source.read()).free_bytes == 24 * GIB
-        await load_model(fake.url, session)  # type: ignore[attr-defined]
+        await load_model(fake.url, session, "llama-tiny")  # type: ignore[attr-defined]
         size_vram = sum(state.size_vram for state in fake.loaded().values())
         assert size_vram > 0
         snapshot = await source.read()
@@ -194,6 +196,23 @@ class TestOllamaPsSource:
             GpuDevice(0, "GPU 0 (24.0 GiB configured)", 24 * GIB, 24 * GIB - size_vram, size_vram),
         )
         assert snapshot.free_bytes == fake.free_vram_bytes()
+
+    async def test_what_ps_leaves_out_is_added_back(
+        self, start_fake: StartFake, session: aiohttp.ClientSession
+    ) -> None:
+        """A sliding-window model's full-attention cache, missing from size_vram, is added back
+        from the model's facts, so free VRAM is what the GPU really has left."""
+        fake = await start_fake(vram_bytes=24 * GIB)
+        upstream = Upstream(fake.url, session)  # type: ignore[attr-defined]
+        facts = Facts(upstream, OllamaSettings())
+        assert await facts.model_facts("gemma3-270m") is not None
+        await load_model(fake.url, session)  # type: ignore[attr-defined]
+        [state] = fake.loaded().values()
+        assert state.size_vram < state.footprint_vram_bytes  # what /api/ps hides
+        naive = await OllamaPsSource(reads_ps(upstream), [24 * GIB]).read()
+        corrected = await OllamaPsSource(reads_ps(upstream), [24 * GIB], facts.ps_hidden_bytes).read()
+        assert naive.free_bytes == 24 * GIB - state.size_vram
+        assert corrected.free_bytes == fake.free_vram_bytes()
 
     async def test_several_gpus_are_filled_in_order(self) -> None:
         """With several GPUs the used bytes fill the first before the next; the sum is exact."""

@@ -20,9 +20,15 @@ log = structlog.get_logger("ollama_governor.calibration")
 FILENAME = "calibration.json"
 
 
+CALIBRATION_MODEL = "m2"
+"""Which memory model a calibration corrects. ``m2``: the fitted compute buffer, learning the real
+allocation (``/api/ps`` size plus what it leaves out); calibrations learnt by earlier models are
+not reused, since they corrected different errors."""
+
+
 def calibration_key(digest: str, parallel: int, kv_cache_type: str, engine: str) -> str:
     """The key a calibration is stored under."""
-    return f"{digest}|p{parallel}|{kv_cache_type}|{engine}"
+    return f"{digest}|p{parallel}|{kv_cache_type}|{engine}|{CALIBRATION_MODEL}"
 
 
 class CalibrationBook:
@@ -53,20 +59,28 @@ class CalibrationBook:
         """The calibration for ``key``, or None before its first load."""
         return self._entries.get(key)
 
-    def observe(self, key: str, num_ctx: int, raw_bytes: int, reported_bytes: int) -> bool:
-        """Learn from one load; False when this exact load was already counted."""
+    def observe(
+        self, key: str, num_ctx: int, raw_bytes: int, reported_bytes: int, unreported_bytes: int = 0
+    ) -> bool:
+        """Learn from one load; False when this exact load was already counted.
+
+        ``reported_bytes`` is ``/api/ps`` ``size``; ``unreported_bytes`` what it leaves out.
+        """
         sample = (key, num_ctx, reported_bytes)
         if sample in self._seen or reported_bytes <= 0 or raw_bytes <= 0:
             return False
         self._seen.add(sample)
         before = self._entries.get(key) or Calibration()
-        self._entries[key] = before.observe(num_ctx, raw_bytes, reported_bytes)
+        self._entries[key] = before.observe(
+            num_ctx, raw_bytes, reported_bytes, unreported_bytes=unreported_bytes
+        )
         log.info(
             "calibrated",
             key=key,
             num_ctx=num_ctx,
             estimated_bytes=before.apply(raw_bytes),
             reported_bytes=reported_bytes,
+            unreported_bytes=unreported_bytes,
             offset_bytes=round(self._entries[key].offset_bytes),
             slope=round(self._entries[key].slope, 4),
         )

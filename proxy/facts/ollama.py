@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from policies.context import GpuSnapshot, LoadedModel
-from policies.memory import effective_parallel, estimate
+from policies.memory import effective_parallel, estimate, ps_unreported_bytes
 from policies.model import ModelFacts, parse_version, uses_llama_server
 from proxy.config.settings import OllamaSettings
 from proxy.facts.calibration import CalibrationBook, calibration_key
@@ -135,6 +135,20 @@ class Facts:
         """Why the last ``/api/ps`` read failed, or None when it worked."""
         return self._ps_error
 
+    def ps_hidden_bytes(self, entry: Mapping[str, Any]) -> int:
+        """What one ``/api/ps`` entry holds but leaves out of ``size``: a sliding-window model's
+        full-attention cache (0.30+), estimated from the model's facts; 0 when they are unknown."""
+        digest, num_ctx = entry.get("digest"), entry.get("context_length")
+        facts = self._by_digest.get(digest) if isinstance(digest, str) else None
+        if facts is None or not isinstance(num_ctx, int) or num_ctx < 1:
+            return 0
+        parallel = effective_parallel(facts, self.settings.num_parallel)
+        try:
+            load = estimate(facts, num_ctx, parallel, self.settings.kv_cache_type, version=self.version)
+        except ValueError:
+            return 0
+        return ps_unreported_bytes(load, version=self.version)
+
     async def latest_ps(self) -> object:
         """The last ``/api/ps`` answer the poller read; raises why there is none."""
         if self._ps_error is not None:
@@ -222,13 +236,20 @@ class Facts:
             return False
         parallel = effective_parallel(facts, self.settings.num_parallel)
         try:
-            raw = estimate(
+            load = estimate(
                 facts, loaded.context_length, parallel, self.settings.kv_cache_type, version=self.version
-            ).raw_bytes
+            )
         except ValueError:
             return False
+        # /api/ps leaves a sliding-window model's full-attention cache out of ``size``: calibration
+        # learns the real allocation (docs/ollama-rules.md §7).
+        unreported_bytes = ps_unreported_bytes(load, version=self.version)
         return self.calibrations.observe(
-            self.calibration_key(facts), loaded.context_length, raw, loaded.size_bytes
+            self.calibration_key(facts),
+            loaded.context_length,
+            load.raw_bytes,
+            loaded.size_bytes,
+            unreported_bytes,
         )
 
     def calibration_key(self, facts: ModelFacts) -> str:

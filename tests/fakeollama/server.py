@@ -30,7 +30,7 @@ from tests.fakeollama.wire import ApiError, GiB, error_response, full_name, pars
 
 N_UBATCH = 512
 LEGACY_DEFAULT_NUM_CTX = 4096
-DEFAULT_VERSION = "0.32.15"
+DEFAULT_VERSION = "0.33.0-rc2"
 
 
 class FakeOllama(SchedulerMixin, EngineMixin, OptionsMixin, NativeRoutes, OpenAIRoutes, AnthropicRoutes,

@@ -8,7 +8,7 @@ from proxy.config.settings import GpuSettings
 from proxy.facts.memory.auto import AutoSource
 from proxy.facts.memory.none import NoGpuSource
 from proxy.facts.memory.nvml import NvmlSource
-from proxy.facts.memory.ollama_ps import OllamaPsSource, PsReader
+from proxy.facts.memory.ollama_ps import HiddenBytes, OllamaPsSource, PsReader
 from proxy.facts.memory.sampler import GpuSampler
 from proxy.facts.memory.source import MemorySource
 
@@ -24,10 +24,18 @@ __all__ = [
 ]
 
 
-def build_source(settings: GpuSettings, read_ps: PsReader, *, nvml: ModuleType | None = None) -> MemorySource:
+def build_source(
+    settings: GpuSettings,
+    read_ps: PsReader,
+    *,
+    hidden_bytes: HiddenBytes | None = None,
+    nvml: ModuleType | None = None,
+) -> MemorySource:
     """The source ``settings`` ask for; nothing is opened until the first read."""
     if settings.source == "ollama":
-        return OllamaPsSource(read_ps, settings.vram_total_bytes)
+        if hidden_bytes is None:
+            return OllamaPsSource(read_ps, settings.vram_total_bytes)
+        return OllamaPsSource(read_ps, settings.vram_total_bytes, hidden_bytes)
     if settings.source == "none":
         return NoGpuSource()
     nvml_source = NvmlSource(settings.devices, nvml=nvml)

@@ -16,7 +16,21 @@ if TYPE_CHECKING:
     from policies.memory import Calibration
     from policies.model import ModelFacts
 
-Endpoint = Literal["generate", "chat"]
+Endpoint = Literal[
+    "generate",
+    "chat",
+    "embed",
+    "embeddings",
+    "openai.chat",
+    "openai.completions",
+    "openai.embeddings",
+    "openai.responses",
+    "anthropic.messages",
+]
+"""The route a request came in on: Ollama's native ``/api/generate``, ``/api/chat``,
+``/api/embed`` and ``/api/embeddings``, or an OpenAI- or Anthropic-style ``/v1`` route (which the
+governor sends to Ollama as the matching native call, so that ``num_ctx`` and ``keep_alive`` can
+be set)."""
 
 
 class FrozenJSON(Mapping[str, Any]):
@@ -65,12 +79,19 @@ class GpuDevice:
     utilization_pct: int | None = None
 
 
+MemoryKind = Literal["gpu", "unified", "system", "unknown"]
+"""Where Ollama's models live on this host: GPU VRAM (NVIDIA, AMD, a remote GPU host), unified
+memory (Apple Silicon), system RAM (CPU-only inference), or unknown (no source)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
-    """The GPUs Ollama uses, as of ``taken_at`` (unix seconds).
+    """The memory Ollama runs models in, as of ``taken_at`` (unix seconds): GPU VRAM, unified
+    memory or, on a CPU-only host, system RAM (``kind`` says which; each "device" is one GPU, or
+    the whole memory).
 
-    ``devices`` is empty when the state is unknown (no NVML, source ``none``, a failure); then
-    ``error`` says why and policies should leave ``num_ctx`` alone.
+    ``devices`` is empty when the state is unknown (no source, a failure); then ``error`` says why
+    and policies decide without a memory budget.
     """
 
     source: str
@@ -78,6 +99,8 @@ class GpuSnapshot:
     taken_at: float = 0.0
     error: str | None = None
     reserve_bytes: int = 0
+    kind: MemoryKind = "gpu"
+    """``system``: models run on the CPU from RAM, so ``/api/ps`` ``size_vram`` 0 is not a spill."""
 
     @property
     def known(self) -> bool:
@@ -123,7 +146,8 @@ class Context:
     """Everything a policy may read about one ``/api/generate`` or ``/api/chat`` request.
 
     Attributes:
-        endpoint: ``"generate"`` or ``"chat"``.
+        endpoint: the route (``Endpoint``): ``"generate"``, ``"chat"``, ``"embed"``, ... or
+            ``"openai.chat"``, ``"anthropic.messages"``, ... for the ``/v1`` routes.
         model_name: the model exactly as the client sent it (``"llama3.1"``, ``"gemma3:27b"``).
         body: a read-only view of the client's JSON body. Prompts and messages are here for
             policies that need them; never log them.
@@ -132,12 +156,17 @@ class Context:
         client_num_ctx: ``options.num_ctx`` the client sent, or None.
         client_keep_alive: ``keep_alive`` the client sent, or None.
         num_predict: ``options.num_predict`` the client sent, or None (room to keep for the reply).
-        gpu: the last GPU sample, or None when no sampler runs.
+        gpu: the last memory sample (GPU VRAM, unified memory or system RAM: ``gpu.kind``), or
+            None when no sampler runs.
         model: facts about the model from ``/api/show`` and ``/api/tags``, or None when unknown.
         loaded: this model as ``/api/ps`` last showed it, or None when it is not loaded.
         all_loaded: every model Ollama holds, this one included.
         prompt_tokens: an estimate of the prompt's tokens, or None when unknown.
         ollama_version: Ollama's version as (major, minor, patch), or None when unknown.
+        default_num_ctx: the context Ollama loads this model at when a request names none (its
+            Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the server's VRAM tier,
+            clamped to the trained length), or None when unknown. A request without ``num_ctx``
+            after one that set another value reloads the model at this size.
         num_parallel: ``OLLAMA_NUM_PARALLEL`` as configured for the governor (KV cache scales with it).
         kv_cache_type: ``OLLAMA_KV_CACHE_TYPE`` as configured (f16, q8_0, q4_0).
         calibration: the correction learnt from this model's past loads (same digest, parallel,
@@ -159,6 +188,7 @@ class Context:
     all_loaded: tuple[LoadedModel, ...] = ()
     prompt_tokens: int | None = None
     ollama_version: tuple[int, int, int] | None = None
+    default_num_ctx: int | None = None
     num_parallel: int = 1
     kv_cache_type: str = "f16"
     calibration: Calibration | None = None

@@ -197,11 +197,12 @@ class TestLongPrompts:
         assert fake.bodies("/api/generate") == []
 
 
-class TestFailOpen:
+class TestWithoutFacts:
     async def test_nvml_failure_forwards_the_client_value(
         self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
     ) -> None:
-        """No NVML library: the snapshot is unknown, headroom leaves num_ctx alone and says why."""
+        """No NVML library: no memory budget; the client's value covers the prompt, so it is sent
+        as it was, uncapped, and the reason says why."""
         fake = await start_fake(vram_bytes=GPU_BYTES, models=[gemma3_4b()])
         broken = FakeNvml([])
         broken.init_error = FakeLibraryNotFound()
@@ -216,12 +217,13 @@ class TestFailOpen:
         assert reply.done
         assert fake.bodies("/api/generate")[-1]["options"]["num_ctx"] == 8192
         [result] = [e for e in logs if e["event"] == "result"]
-        assert result["changed_by"][0]["reason"].startswith("headroom[unknown]: GPU memory unknown")
+        assert result["changed_by"][0]["reason"].startswith("headroom[unknown]: no memory budget (")
 
     async def test_unreadable_show_fails_open(
         self, start_proxy: StartProxy, ollama_client: OllamaClients
     ) -> None:
-        """/api/show answering 500: no model facts, the request still goes through unchanged."""
+        """/api/show answering 500: no model facts, the request still goes through, governed by
+        its need alone (the client's 8192 covers it)."""
 
         @web.middleware
         async def broken_show(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -249,7 +251,8 @@ class TestFailOpen:
         [result] = [e for e in logs if e["event"] == "result"]
         assert (
             result["changed_by"][0]["reason"]
-            == "headroom[unknown]: no facts about model 'gemma3:4b'; leaving num_ctx 8192"
+            == "headroom[unknown]: no facts about model 'gemma3:4b'; asked 8192, "
+            "prompt needs 2048 (~1 + 1024 reply); using 8192, uncapped"
         )
 
 

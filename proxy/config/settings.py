@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from policies.duration import keep_alive_seconds
 from policies.memory import GIB
 from policies.model import parse_version
 from proxy.config.reader import (
     Table,
+    as_int,
     as_positive_days,
     as_positive_int,
     as_seconds,
@@ -48,12 +50,19 @@ class GpuSettings:
     interval_s: float = DEFAULT_INTERVAL_S
 
 
+FlashAttention = Literal["auto", "on", "off"]
+
+
 @dataclass(frozen=True, slots=True)
 class OllamaSettings:
-    """``[ollama]``: how Ollama is run, as far as memory goes.
+    """``[ollama]``: how Ollama is run, where the governor cannot read it from Ollama itself.
 
-    The governor cannot read Ollama's environment, so ``num_parallel`` and ``kv_cache_type``
-    must match ``OLLAMA_NUM_PARALLEL`` and ``OLLAMA_KV_CACHE_TYPE``.
+    The governor cannot see Ollama's environment, so these must match it: ``num_parallel`` is
+    ``OLLAMA_NUM_PARALLEL``, ``kv_cache_type`` ``OLLAMA_KV_CACHE_TYPE``, ``context_length``
+    ``OLLAMA_CONTEXT_LENGTH`` (None: unset, the VRAM tier applies), ``gpu_overhead_bytes``
+    ``OLLAMA_GPU_OVERHEAD``, ``max_loaded_models`` ``OLLAMA_MAX_LOADED_MODELS`` (0: automatic),
+    ``keep_alive`` ``OLLAMA_KEEP_ALIVE`` and ``flash_attention`` ``OLLAMA_FLASH_ATTENTION``.
+    What Ollama reports (its version, the models' facts, what is loaded) is read from it.
     """
 
     num_parallel: int = 1
@@ -61,6 +70,11 @@ class OllamaSettings:
     version: tuple[int, int, int] | None = None
     ps_interval_s: float = 5.0
     facts_wait_s: float = 2.0
+    context_length: int | None = None
+    gpu_overhead_bytes: int = 0
+    max_loaded_models: int = 0
+    keep_alive: str = "5m"
+    flash_attention: FlashAttention = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,26 @@ def _as_interval(value: object) -> float:
     return interval_s
 
 
+def as_non_negative_int(value: object) -> int:
+    """A TOML integer of 0 or more."""
+    number = as_int(value)
+    if number < 0:
+        raise ValueError(f"expected 0 or a positive integer, got {number}")
+    return number
+
+
+def _as_keep_alive(value: object) -> str:
+    """An Ollama keep_alive as OLLAMA_KEEP_ALIVE takes it (a duration, or bare seconds)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f'expected a duration such as "5m" or a number of seconds, got {kind(value)}')
+    text = str(value).strip()
+    try:
+        keep_alive_seconds(int(text) if text.lstrip("-").isdigit() else text)
+    except ValueError as exc:
+        raise ValueError(f'expected a duration such as "5m" or a number of seconds: {exc}') from None
+    return text
+
+
 def _as_enabled(value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError("expected true or false")
@@ -151,12 +185,20 @@ def parse_ollama_section(table: Table) -> OllamaSettings:
         version = parse_version(version_text) if version_text else None
     except ValueError as exc:
         raise table.error("version", str(exc)) from None
+    context_length = table.get("context_length", as_non_negative_int, 0)
     settings = OllamaSettings(
         num_parallel=table.get("num_parallel", as_positive_int, 1),
         kv_cache_type=table.get("kv_cache_type", one_of(*KV_CACHE_TYPES), "f16"),
         version=version,
         ps_interval_s=table.get("ps_interval", as_seconds, 5.0),
         facts_wait_s=table.get("facts_wait", as_seconds, 2.0),
+        context_length=context_length or None,
+        gpu_overhead_bytes=table.get("gpu_overhead", as_size, 0),
+        max_loaded_models=table.get("max_loaded_models", as_non_negative_int, 0),
+        keep_alive=table.get("keep_alive", _as_keep_alive, "5m"),
+        flash_attention=cast(
+            FlashAttention, table.get("flash_attention", one_of("auto", "on", "off"), "auto")
+        ),
     )
     table.finish()
     return settings

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from policies.context import Context, FrozenJSON, GpuSnapshot
-from policies.model import uses_llama_server
+from policies.model import ModelFacts, uses_llama_server
+from policies.ollama import default_num_ctx
 from proxy.facts.ollama import Facts
 from proxy.facts.tokens import TokenEstimator
 from proxy.govern.record import GovernedRequest
@@ -67,17 +68,37 @@ class ContextFactory:
         facts = self.facts
         model = await facts.model_facts(request.model, facts_wait_s)
         settings = facts.settings
+        gpu = self.gpu()
         return dataclasses.replace(
             request_context(request, client=client, headers=headers),
-            gpu=self.gpu(),
+            gpu=gpu,
             model=model,
             loaded=facts.loaded_model(request.model),
             all_loaded=facts.loaded,
             prompt_tokens=self.estimate_tokens(request),
             ollama_version=facts.version,
+            default_num_ctx=self.default_num_ctx(model, gpu),
             num_parallel=settings.num_parallel,
             kv_cache_type=settings.kv_cache_type,
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
+        )
+
+    def default_num_ctx(self, model: ModelFacts | None, gpu: GpuSnapshot | None) -> int:
+        """The context Ollama gives ``model`` when a request names none (docs/ollama-rules.md §1):
+        its Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the tier of the server's
+        total VRAM (read from the memory source when it reads GPUs; a CPU-only host has none)."""
+        settings = self.facts.settings
+        totals: tuple[int, ...] = ()
+        if gpu is not None and gpu.known and gpu.kind in ("gpu", "unified"):
+            totals = tuple(device.total_bytes for device in gpu.devices)
+        return default_num_ctx(
+            self.facts.version,
+            totals,
+            context_length_env=settings.context_length,
+            modelfile_num_ctx=model.modelfile_num_ctx if model is not None else None,
+            trained_ctx=model.context_length if model is not None else None,
+            vision=model is not None and "vision" in model.capabilities,
+            gpu_overhead_bytes=settings.gpu_overhead_bytes,
         )
 
     def estimate_tokens(self, request: ClientRequest) -> int:

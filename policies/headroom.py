@@ -184,10 +184,7 @@ class Headroom:
             )
 
         default = ctx.default_num_ctx
-        if asked is not None:
-            wanted = max(asked, need)
-        else:
-            wanted = max(need, default or 0)
+        wanted = max(asked, need) if asked is not None else max(need, default or 0)
         if ceiling is not None:
             wanted = min(wanted, ceiling)
         default_text = f", server default {default}" if asked is None and default is not None else ""

@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="host:port to listen on (default 127.0.0.1:11435)")
     serve.add_argument("--upstream", help="Ollama's URL (default http://127.0.0.1:11434)")
     serve.add_argument("--dry-run", action="store_true", help="log decisions, forward bodies unchanged")
+    serve.add_argument(
+        "--pass-through",
+        action="store_true",
+        help="govern nothing: forward every request as sent (the config's rules are ignored)",
+    )
     serve.add_argument("--log-format", choices=("auto", "json", "console"), help="log rendering")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument(
@@ -89,6 +94,8 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
         raise ConfigError(f"command line: {exc}") from None
     if getattr(args, "dry_run", False):
         changes["dry_run"] = True
+    if getattr(args, "pass_through", False):
+        changes["rules"], changes["default_rules"] = (), False
     for name in ("log_format", "log_level", "state_dir"):
         if getattr(args, name, None):
             changes[name] = getattr(args, name)
@@ -129,6 +136,10 @@ def describe(governor: Governor) -> str:
         lines.append(f"warm at start: {', '.join(config.warm)}")
     if not governor.rules:
         lines.append("rules: none (every request is forwarded unchanged)")
+    elif config.default_rules:
+        lines.append(
+            "rules: the built-in default (the config names none; `rules = []` or --pass-through to govern nothing)"
+        )
     for index, rule in enumerate(governor.rules, 1):
         lines.append(f"rule {index}: models {', '.join(rule.config.models)}")
         if not rule.config.policies:

@@ -72,6 +72,8 @@ class Config:
     warm: tuple[str, ...] = ()
     admin_token: str | None = None
     source: str = "<defaults>"
+    default_rules: bool = False
+    """The rules are the built-in default (the config names none); see ``default_rules``."""
     gpu: GpuSettings = field(default_factory=GpuSettings)
     ollama: OllamaSettings = field(default_factory=OllamaSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -107,6 +109,35 @@ def parse_upstream(value: object) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"the upstream URL must not have a query or fragment, got {value!r}")
     return text
+
+
+DEFAULT_RULES_WHERE = "the built-in default rule"
+
+
+def default_rules(ollama: OllamaSettings) -> tuple[RuleConfig, ...]:
+    """What governs when the config names no rules: every model, with safe defaults.
+
+    ``headroom`` with its defaults sends what the prompt needs or the server's default context,
+    whichever is larger, keeps a loaded context that has room (no reload) and, when the memory
+    budget is known, never more than fits; it never inflates a request to everything that fits.
+    ``keep_alive`` changes nothing unless memory is short (under 1 GiB free: idle models are let
+    go after 2 minutes), and then restores the server's own value (``[ollama] keep_alive``).
+    Pass-through is one line away: ``rules = []`` in the config, or ``--pass-through``.
+    """
+    return (
+        RuleConfig(
+            models=("*",),
+            policies=(
+                PolicySpec("headroom", {}, DEFAULT_RULES_WHERE),
+                PolicySpec(
+                    "keep_alive",
+                    {"under_pressure": "2m", "pressure_below": "1GiB", "restore": ollama.keep_alive},
+                    DEFAULT_RULES_WHERE,
+                ),
+            ),
+            where=DEFAULT_RULES_WHERE,
+        ),
+    )
 
 
 def _check_glob(pattern: str) -> str:
@@ -165,6 +196,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     """Validate a parsed TOML document into a Config."""
     top = Table(source, dict(data), "")
     host, port = top.get("listen", parse_listen, ("127.0.0.1", 11435))
+    rules_written = "rules" in top.data
     raw_rules = top.data.pop("rules", [])
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{source}: rules: expected an array of tables ([[rules]]), got {kind(raw_rules)}")
@@ -173,11 +205,14 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     def section(name: str) -> Table:
         return Table(source, top.data.pop(name, {}), name)
 
+    ollama = parse_ollama_section(section("ollama"))
+    rules = tuple(_parse_rule(source, rule, i) for i, rule in enumerate(raw_rules))
     config = Config(
         listen_host=host,
         listen_port=port,
         upstream=top.get("upstream", parse_upstream, DEFAULT_UPSTREAM),
-        rules=tuple(_parse_rule(source, rule, i) for i, rule in enumerate(raw_rules)),
+        rules=rules if rules_written else default_rules(ollama),
+        default_rules=not rules_written,
         dry_run=top.get("dry_run", as_bool, False),
         policy_timeout_s=top.get("policy_timeout", as_seconds, 0.25),
         log_format=top.get("log_format", one_of("auto", "json", "console"), "auto"),
@@ -187,7 +222,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
         admin_token=top.get("admin_token", as_str, None) or None,
         source=source,
         gpu=parse_gpu_section(section("gpu")),
-        ollama=parse_ollama_section(section("ollama")),
+        ollama=ollama,
         store=parse_store_section(section("store")),
     )
     top.finish()

@@ -138,7 +138,8 @@ def describe(governor: Governor) -> str:
         lines.append("rules: none (every request is forwarded unchanged)")
     elif config.default_rules:
         lines.append(
-            "rules: the built-in default (the config names none; `rules = []` or --pass-through to govern nothing)"
+            "rules: the built-in default (the config names none; "
+            "`rules = []` or --pass-through to govern nothing)"
         )
     for index, rule in enumerate(governor.rules, 1):
         lines.append(f"rule {index}: models {', '.join(rule.config.models)}")

@@ -36,7 +36,7 @@ from proxy.config import parse_config
 from proxy.facts.memory import NvmlSource
 from proxy.govern.rules import Governor
 from proxy.keys import MEMORY, PIPELINE
-from tests.fake_nvml import FakeGpu, FakeNvml
+from tests.fake_nvml import following
 from tests.fake_ollama import FakeModel, FakeOllama, gemma3_27b, llama3_1_8b
 
 TIME_SCALE: Final = 500.0
@@ -208,19 +208,6 @@ def _fake_for(scenario: Scenario, time_scale: float) -> FakeOllama:
     )
 
 
-def _nvml_following(fake: FakeOllama) -> FakeNvml:
-    """One fake GPU whose used memory is what the fake Ollama's loaded models hold in VRAM."""
-    total = fake.vram_bytes or 0
-
-    def used_bytes() -> int:
-        free = fake.free_vram_bytes()
-        return total - (total if free is None else free)
-
-    return FakeNvml(
-        [FakeGpu("GPU-bench-0", f"simulated {total / GIB:g} GiB GPU", total, 0, used_by=used_bytes)]
-    )
-
-
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     """Serve ``app`` on a free loopback port with the production runner settings."""
     runner = make_runner(app, shutdown_timeout_s=1.0)
@@ -282,7 +269,7 @@ async def run_side(scenario: Scenario, *, governed: bool, time_scale: float = TI
                 },
                 source=f"bench scenario {scenario.key}",
             )
-            app = create_app(Governor.build(config), memory_source=NvmlSource(nvml=_nvml_following(fake)))
+            app = create_app(Governor.build(config), memory_source=NvmlSource(nvml=following(fake, f"simulated {(fake.vram_bytes or 0) / GIB:g} GiB GPU")))
             proxy_runner, url = await _serve(app)
             await app[MEMORY].refresh()
         started = time.perf_counter()

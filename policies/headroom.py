@@ -43,6 +43,9 @@ UNKNOWN: Final = Outcome.UNKNOWN
 OUTCOMES: Final[frozenset[str]] = frozenset({STICKY, REFIT, OVERFLOW, TRUNCATE, REJECT, UNKNOWN})
 """The outcomes ``headroom`` attaches to its decisions (``Decision.outcome``)."""
 
+EMBEDDING_ENDPOINTS: Final[frozenset[str]] = frozenset({"embed", "embeddings", "openai.embeddings"})
+"""Routes that embed their input rather than generate a reply."""
+
 _MAX_FIT_KEYS: Final = 64
 """Model/parallel/cache-type/version/calibration combinations whose fits are remembered."""
 _MAX_INTERVALS_PER_KEY: Final = 64
@@ -270,6 +273,8 @@ class Headroom:
         prompt_tokens = max(ctx.prompt_tokens, 0) if ctx.prompt_tokens is not None else None
         reply_tokens = ctx.num_predict if ctx.num_predict is not None and ctx.num_predict > 0 else None
         reply_tokens = self.reply_tokens if reply_tokens is None else reply_tokens
+        if ctx.endpoint in EMBEDDING_ENDPOINTS:
+            reply_tokens = 0  # an embedding generates nothing
         wanted = (prompt_tokens or 0) + reply_tokens
         need = max(self.min_ctx, -(-wanted // self.step) * self.step)
         if ceiling is not None and wanted <= ceiling:

@@ -15,20 +15,10 @@ from policies.memory import GIB, estimate_bytes
 from proxy.facts.memory import NvmlSource
 from proxy.keys import FACTS, MEMORY
 from tests.conftest import OllamaClients, Running, StartFake, StartProxy, eventually, settled, start_app
-from tests.fake_nvml import FakeGpu, FakeLibraryNotFound, FakeNvml
+from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, following
 from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b
 
 GPU_BYTES = 24 * GIB
-
-
-def nvml_for(fake: FakeOllama, total_bytes: int = GPU_BYTES) -> FakeNvml:
-    """An NVML whose memory use is what the fake Ollama's loaded models occupy."""
-
-    def used_bytes() -> int:
-        free = fake.free_vram_bytes()
-        return total_bytes - (total_bytes if free is None else free)
-
-    return FakeNvml([FakeGpu("GPU-0000", "NVIDIA GeForce RTX 4090", total_bytes, 0, used_by=used_bytes)])
 
 
 def config(policies: str, *, parallel: int = 1) -> str:
@@ -54,7 +44,7 @@ async def governed_gpu(
     proxy = await start_proxy(
         fake.url,
         config(policies, parallel=parallel),
-        memory_source=NvmlSource(nvml=nvml_for(fake)),  # type: ignore[attr-defined]
+        memory_source=NvmlSource(nvml=following(fake)),  # type: ignore[attr-defined]
     )
     await proxy.app[MEMORY].refresh()
     return fake, proxy
@@ -236,7 +226,7 @@ class TestWithoutFacts:
         upstream = await start_app(fake.app)
         try:
             proxy = await start_proxy(
-                upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=nvml_for(fake))
+                upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=following(fake))
             )
             with capture_logs() as logs:
                 reply = await ollama_client(proxy.url).generate(
@@ -289,7 +279,7 @@ class TestWarmAtStart:
         await start_proxy(
             fake.url,  # type: ignore[attr-defined]
             'warm = ["gemma3:4b"]\n' + config('{ use = "static", num_ctx = 16384, keep_alive = "1h" }'),
-            memory_source=NvmlSource(nvml=nvml_for(fake)),
+            memory_source=NvmlSource(nvml=following(fake)),
         )
         await eventually(lambda: fake.loads, what="the warm-up load")
         assert fake.loads == [("gemma3:4b", 16384)]

@@ -92,9 +92,22 @@ class Answer:
         error: str | None = None,
         ttfb_ms: float | None = None,
     ) -> Answer:
-        """The answer with the figures of ``final``, when it is a ``done: true`` object."""
-        if not final or final.get("done") is not True:
+        """The answer with the figures of ``final``: a generation's ``done: true`` object, or an
+        embedding's answer (no ``done``, the same duration fields; its tokens are all prompt)."""
+        if not final or not (final.get("done") is True or ("done" not in final and "total_duration" in final)):
             return cls(status=status, completed=completed, error=error, ttfb_ms=ttfb_ms)
+        if "done" not in final:  # /api/embed: the whole time after the load went to the input
+            busy_ns = _difference(final.get("total_duration"), final.get("load_duration"))
+            return cls(
+                status=status,
+                completed=completed,
+                error=error,
+                ttfb_ms=ttfb_ms,
+                load_ms=_ms(final.get("load_duration")),
+                total_ms=_ms(final.get("total_duration")),
+                prompt_tokens=_int(final.get("prompt_eval_count")),
+                prompt_tokens_per_s=_rate(final.get("prompt_eval_count"), busy_ns),
+            )
         return cls(
             status=status,
             completed=completed,
@@ -113,7 +126,8 @@ class Answer:
     def reloaded(self) -> bool | None:
         """Whether Ollama (re)loaded the model, judged from the load time alone."""
         if self.load_ms is None:
-            return False if self.done_reason in ("stop", "length") else None
+            finished = self.done_reason in ("stop", "length") or self.total_ms is not None
+            return False if finished else None
         return self.load_ms >= RELOAD_THRESHOLD_MS
 
 
@@ -208,6 +222,13 @@ def _str(value: object) -> str | None:
 def _ms(value: object) -> float | None:
     number = _number(value)
     return None if number is None else round(number / NS_PER_MS, 3)
+
+
+def _difference(total: object, part: object) -> float | None:
+    whole, piece = _number(total), _number(part)
+    if whole is None:
+        return None
+    return whole - (piece or 0.0)
 
 
 def _rate(count: object, duration_ns: object) -> float | None:

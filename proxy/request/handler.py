@@ -19,13 +19,19 @@ from policies.context import Endpoint
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.record import Answer
 from proxy.request.parse import parse_request
+from proxy.request.prompt import EMBED_ENDPOINTS
 from proxy.upstream.client import Upstream
 from proxy.upstream.relay import error_response, relay
-from proxy.upstream.tap import FinalObjectTap
+from proxy.upstream.tap import FinalObjectTap, TailFiguresTap
 
 log = structlog.get_logger("ollama_governor.request")
 
-GOVERNED_PATHS: dict[str, Endpoint] = {"/api/generate": "generate", "/api/chat": "chat"}
+GOVERNED_PATHS: dict[str, Endpoint] = {
+    "/api/generate": "generate",
+    "/api/chat": "chat",
+    "/api/embed": "embed",
+    "/api/embeddings": "embeddings",
+}
 MAX_GOVERNED_BODY_BYTES = 128 * 1024 * 1024
 """Bodies larger than this (many big images) are streamed through ungoverned, never refused."""
 
@@ -52,7 +58,8 @@ async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[
 
 
 class GovernedHandler:
-    """Handles ``/api/generate`` and ``/api/chat``."""
+    """Handles the governed native routes: ``/api/generate``, ``/api/chat``, ``/api/embed`` and
+    ``/api/embeddings`` (embeddings load models too)."""
 
     def __init__(self, pipeline: Pipeline, upstream: Upstream) -> None:
         self.pipeline = pipeline
@@ -74,7 +81,7 @@ class GovernedHandler:
         if decided.rejection is not None:
             self.pipeline.refuse(decided)
             return error_response(400, decided.rejection)
-        tap = FinalObjectTap()
+        tap = TailFiguresTap() if endpoint in EMBED_ENDPOINTS else FinalObjectTap()
         try:
             relayed = await relay(
                 request,

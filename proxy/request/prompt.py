@@ -25,11 +25,20 @@ class PromptSize:
     """Tokens known without a ratio: images, template overhead, a generate ``context``."""
 
 
+EMBED_ENDPOINTS = frozenset({"embed", "embeddings", "openai.embeddings"})
+"""Routes that embed their input: no reply is generated, and each input is its own sequence."""
+
+
 def measure(endpoint: str, body: dict[str, Any]) -> PromptSize:
-    """Count the characters and fixed tokens of a generate or chat body."""
+    """Count the characters and fixed tokens of a native body (generate, chat or embed)."""
     chars = 0
     fixed = 0
-    if endpoint == "generate":
+    if endpoint in EMBED_ENDPOINTS:
+        # Each input is embedded on its own, so the context must hold the longest one, not the sum.
+        raw = body.get("input") if "input" in body else body.get("prompt")
+        inputs = raw if isinstance(raw, list) else [raw]
+        chars = max((len(item) for item in inputs if isinstance(item, str)), default=0)
+    elif endpoint == "generate":
         for key in ("prompt", "system", "suffix"):
             value = body.get(key)
             if isinstance(value, str):

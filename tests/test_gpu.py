@@ -428,7 +428,7 @@ class TestParseGpuSection:
         [
             (
                 {"source": "cuda"},
-                "gov.toml: gpu.source: expected one of 'auto', 'nvml', 'ollama', 'none', got 'cuda'",
+                "gov.toml: gpu.source: expected one of 'auto', 'nvml', 'amdgpu', 'apple', 'system', 'ollama', 'none', got 'cuda'",
             ),
             ({"intervall": "1s"}, "gov.toml: unknown key 'intervall' in [gpu]"),
             (
@@ -453,7 +453,7 @@ class TestParseGpuSection:
             ),
             (
                 {"source": "none", "devices": [0]},
-                'gov.toml: gpu.devices: only used with source = "nvml" or "auto", not \'none\'; remove it',
+                'gov.toml: gpu.devices: only used with source = "nvml", "amdgpu" or "auto", not \'none\'; remove it',
             ),
             (
                 {"devices": True},

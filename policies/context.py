@@ -69,7 +69,8 @@ def freeze(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class GpuDevice:
-    """One GPU as last sampled. Byte counts come from NVML, or from config minus ``/api/ps``."""
+    """One device as last sampled: a GPU (NVML, amdgpu sysfs, or config minus ``/api/ps``), Apple's
+    unified memory (total is the GPU working-set limit), or system RAM on a CPU-only host."""
 
     index: int
     name: str
@@ -80,18 +81,39 @@ class GpuDevice:
 
 
 MemoryKind = Literal["gpu", "unified", "system", "unknown"]
-"""Where Ollama's models live on this host: GPU VRAM (NVIDIA, AMD, a remote GPU host), unified
-memory (Apple Silicon), system RAM (CPU-only inference), or unknown (no source)."""
+"""What memory a snapshot's devices are; see ``GpuSnapshot.kind``."""
+
+SOURCE_KINDS: Mapping[str, MemoryKind] = {
+    "nvml": "gpu",
+    "amdgpu": "gpu",
+    "ollama": "gpu",
+    "apple": "unified",
+    "system": "system",
+}
+"""The kind each of the governor's memory sources reads (``none`` and anything else: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
-    """The memory Ollama runs models in, as of ``taken_at`` (unix seconds): GPU VRAM, unified
-    memory or, on a CPU-only host, system RAM (``kind`` says which; each "device" is one GPU, or
-    the whole memory).
+    """The memory Ollama runs models in, as of ``taken_at`` (unix seconds).
 
     ``devices`` is empty when the state is unknown (no source, a failure); then ``error`` says why
     and policies decide without a memory budget.
+
+    ``kind`` says what the devices are, and so where a loaded model lives:
+
+    * ``"gpu"``: discrete VRAM (sources ``nvml``, ``amdgpu``, ``ollama``). A model with
+      ``/api/ps`` ``size_vram < size`` has spilled into system RAM.
+    * ``"unified"``: Apple Silicon (source ``apple``). One device whose total is the GPU
+      working-set limit Metal allows, out of RAM the CPU shares; ``size_vram < size`` is still
+      a spill (layers left to the CPU).
+    * ``"system"``: CPU inference (source ``system``): the device is system RAM. Ollama reports
+      ``size_vram`` 0 for every model, which is not a spill; the analogue of a spill is swapping.
+    * ``"unknown"``: no memory source (``none``), or ``auto`` before its first read.
+
+    The kind describes the host, so it stays when a read fails: a GPU host whose driver
+    hiccups is still a GPU host. Sources set it; a snapshot built with one of the source names
+    above and no kind gets that source's kind.
     """
 
     source: str
@@ -99,8 +121,11 @@ class GpuSnapshot:
     taken_at: float = 0.0
     error: str | None = None
     reserve_bytes: int = 0
-    kind: MemoryKind = "gpu"
-    """``system``: models run on the CPU from RAM, so ``/api/ps`` ``size_vram`` 0 is not a spill."""
+    kind: MemoryKind = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.kind == "unknown" and self.source in SOURCE_KINDS:
+            object.__setattr__(self, "kind", SOURCE_KINDS[self.source])
 
     @property
     def known(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from policies.memory import format_bytes
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
+from proxy.config.settings import DEFAULT_MEMINFO_PATH, DEFAULT_SYSFS_ROOT
 from proxy.govern.rules import Governor
 from proxy.ledger.store import default_state_dir
 from proxy.logs import configure_logging
@@ -131,6 +132,8 @@ def describe(governor: Governor) -> str:
             if gpu.vram_total_bytes
             else ""
         )
+        + (f", sysfs_root {gpu.sysfs_root}" if gpu.sysfs_root != DEFAULT_SYSFS_ROOT else "")
+        + (f", meminfo_path {gpu.meminfo_path}" if gpu.meminfo_path != DEFAULT_MEMINFO_PATH else "")
     )
     if config.warm:
         lines.append(f"warm at start: {', '.join(config.warm)}")
@@ -166,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         print(describe(governor))
+        # What the memory source reads is printed below; its log lines would repeat it.
+        configure_logging("console" if sys.stderr.isatty() else "json", "error", sys.stderr)
+        from proxy.facts.memory.probe import check_memory
+
+        print("\n".join(_run(check_memory(config.gpu, config.upstream))))
         print("ok")
         return 0
     if args.command == "report":

@@ -222,6 +222,7 @@ class Facts:
         self._logged.discard("ps_unavailable")
         models = answer.get("models") if isinstance(answer, dict) else None
         snapshot = self.gpu()
+        # On a "system" host the sample is RAM and size_vram 0 is CPU inference, not a spill.
         gpu_host = bool(snapshot and snapshot.known and snapshot.kind != "system") or any(
             isinstance(m, dict) and _int(m.get("size_vram")) > 0
             for m in (models if isinstance(models, list) else ())

@@ -94,7 +94,9 @@ class Answer:
     ) -> Answer:
         """The answer with the figures of ``final``: a generation's ``done: true`` object, or an
         embedding's answer (no ``done``, the same duration fields; its tokens are all prompt)."""
-        if not final or not (final.get("done") is True or ("done" not in final and "total_duration" in final)):
+        if not final or not (
+            final.get("done") is True or ("done" not in final and "total_duration" in final)
+        ):
             return cls(status=status, completed=completed, error=error, ttfb_ms=ttfb_ms)
         if "done" not in final:  # /api/embed: the whole time after the load went to the input
             busy_ns = _difference(final.get("total_duration"), final.get("load_duration"))

@@ -15,6 +15,7 @@ from aiohttp import hdrs, web
 
 from policies.context import GpuSnapshot, LoadedModel
 from proxy.config import Config
+from proxy.facts.memory.auto import AutoSource
 from proxy.govern.boundary import describe
 from proxy.keys import FACTS, LEDGER, MEMORY, METRICS, PIPELINE
 from proxy.ledger.figures import CHANGE_KEYS
@@ -56,11 +57,16 @@ def _loaded_json(item: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _gpu_json(snapshot: GpuSnapshot | None) -> dict[str, Any] | None:
+def _gpu_json(snapshot: GpuSnapshot | None, configured: str) -> dict[str, Any] | None:
+    """The memory sample: ``source`` is the one that read it (what ``auto`` chose),
+    ``configured_source`` the running ``[gpu] source`` (``auto`` or a name), ``kind`` what memory
+    it is (``GpuSnapshot.kind``)."""
     if snapshot is None:
         return None
     return {
         "source": snapshot.source,
+        "configured_source": configured,
+        "kind": snapshot.kind,
         "known": snapshot.known,
         "free_bytes": snapshot.free_bytes,
         "total_bytes": snapshot.total_bytes,
@@ -104,13 +110,15 @@ async def status(request: web.Request) -> web.Response:
     """The config, what Ollama has loaded, the last decisions and the recent changes."""
     app = request.app
     ledger, facts = app[LEDGER], app[FACTS]
-    snapshot = app[MEMORY].snapshot
+    memory = app[MEMORY]
+    # The source running now: [gpu] applies at restart, so a reloaded config may name another.
+    configured = "auto" if isinstance(memory.source, AutoSource) else memory.source.name
     error = facts.ps_error
     return web.json_response(
         {
             "generated_ts": time.time(),
             "config": summarise_config(app[PIPELINE].governor.config),
-            "gpu": _gpu_json(snapshot),
+            "gpu": _gpu_json(memory.snapshot, configured),
             "loaded": [_loaded_json(model) for model in facts.loaded],
             "loaded_error": None if error is None else describe(error),
             "results_source": ledger.backend.name,

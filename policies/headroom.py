@@ -21,9 +21,11 @@ from policies.decision import Decision
 from policies.memory import (
     Calibration,
     effective_parallel,
+    estimate,
     estimate_bytes,
     format_bytes,
     largest_fitting_ctx,
+    ps_unreported_bytes,
 )
 from policies.model import ModelFacts
 from policies.outcome import Outcome
@@ -368,6 +370,16 @@ class Headroom:
             interval = (estimated(fit), limit, fit)
         intervals.add(interval)
         return fit
+
+
+def _unreported(ctx: Context, model: ModelFacts, num_ctx: int, parallel: int) -> int:
+    """What the loaded model holds beyond ``/api/ps`` ``size``: a sliding-window model's
+    full-attention cache, which 0.30+ leaves out (``memory.ps_unreported_bytes``)."""
+    try:
+        load = estimate(model, num_ctx, parallel, ctx.kv_cache_type, version=ctx.ollama_version)
+    except ValueError:
+        return 0
+    return ps_unreported_bytes(load, version=ctx.ollama_version)
 
 
 def _spilled(loaded: LoadedModel) -> bool:

@@ -7,15 +7,20 @@ whole, with no config file at all.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from policies.memory import GIB
 from proxy.config import parse_config
 from proxy.facts.memory import NoGpuSource, NvmlSource
+from proxy.facts.memory.amdgpu import AmdgpuSource
+from proxy.facts.memory.meminfo import MeminfoSource
 from proxy.keys import MEMORY
 from tests.conftest import OllamaClients, Running, StartFake, StartProxy, settled
 from tests.fake_nvml import following
-from tests.fake_ollama import FakeOllama, gemma3_4b, nomic_embed_text
+from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b, nomic_embed_text
+from tests.hosts import DrmCard, amd_sysfs, meminfo
 
 ALTERNATING = (2048, 8192, None) * 3
 """Two clients that disagree on num_ctx and one that names none, round robin: 9 requests."""
@@ -34,9 +39,10 @@ class TestCpuOnlyHostWithoutConfig:
     """No GPU, no NVML, no config file: what most Ollama users run."""
 
     async def test_alternating_clients_load_the_model_once(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients, tmp_path: Path
     ) -> None:
-        """2048 / 8192 / unset round robin: 9 loads straight at Ollama, one through the governor."""
+        """2048 / 8192 / unset round robin: 9 loads straight at Ollama, one through the governor
+        (which reads system memory, as ``auto`` picks on a Linux host without a GPU)."""
         direct = await start_fake()
         for num_ctx in ALTERNATING:
             options = {} if num_ctx is None else {"num_ctx": num_ctx}
@@ -44,13 +50,27 @@ class TestCpuOnlyHostWithoutConfig:
         assert len(direct.loads) == 9
 
         fake = await start_fake()
-        proxy = await no_config_proxy(start_proxy, fake, memory_source=NoGpuSource("no GPU on this host"))
+        proxy = await no_config_proxy(
+            start_proxy, fake, memory_source=MeminfoSource(meminfo(tmp_path / "meminfo"))
+        )
         client = ollama_client(proxy.url)
         for num_ctx in ALTERNATING:
             options = {} if num_ctx is None else {"num_ctx": num_ctx}
             reply = await client.generate(model="gemma3-270m", prompt="hi", options=options)
             assert reply.done
         await settled(proxy)
+        assert len(fake.loads) == 1
+
+    async def test_without_any_memory_source_too(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        """Even with no memory figure at all (source none), the alternating clients load once."""
+        fake = await start_fake()
+        proxy = await no_config_proxy(start_proxy, fake, memory_source=NoGpuSource("no GPU on this host"))
+        client = ollama_client(proxy.url)
+        for num_ctx in ALTERNATING:
+            options = {} if num_ctx is None else {"num_ctx": num_ctx}
+            assert (await client.generate(model="gemma3-270m", prompt="hi", options=options)).done
         assert len(fake.loads) == 1
 
     async def test_a_prompt_longer_than_the_default_is_evaluated_whole(
@@ -71,6 +91,24 @@ class TestCpuOnlyHostWithoutConfig:
         assert sent >= whole.prompt_eval_count
 
 
+class TestAmdGpu:
+    async def test_the_amdgpu_budget_caps_the_fit(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients, tmp_path: Path
+    ) -> None:
+        """An AMD card read from sysfs: a client asking 131072 for gemma3:27b on 24 GiB gets what
+        fits in the card's free VRAM, and the model stays on the GPU."""
+        fake = await start_fake(vram_bytes=24 * GIB, models=[gemma3_27b()])
+        amd_sysfs(tmp_path, [DrmCard(vram_total_bytes=24 * GIB, vram_used_bytes=512 * (1 << 20))])
+        proxy = await no_config_proxy(start_proxy, fake, memory_source=AmdgpuSource(root=tmp_path))
+        await proxy.app[MEMORY].refresh()
+        assert proxy.app[MEMORY].snapshot.free_bytes == 24 * GIB - 512 * (1 << 20)
+        await ollama_client(proxy.url).generate(model="gemma3:27b", prompt="hi", options={"num_ctx": 131072})
+        sent = fake.bodies("/api/generate")[-1]["options"]["num_ctx"]
+        assert 4096 < sent < 131072
+        [state] = fake.loaded().values()
+        assert not state.spilled
+
+
 class TestRagOnASmallGpu:
     async def test_chat_and_embedding_stay_loaded_side_by_side(
         self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
@@ -84,7 +122,9 @@ class TestRagOnASmallGpu:
         for turn in range(5):
             embedded = await client.embed(model="nomic-embed-text", input=f"question {turn}")
             assert embedded.embeddings
-            reply = await client.chat(model="gemma3:4b", messages=[{"role": "user", "content": f"question {turn}"}])
+            reply = await client.chat(
+                model="gemma3:4b", messages=[{"role": "user", "content": f"question {turn}"}]
+            )
             assert reply.done
             await settled(proxy)
             await proxy.app[MEMORY].refresh()

@@ -596,8 +596,12 @@ class TestBuildSource:
     def test_auto_order_depends_on_the_platform(self) -> None:
         """auto tries NVML, amdgpu, then Apple on macOS or system memory on Linux."""
         kinds = {
-            platform: [type(c) for c in cast(AutoSource, build_source(GpuSettings(), stub_ps({}),
-                                                                      platform=platform)).candidates]
+            platform: [
+                type(c)
+                for c in cast(
+                    AutoSource, build_source(GpuSettings(), stub_ps({}), platform=platform)
+                ).candidates
+            ]
             for platform in ("linux", "darwin", "win32")
         }
         assert kinds == {

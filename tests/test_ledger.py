@@ -38,7 +38,9 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
     fake = await start_fake(
         vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002, load_delay_s=0.05
     )
-    proxy = await start_proxy(fake.url, static(8192, tmp_path), memory_source=NvmlSource(nvml=following(fake)))  # type: ignore[attr-defined]
+    proxy = await start_proxy(
+        fake.url, static(8192, tmp_path), memory_source=NvmlSource(nvml=following(fake))
+    )  # type: ignore[attr-defined]
     client = ollama_client(proxy.url)
     with capture_logs() as logs:
         for _ in range(3):

@@ -934,7 +934,9 @@ class TestOutputBuffer:
     def test_in_compute(self) -> None:
         """The estimate's compute part is the graph plus the output buffer."""
         result = estimate(gemma3_27b(), 8192, 2)
-        assert result.compute_bytes == result.graph_bytes + result.output_bytes == result.graph_bytes + 2 * MIB
+        assert (
+            result.compute_bytes == result.graph_bytes + result.output_bytes == result.graph_bytes + 2 * MIB
+        )
 
 
 class TestPsUnreportedBytes:
@@ -984,7 +986,10 @@ class TestLegacyPredictedBytes:
     def test_old_element_sizes(self) -> None:
         """q8_0 counted one byte per element before 0.30: half the f16 cache, no block overhead."""
         model = llama31_8b()
-        assert legacy_predicted_bytes(model, 8192, kv_cache_type="q8_0") == legacy_predicted_bytes(model, 8192) - GIB // 2
+        assert (
+            legacy_predicted_bytes(model, 8192, kv_cache_type="q8_0")
+            == legacy_predicted_bytes(model, 8192) - GIB // 2
+        )
 
     def test_unknown_cache_type(self) -> None:
         """Cache types Ollama did not accept then are refused."""

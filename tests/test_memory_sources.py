@@ -60,7 +60,9 @@ def stub_ps(*size_vram: int) -> Callable[[], Any]:
     """A ``/api/ps`` reader answering with one loaded model per ``size_vram``."""
 
     async def read() -> Any:
-        return {"models": [{"name": f"m{i}", "size": size, "size_vram": size} for i, size in enumerate(size_vram)]}
+        return {
+            "models": [{"name": f"m{i}", "size": size, "size_vram": size} for i, size in enumerate(size_vram)]
+        }
 
     return read
 
@@ -76,11 +78,25 @@ def vm_stat_text(available_bytes: int, page_size: int = 16384) -> str:
     """What ``vm_stat`` prints, with ``available_bytes`` split over free, inactive and speculative pages."""
     pages = available_bytes // page_size
     free, inactive = pages // 4, pages // 2
-    rows = [("free", free), ("active", 123456), ("inactive", inactive), ("speculative", pages - free - inactive),
-            ("throttled", 0), ("wired down", 98765), ("purgeable", 4321)]
-    return "\n".join([f"Mach Virtual Memory Statistics: (page size of {page_size} bytes)",
-                      *(f"{'Pages ' + name + ':':<28}{count:>14}." for name, count in rows),
-                      '"Translation faults":                  1234567.']) + "\n"
+    rows = [
+        ("free", free),
+        ("active", 123456),
+        ("inactive", inactive),
+        ("speculative", pages - free - inactive),
+        ("throttled", 0),
+        ("wired down", 98765),
+        ("purgeable", 4321),
+    ]
+    return (
+        "\n".join(
+            [
+                f"Mach Virtual Memory Statistics: (page size of {page_size} bytes)",
+                *(f"{'Pages ' + name + ':':<28}{count:>14}." for name, count in rows),
+                '"Translation faults":                  1234567.',
+            ]
+        )
+        + "\n"
+    )
 
 
 def mac_readers(mac: AppleSiliconHost, *, metal: bool = True, **overrides: Any) -> AppleReaders:
@@ -143,19 +159,27 @@ class TestAmdgpuSource:
 
     @pytest.mark.parametrize(
         ("broken", "why"),
-        [("missing", "cannot read {path}: No such file or directory"),
-         ("directory", "cannot read {path}: Is a directory"),
-         ("garbage", "{path} holds 'not a number', not a number of bytes")],
+        [
+            ("missing", "cannot read {path}: No such file or directory"),
+            ("directory", "cannot read {path}: Is a directory"),
+            ("garbage", "{path} holds 'not a number', not a number of bytes"),
+        ],
     )
-    async def test_a_broken_counter_fails_the_read_logged_once(self, tmp_path: Path, broken: str, why: str) -> None:
+    async def test_a_broken_counter_fails_the_read_logged_once(
+        self, tmp_path: Path, broken: str, why: str
+    ) -> None:
         """An unreadable or non-numeric counter is an unknown snapshot naming card and file, logged once."""
         drm = amd_sysfs(tmp_path, [DrmCard(), DrmCard(broken=broken)])  # type: ignore[arg-type]
         source = AmdgpuSource(root=tmp_path)
         with capture_logs() as logs:
             snapshots = [await source.read() for _ in range(3)]
         path = drm / "card1/device/mem_info_vram_total"
-        assert {(s.devices, s.error, s.kind) for s in snapshots} == {((), f"amdgpu card1: {why.format(path=path)}", "gpu")}
-        assert [(e["source"], e["error"]) for e in events(logs, "gpu_unavailable")] == [("amdgpu", snapshots[0].error)]
+        assert {(s.devices, s.error, s.kind) for s in snapshots} == {
+            ((), f"amdgpu card1: {why.format(path=path)}", "gpu")
+        }
+        assert [(e["source"], e["error"]) for e in events(logs, "gpu_unavailable")] == [
+            ("amdgpu", snapshots[0].error)
+        ]
 
     async def test_recovers_when_the_file_comes_back(self, tmp_path: Path) -> None:
         """A counter that reads again ends the streak with one gpu_recovered."""
@@ -218,7 +242,9 @@ class TestAmdgpuSource:
 
     def test_a_uuid_is_not_a_card(self) -> None:
         """amdgpu cards are numbers; a UUID is a programming error here (config refuses it first)."""
-        with pytest.raises(ValueError, match=r"^amdgpu cards are selected by number \(1 for card1\), got 'GPU-1'$"):
+        with pytest.raises(
+            ValueError, match=r"^amdgpu cards are selected by number \(1 for card1\), got 'GPU-1'$"
+        ):
             AmdgpuSource(["GPU-1"])
 
 
@@ -231,14 +257,20 @@ class TestMeminfoSource:
         path = meminfo(tmp_path / "meminfo", total_kib=32 * 1024 * 1024, available_kib=20 * 1024 * 1024)
         snapshot = await MeminfoSource(path).read()
         assert snapshot == GpuSnapshot(
-            source="system", kind="system",
+            source="system",
+            kind="system",
             devices=(GpuDevice(0, "system memory", 32 * GIB, 20 * GIB, 12 * GIB),),
         )
 
     async def test_old_kernels_are_estimated_as_ollama_does(self, tmp_path: Path) -> None:
         """Without MemAvailable, MemFree + Buffers + Cached stands in, named in the device and logged once."""
-        path = meminfo(tmp_path / "meminfo", free_kib=4 * 1024 * 1024, available_kib=None,
-                       buffers_kib=512 * 1024, cached_kib=12 * 1024 * 1024)
+        path = meminfo(
+            tmp_path / "meminfo",
+            free_kib=4 * 1024 * 1024,
+            available_kib=None,
+            buffers_kib=512 * 1024,
+            cached_kib=12 * 1024 * 1024,
+        )
         source = MeminfoSource(path)
         with capture_logs() as logs:
             first, second = await source.read(), await source.read()
@@ -251,9 +283,14 @@ class TestMeminfoSource:
 
     @pytest.mark.parametrize(
         ("text", "why"),
-        [("MemFree: 1 kB\nMemAvailable: 2 kB\n", "no MemTotal line"),
-         ("MemTotal: 10 kB\nMemFree: 1 kB\n", "no MemAvailable line, and no Buffers, Cached to estimate it from"),
-         ("MemTotal: lots kB\n", "MemTotal: 'lots kB' is not a number")],
+        [
+            ("MemFree: 1 kB\nMemAvailable: 2 kB\n", "no MemTotal line"),
+            (
+                "MemTotal: 10 kB\nMemFree: 1 kB\n",
+                "no MemAvailable line, and no Buffers, Cached to estimate it from",
+            ),
+            ("MemTotal: lots kB\n", "MemTotal: 'lots kB' is not a number"),
+        ],
     )
     async def test_a_malformed_file_is_unknown_logged_once(self, tmp_path: Path, text: str, why: str) -> None:
         """A file that does not give the figures is an unknown snapshot with the reason, logged once."""
@@ -294,9 +331,13 @@ class TestAppleSource:
         snapshot = await source.read()
         limit = mac.recommended_max_working_set_bytes
         assert snapshot == GpuSnapshot(
-            source="apple", kind="unified",
-            devices=(GpuDevice(0, "Apple M2 Max (unified memory, GPU limit: Metal)", limit,
-                               limit - 24 * GIB, 24 * GIB),),
+            source="apple",
+            kind="unified",
+            devices=(
+                GpuDevice(
+                    0, "Apple M2 Max (unified memory, GPU limit: Metal)", limit, limit - 24 * GIB, 24 * GIB
+                ),
+            ),
         )
 
     async def test_available_memory_caps_the_budget(self) -> None:
@@ -306,10 +347,13 @@ class TestAppleSource:
         assert snapshot.free_bytes == 6 * GIB
         assert snapshot.total_bytes == mac.gpu_limit_bytes
 
-    @pytest.mark.parametrize(("total_gib", "wired_mb", "limit_from"),
-                             [(32, 0, "estimated"), (96, 0, "estimated"), (96, 90 * 1024, "iogpu.wired_limit_mb")])
-    async def test_without_metal_the_wired_limit_or_metals_default(self, total_gib: int, wired_mb: int,
-                                                                    limit_from: str) -> None:
+    @pytest.mark.parametrize(
+        ("total_gib", "wired_mb", "limit_from"),
+        [(32, 0, "estimated"), (96, 0, "estimated"), (96, 90 * 1024, "iogpu.wired_limit_mb")],
+    )
+    async def test_without_metal_the_wired_limit_or_metals_default(
+        self, total_gib: int, wired_mb: int, limit_from: str
+    ) -> None:
         """Without PyObjC the limit is iogpu.wired_limit_mb when set, else 2/3 or 3/4 of RAM."""
         mac = apple_silicon(total_gib=total_gib, wired_limit_mb=wired_mb, available_gib=total_gib)
         (device,) = (await AppleSource(stub_ps(), mac_readers(mac, metal=False)).read()).devices
@@ -351,7 +395,8 @@ class TestAppleSource:
         with capture_logs() as logs:
             snapshots = [await source.read() for _ in range(2)]
         assert {s.error for s in snapshots} == {
-            "sysctl machdep.cpu.brand_string failed: No such file or directory: /usr/sbin/sysctl"}
+            "sysctl machdep.cpu.brand_string failed: No such file or directory: /usr/sbin/sysctl"
+        }
         assert len(events(logs, "gpu_unavailable")) == 1
 
     async def test_garbage_from_vm_stat_is_unknown(self) -> None:
@@ -368,20 +413,29 @@ class TestAppleSource:
         with capture_logs():
             snapshot = await source.read()
         assert snapshot.error == (
-            "GET /api/ps from Ollama failed: /api/ps not read yet (needed for what its models hold)")
+            "GET /api/ps from Ollama failed: /api/ps not read yet (needed for what its models hold)"
+        )
 
     def test_vm_stat_counts_free_inactive_and_speculative_pages(self) -> None:
         """Ollama's figure for a Mac: (free + inactive + speculative) x page size."""
-        text = ("Mach Virtual Memory Statistics: (page size of 4096 bytes)\nPages free:  10.\n"
-                "Pages active:  99.\nPages inactive:  20.\nPages speculative:  3.\nPages purgeable:  7.\n")
+        text = (
+            "Mach Virtual Memory Statistics: (page size of 4096 bytes)\nPages free:  10.\n"
+            "Pages active:  99.\nPages inactive:  20.\nPages speculative:  3.\nPages purgeable:  7.\n"
+        )
         assert parse_vm_stat(text) == 33 * 4096
 
 
 # ---------------------------------------------------------------------------- auto
 
 
-def auto_for(tmp_path: Path, *, platform: str, nvml: FakeNvml, mac: AppleSiliconHost | None = None,
-             devices: tuple[str, ...] | None = None) -> AutoSource:
+def auto_for(
+    tmp_path: Path,
+    *,
+    platform: str,
+    nvml: FakeNvml,
+    mac: AppleSiliconHost | None = None,
+    devices: tuple[str, ...] | None = None,
+) -> AutoSource:
     """auto as build_source makes it, on a host described by ``tmp_path`` (sysfs, meminfo) and the fakes."""
     settings = GpuSettings(devices=devices, sysfs_root=tmp_path, meminfo_path=tmp_path / "meminfo")
     readers = mac_readers(mac or apple_silicon())
@@ -398,7 +452,12 @@ class TestAutoOrder:
         source = auto_for(tmp_path, platform="linux", nvml=nvidia_gpus((24, 2)))
         with capture_logs() as logs:
             snapshot = await source.read()
-        assert (source.name, snapshot.kind, snapshot.free_bytes, source.skipped) == ("nvml", "gpu", 22 * GIB, ())
+        assert (source.name, snapshot.kind, snapshot.free_bytes, source.skipped) == (
+            "nvml",
+            "gpu",
+            22 * GIB,
+            (),
+        )
         assert [(e["source"], e["skipped"]) for e in events(logs, "gpu_source_chosen")] == [("nvml", [])]
 
     async def test_amd_host(self, tmp_path: Path) -> None:
@@ -423,9 +482,13 @@ class TestAutoOrder:
         source = auto_for(tmp_path, platform="darwin", nvml=failing_nvml(), mac=mac)
         snapshot = await source.read()
         assert (source.name, snapshot.kind, snapshot.total_bytes) == (
-            "apple", "unified", mac.recommended_max_working_set_bytes)
+            "apple",
+            "unified",
+            mac.recommended_max_working_set_bytes,
+        )
         assert source.skipped[1] == (
-            f"no amdgpu sysfs: cannot list {tmp_path}/sys/class/drm: No such file or directory")
+            f"no amdgpu sysfs: cannot list {tmp_path}/sys/class/drm: No such file or directory"
+        )
 
     async def test_cpu_only_linux_host(self, tmp_path: Path) -> None:
         """On Linux with no GPU source, system memory is chosen."""
@@ -459,9 +522,11 @@ class TestAutoOrder:
         snapshot = await source.read()
         assert (source.name, snapshot.kind) == ("none", "unknown")
         assert snapshot.error is not None and snapshot.error.startswith(
-            "source auto found no GPU: NVML unavailable: NVML Shared Library Not Found; no amdgpu sysfs")
+            "source auto found no GPU: NVML unavailable: NVML Shared Library Not Found; no amdgpu sysfs"
+        )
         assert snapshot.error.endswith(
-            "; sysctl machdep.cpu.brand_string failed: No such file or directory: /usr/sbin/sysctl")
+            "; sysctl machdep.cpu.brand_string failed: No such file or directory: /usr/sbin/sysctl"
+        )
 
     async def test_other_platforms_end_at_none(self, tmp_path: Path) -> None:
         """Windows has neither Apple's memory nor /proc/meminfo to fall back to."""
@@ -497,10 +562,19 @@ class TestAutoOrder:
 class TestSnapshotKind:
     def test_source_names_imply_a_kind(self) -> None:
         """A snapshot built with a source name and no kind gets that source's kind."""
-        kinds = {name: GpuSnapshot(source=name).kind for name in ("nvml", "amdgpu", "ollama", "apple", "system",
-                                                                   "none", "counting")}
-        assert kinds == {"nvml": "gpu", "amdgpu": "gpu", "ollama": "gpu", "apple": "unified", "system": "system",
-                         "none": "unknown", "counting": "unknown"}
+        kinds = {
+            name: GpuSnapshot(source=name).kind
+            for name in ("nvml", "amdgpu", "ollama", "apple", "system", "none", "counting")
+        }
+        assert kinds == {
+            "nvml": "gpu",
+            "amdgpu": "gpu",
+            "ollama": "gpu",
+            "apple": "unified",
+            "system": "system",
+            "none": "unknown",
+            "counting": "unknown",
+        }
         assert GpuSnapshot(source="counting", kind="system").kind == "system"
 
     async def test_none_is_unknown(self) -> None:
@@ -564,7 +638,10 @@ class TestCheckOutput:
         source = NvmlSource(None, nvml=failing_nvml())
         with capture_logs():
             lines = describe_reading("nvml", source, await read_once(source))
-        assert lines == ["memory: source nvml (gpu memory)", "  unknown: NVML unavailable: NVML Shared Library Not Found"]
+        assert lines == [
+            "memory: source nvml (gpu memory)",
+            "  unknown: NVML unavailable: NVML Shared Library Not Found",
+        ]
 
     async def test_a_hanging_or_raising_source_is_a_snapshot(self) -> None:
         """read_once bounds the read and turns an exception into an unknown snapshot."""
@@ -599,7 +676,10 @@ class TestCheckOutput:
         done = check(config)
         assert done.returncode == 0, done.stderr
         assert f"gpu: source system, reserve 1.0 GiB, meminfo_path {path}\n" in done.stdout
-        assert "memory: source system (system memory)\n  0: system memory: 9.0 GiB free of 16.0 GiB\nok\n" in done.stdout
+        assert (
+            "memory: source system (system memory)\n  0: system memory: 9.0 GiB free of 16.0 GiB\nok\n"
+            in done.stdout
+        )
 
     def test_check_never_fails_on_a_failing_source(self, tmp_path: Path) -> None:
         """An amdgpu source with no cards prints the reason and check still says ok."""
@@ -609,12 +689,19 @@ class TestCheckOutput:
         assert done.returncode == 0, done.stderr
         assert done.stdout.endswith(
             "memory: source amdgpu (gpu memory)\n"
-            f"  unknown: no amdgpu sysfs: cannot list {tmp_path}/sys/class/drm: No such file or directory\nok\n")
+            f"  unknown: no amdgpu sysfs: cannot list {tmp_path}/sys/class/drm: No such file or directory\nok\n"
+        )
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------------------- status page
@@ -637,13 +724,19 @@ class TestStatusPage:
             await eventually(lambda: server.app[MEMORY].snapshot.known, what="the first meminfo read")
             gpu = (await status())["gpu"]
             assert {k: gpu[k] for k in ("source", "configured_source", "kind", "known", "free_bytes")} == {
-                "source": "system", "configured_source": "system", "kind": "system", "known": True,
-                "free_bytes": 20 * GIB}
-            async with http.post(f"{server.url}/api/generate", json={"model": "gemma3-270m", "prompt": "hi",
-                                                                     "stream": False}) as response:
+                "source": "system",
+                "configured_source": "system",
+                "kind": "system",
+                "known": True,
+                "free_bytes": 20 * GIB,
+            }
+            async with http.post(
+                f"{server.url}/api/generate", json={"model": "gemma3-270m", "prompt": "hi", "stream": False}
+            ) as response:
                 assert response.status == 200
             await eventually(
-                lambda: any(not model.provisional for model in server.app[FACTS].loaded), what="the model in /api/ps"
+                lambda: any(not model.provisional for model in server.app[FACTS].loaded),
+                what="the model in /api/ps",
             )
             (loaded,) = (await status())["loaded"]
         assert (loaded["size_vram_bytes"], loaded["spilled"]) == (0, False)

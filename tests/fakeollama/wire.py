@@ -26,8 +26,16 @@ PLAIN_JSON_CT = "application/json"
 """What the OpenAI/Anthropic response writers set (their bodies end with a newline)."""
 GO_MIN_INT64 = -(2**63)
 
-_GO_UNITS_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9,
-                "m": 60 * 10**9, "h": 3600 * 10**9}
+_GO_UNITS_NS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "μs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNIT_AT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([^\d.]+)")
 _LITERALS = ("true", "false", "null")
@@ -36,8 +44,13 @@ _LITERALS = ("true", "false", "null")
 def dumps(obj: Any) -> str:
     """Compact JSON escaped like Go's json.Marshal (<, >, & as \\u003c...), as Ollama sends it."""
     s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        s.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def ts(ns: int) -> str:
@@ -74,8 +87,9 @@ def parse_go_duration(text: str) -> int:
                 raise ValueError(f"time: missing unit in duration {json.dumps(text)}")
             bad = _GO_UNIT_AT.match(s, pos)
             if bad is not None:  # "5 minutes": the unit runs to the next digit
-                raise ValueError(f"time: unknown unit {json.dumps(bad.group(2))} in duration "
-                                 f"{json.dumps(text)}")
+                raise ValueError(
+                    f"time: unknown unit {json.dumps(bad.group(2))} in duration {json.dumps(text)}"
+                )
             raise ValueError(f"time: invalid duration {json.dumps(text)}")
         total += float(m.group(1)) * _GO_UNITS_NS[m.group(2)]
         pos = m.end()
@@ -182,28 +196,44 @@ class ApiError(Exception):
         self.status, self.message, self.from_writer = status, message, from_writer
 
 
-def json_response(obj: Any, status: int = 200, content_type: str = JSON_CT, *,
-                  newline: bool = False) -> web.Response:
+def json_response(
+    obj: Any, status: int = 200, content_type: str = JSON_CT, *, newline: bool = False
+) -> web.Response:
     """A JSON body with Content-Length, encoded the way Go's encoding/json does."""
     body = dumps(obj) + ("\n" if newline else "")
     return web.Response(status=status, body=body.encode(), headers={"Content-Type": content_type})
 
 
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
-                    503: "overloaded_error", 529: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def error_response(path: str, err: ApiError, *, modern: bool) -> web.Response:
     """Ollama's error body for ``path``: native, OpenAI or Anthropic shape (facts §1 Errors)."""
     if path.startswith("/v1/messages") and modern:
-        body = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"),
-                                           "message": err.message}, "request_id": hex_id("req")}
+        body = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message},
+            "request_id": hex_id("req"),
+        }
         return _compat_error(body, err)
     if path.startswith("/v1/"):
-        body = {"error": {"message": err.message, "type": _OPENAI_TYPES.get(err.status, "api_error"),
-                          "param": None, "code": None}}
+        body = {
+            "error": {
+                "message": err.message,
+                "type": _OPENAI_TYPES.get(err.status, "api_error"),
+                "param": None,
+                "code": None,
+            }
+        }
         if not modern:
             return json_response(body, err.status, PLAIN_JSON_CT)
         return _compat_error(body, err)

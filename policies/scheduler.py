@@ -330,7 +330,7 @@ def predict(
         version=server.version,
     )
     residents = list(loaded)
-    own = next((resident for resident in residents if _same_runner(candidate, resident)), None)
+    own = next((resident for resident in residents if same_runner(candidate, resident)), None)
     notes: list[str] = []
     free = budget.free_bytes
     reloads = False
@@ -340,14 +340,14 @@ def predict(
         reloads = True
         residents.remove(own)
         if free is not None:
-            free += _held_bytes(own, budget, server)
+            free += held_bytes(own, budget, server)
 
     cap = _cap(server, budget)
     evicted: list[Eviction] = []
     while residents:
         if len(residents) >= cap:
             victim = _victim(residents, server)
-            eviction = Eviction(victim.name, "max_loaded_models", _held_bytes(victim, budget, server))
+            eviction = Eviction(victim.name, "max_loaded_models", held_bytes(victim, budget, server))
         else:
             check = _launch(candidate, num_ctx, parallel, residents, free, budget, server)
             if not check.evicts:
@@ -356,7 +356,7 @@ def predict(
             eviction = Eviction(
                 victim.name,
                 "preflight",
-                _held_bytes(victim, budget, server),
+                held_bytes(victim, budget, server),
                 check.estimate_bytes + check.surcharge_bytes,
                 check.threshold_bytes,
             )
@@ -436,7 +436,7 @@ def after_load(
         resident
         for resident in loaded
         if _canonical(resident.name) not in gone
-        and not (prediction.reloads and _same_runner(candidate, resident))
+        and not (prediction.reloads and same_runner(candidate, resident))
     )
     footprint = prediction.footprint
     total = footprint.total_bytes
@@ -714,8 +714,9 @@ def _reuse(
     )
 
 
-def _same_runner(candidate: Candidate, resident: Resident) -> bool:
-    """Ollama keys runners by the GGUF blob: names that share it share a runner."""
+def same_runner(candidate: Candidate, resident: Resident) -> bool:
+    """Whether ``resident`` is the runner that would serve ``candidate``: Ollama keys runners by the
+    GGUF blob, so names that share it share a runner (without paths, by name or digest)."""
     if candidate.model_path and resident.model_path:
         return candidate.model_path == resident.model_path
     if _canonical(candidate.model.name) == _canonical(resident.name):
@@ -743,7 +744,7 @@ def _session_ns(keep_alive_s: float) -> int:
     return int(keep_alive_s * 1e9)
 
 
-def _held_bytes(resident: Resident, budget: Budget, server: OllamaServer) -> int:
+def held_bytes(resident: Resident, budget: Budget, server: OllamaServer = OllamaServer()) -> int:
     """The memory a runner really holds in ``budget``'s memory, freed when it unloads.
 
     ``/api/ps`` ``size_vram`` (``size`` on a CPU-only host), plus that memory's share of what

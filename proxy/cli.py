@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from policies.memory import format_bytes
 from proxy import __version__
@@ -19,6 +19,7 @@ from proxy.config.settings import DEFAULT_MEMINFO_PATH, DEFAULT_SYSFS_ROOT
 from proxy.govern.rules import Governor
 from proxy.ledger.store import default_state_dir
 from proxy.logs import configure_logging
+from proxy.plan.command import add_arguments as add_plan_arguments
 
 T = TypeVar("T")
 STATE_DIR_ENV = "OLLAMA_GOVERNOR_STATE_DIR"
@@ -27,13 +28,22 @@ LOOP_ENV = "OLLAMA_GOVERNOR_LOOP"
 """``asyncio`` runs the governor on asyncio's own loop even when uvloop is installed."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line on stderr and exit status 2, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ollama-governor").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"ollama-governor: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ollama-governor",
         description="A transparent proxy in front of Ollama that keeps models on the GPU.",
     )
     parser.add_argument("--version", action="version", version=f"ollama-governor {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the proxy")
     _config_arg(serve)
@@ -73,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--model", metavar="GLOB", help="only models matching this glob")
     report.add_argument("--since", metavar="AGE", help="only the last AGE, e.g. 7d, 12h, 30m")
     report.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    plan = commands.add_parser(
+        "plan", help="what fits and what Ollama will do with a model, before anything loads (docs/plan.md)"
+    )
+    _config_arg(plan)
+    add_plan_arguments(plan)
     return parser
 
 
@@ -178,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "report":
         return _report(config.state_dir, args)
+    if args.command == "plan":
+        from proxy.plan.command import run_plan
+
+        return _run(run_plan(config, governor, args))
     if args.command == "warm":
         configure_logging("console" if sys.stderr.isatty() else "json", config.log_level, sys.stderr)
         from proxy.warm import warm_once

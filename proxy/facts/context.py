@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
-from policies.context import Context, FrozenJSON, GpuSnapshot
+from policies.context import Context, FrozenJSON, GpuSnapshot, LoadedModel
+from policies.memory import Calibration
 from policies.model import ModelFacts, uses_llama_server
 from policies.ollama import default_num_ctx
+from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
 from proxy.facts.tokens import TokenEstimator
 from proxy.govern.record import GovernedRequest
@@ -43,6 +45,58 @@ def request_context(
     )
 
 
+def governed_context(
+    base: Context,
+    *,
+    settings: OllamaSettings,
+    version: tuple[int, int, int] | None,
+    gpu: GpuSnapshot | None,
+    model: ModelFacts | None,
+    loaded: LoadedModel | None,
+    all_loaded: tuple[LoadedModel, ...],
+    prompt_tokens: int | None,
+    calibration: Calibration | None,
+) -> Context:
+    """``base`` (what the request tells) with the gathered facts: the one place a policy's Context
+    is completed, for the proxy's requests and for ``plan``'s what-if alike."""
+    return dataclasses.replace(
+        base,
+        gpu=gpu,
+        model=model,
+        loaded=loaded,
+        all_loaded=all_loaded,
+        prompt_tokens=prompt_tokens,
+        ollama_version=version,
+        default_num_ctx=server_default_num_ctx(settings, version, model, gpu),
+        num_parallel=settings.num_parallel,
+        kv_cache_type=settings.kv_cache_type,
+        calibration=calibration,
+    )
+
+
+def server_default_num_ctx(
+    settings: OllamaSettings,
+    version: tuple[int, int, int] | None,
+    model: ModelFacts | None,
+    gpu: GpuSnapshot | None,
+) -> int:
+    """The context Ollama gives ``model`` when a request names none (docs/ollama-rules.md §1): its
+    Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the tier of the server's total VRAM
+    (read from the memory source when it reads GPUs; a CPU-only host has none)."""
+    totals: tuple[int, ...] = ()
+    if gpu is not None and gpu.known and gpu.kind in ("gpu", "unified"):
+        totals = tuple(device.total_bytes for device in gpu.devices)
+    return default_num_ctx(
+        version,
+        totals,
+        context_length_env=settings.context_length,
+        modelfile_num_ctx=model.modelfile_num_ctx if model is not None else None,
+        trained_ctx=model.context_length if model is not None else None,
+        vision=model is not None and "vision" in model.capabilities,
+        gpu_overhead_bytes=settings.gpu_overhead_bytes,
+    )
+
+
 class ContextFactory:
     """Makes Contexts for the pipeline and reads facts back from answers."""
 
@@ -67,39 +121,21 @@ class ContextFactory:
         """The full context for one request."""
         facts = self.facts
         model = await facts.model_facts(request.model, facts_wait_s)
-        settings = facts.settings
-        gpu = self.gpu()
-        return dataclasses.replace(
+        return governed_context(
             request_context(request, client=client, headers=headers),
-            gpu=gpu,
+            settings=facts.settings,
+            version=facts.version,
+            gpu=self.gpu(),
             model=model,
             loaded=facts.loaded_model(request.model),
             all_loaded=facts.loaded,
             prompt_tokens=self.estimate_tokens(request),
-            ollama_version=facts.version,
-            default_num_ctx=self.default_num_ctx(model, gpu),
-            num_parallel=settings.num_parallel,
-            kv_cache_type=settings.kv_cache_type,
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
         )
 
     def default_num_ctx(self, model: ModelFacts | None, gpu: GpuSnapshot | None) -> int:
-        """The context Ollama gives ``model`` when a request names none (docs/ollama-rules.md §1):
-        its Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the tier of the server's
-        total VRAM (read from the memory source when it reads GPUs; a CPU-only host has none)."""
-        settings = self.facts.settings
-        totals: tuple[int, ...] = ()
-        if gpu is not None and gpu.known and gpu.kind in ("gpu", "unified"):
-            totals = tuple(device.total_bytes for device in gpu.devices)
-        return default_num_ctx(
-            self.facts.version,
-            totals,
-            context_length_env=settings.context_length,
-            modelfile_num_ctx=model.modelfile_num_ctx if model is not None else None,
-            trained_ctx=model.context_length if model is not None else None,
-            vision=model is not None and "vision" in model.capabilities,
-            gpu_overhead_bytes=settings.gpu_overhead_bytes,
-        )
+        """``server_default_num_ctx`` with the facts' settings and version."""
+        return server_default_num_ctx(self.facts.settings, self.facts.version, model, gpu)
 
     def estimate_tokens(self, request: ClientRequest) -> int:
         """The prompt's tokens as estimated now (before this answer teaches the ratio)."""

@@ -7,6 +7,7 @@ stalls the proxy. Authentication is the middleware's (``proxy.views.auth``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -22,6 +23,7 @@ from proxy.ledger.figures import CHANGE_KEYS
 from proxy.ledger.memory import MAX_SERIES_POINTS, STATUS_CHANGES, STATUS_DECISIONS
 from proxy.ledger.report import parse_since
 from proxy.ledger.rows import POINT_FIELDS
+from proxy.views.fits import fit_inputs, fits_json
 from proxy.views.health import PREFIX
 
 DEFAULT_SERIES_WINDOW_S = 86_400.0
@@ -107,22 +109,28 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """The config, what Ollama has loaded, the last decisions and the recent changes."""
+    """The config, the memory and what fits in it, what Ollama has loaded, the last decisions and
+    the recent changes."""
     app = request.app
     ledger, facts = app[LEDGER], app[FACTS]
     memory = app[MEMORY]
     # The source running now: [gpu] applies at restart, so a reloaded config may name another.
     configured = "auto" if isinstance(memory.source, AutoSource) else memory.source.name
     error = facts.ps_error
+    decisions = await ledger.backend.decisions(STATUS_DECISIONS)
+    snapshot = memory.snapshot
+    gpu = _gpu_json(snapshot, configured)
+    if gpu is not None:  # what fits in this memory (docs/plan.md), off the event loop
+        gpu["fits"] = await asyncio.to_thread(fits_json, fit_inputs(facts, snapshot, decisions))
     return web.json_response(
         {
             "generated_ts": time.time(),
             "config": summarise_config(app[PIPELINE].governor.config),
-            "gpu": _gpu_json(memory.snapshot, configured),
+            "gpu": gpu,
             "loaded": [_loaded_json(model) for model in facts.loaded],
             "loaded_error": None if error is None else describe(error),
             "results_source": ledger.backend.name,
-            "decisions": await ledger.backend.decisions(STATUS_DECISIONS),
+            "decisions": decisions,
             "changes": await ledger.backend.changes(limit=STATUS_CHANGES),
         },
         headers={hdrs.CACHE_CONTROL: "no-store"},

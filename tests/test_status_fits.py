@@ -1,0 +1,91 @@
+"""``/governor/status`` ``gpu.fits``: the loaded and recently used models, sized by the same functions
+``plan`` uses, agreeing with a ``plan`` run against the same Ollama."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from proxy.keys import FACTS, MEMORY
+from tests.conftest import Running, StartFake, StartProxy, eventually, settled
+from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b
+from tests.test_plan import plan_data
+from tests.test_plan_ollama import GPU_CONFIG, generate
+
+V033 = "0.33.0-rc2"
+GiB = 1 << 30
+
+
+async def fits_of(http: aiohttp.ClientSession, proxy: Running) -> dict[str, dict[str, Any]]:
+    async with http.get(proxy.url + "/governor/status") as response:
+        assert response.status == 200
+        body = await response.json()
+    return {entry["model"]: entry for entry in body["gpu"]["fits"]}
+
+
+def calibrations(state: Path) -> dict[str, Any]:
+    """What the proxy saved of its calibrations (empty before the first save)."""
+    try:
+        data: dict[str, Any] = json.loads((state / "calibration.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data
+
+
+async def caught_up(proxy: Running, fake: FakeOllama) -> None:
+    """Wait until the proxy's /api/ps shows what the fake holds, and memory was read after that."""
+    names = set(fake.loaded())
+    await eventually(lambda: {m.name for m in proxy.app[FACTS].loaded} == names, what="the proxy's /api/ps")
+    seen = time.time()
+    await eventually(lambda: proxy.app[MEMORY].snapshot.taken_at > seen, what="a memory reading after it")
+
+
+async def test_loaded_and_recent_models_agree_with_plan(
+    start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """After gemma3:4b then gemma3:27b (which unloads it), both are listed; the figures are plan's,
+    calibrated by what the proxy learnt from the two loads."""
+    fake: FakeOllama = await start_fake(version=V033, models=[gemma3_27b(), gemma3_4b()], vram_bytes=24 * GiB)
+    url: str = fake.url  # type: ignore[attr-defined]
+    state = tmp_path / "state"
+    config_text = f'state_dir = "{state}"\n{GPU_CONFIG}'
+    proxy = await start_proxy(url, config_text)
+    await generate(http, proxy.url, "gemma3:4b", prompt="hi", options={"num_ctx": 8192})
+    await generate(http, proxy.url, "gemma3:27b", prompt="hi")
+    await settled(proxy)
+    await caught_up(proxy, fake)
+    await eventually(lambda: len(calibrations(state)) == 2, what="both loads calibrated and saved")
+    fits = await fits_of(http, proxy)
+    assert list(fits) == ["gemma3:27b", "gemma3:4b"]  # the loaded one first, then the recent one
+    big, small = fits["gemma3:27b"], fits["gemma3:4b"]
+    assert big["loaded_num_ctx"] is not None and small["loaded_num_ctx"] is None
+    assert small["client_num_ctx"] == 8192 and big["client_num_ctx"] is None and big["at_client"] is None
+
+    config = tmp_path / "gpu.toml"  # plan_data keeps its state beside it: the proxy's state dir
+    config.write_text(config_text)
+    planned = await plan_data(config, "gemma3:4b", "gemma3:27b", "--upstream", url, "--ctx", "8192")
+    small_plan, big_plan = planned["models"]
+    assert small["largest_fit"] == small_plan["largest_fit"]
+    assert small["largest_fit_now"] == small_plan["largest_fit_beside_loaded"]
+    assert small["at_client"]["action"] == small_plan["contexts"][0]["action"]
+    assert small["at_client"]["total_bytes"] == small_plan["contexts"][0]["total_bytes"]
+    assert small_plan["calibration"]["calibrated"] and big_plan["calibration"]["calibrated"]
+    assert (small["default_num_ctx"], small["at_default"]["action"]) == (
+        small_plan["default_num_ctx"],
+        small_plan["at_default"]["action"],
+    )
+    assert big["largest_fit"] == big_plan["largest_fit"]
+    assert big["at_default"]["action"] == big_plan["at_default"]["action"]
+
+
+async def test_nothing_used_yet(
+    start_fake: StartFake, start_proxy: StartProxy, http: aiohttp.ClientSession
+) -> None:
+    """Before any request and with nothing loaded the list is empty."""
+    fake = await start_fake(version=V033, models=[gemma3_4b()], vram_bytes=24 * GiB)
+    proxy = await start_proxy(fake.url, GPU_CONFIG)  # type: ignore[attr-defined]
+    assert await fits_of(http, proxy) == {}

@@ -209,8 +209,8 @@ async def _memory(
         return GpuSnapshot(source="flags", devices=(device,), kind="gpu", reserve_bytes=reserve), "flags"
 
     async def read_ps() -> object:
-        if not ask:
-            raise RuntimeError("Ollama was not asked (only GGUF files were given; pass --upstream)")
+        if not ask:  # GGUF files only: the plan assumes nothing is loaded, and says so
+            return {"models": []}
         return await upstream.get_json("/api/ps", timeout_s=OLLAMA_TIMEOUT_S)
 
     reader: Callable[[], Awaitable[object]] = read_ps

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -10,9 +11,13 @@ from typing import Any
 
 import aiohttp
 
+from policies.context import GpuDevice, GpuSnapshot
+from proxy.config.settings import OllamaSettings
 from proxy.keys import FACTS, MEMORY
+from proxy.views.fits import FitInputs, FitModel, _model_fit, fits_json
 from tests.conftest import Running, StartFake, StartProxy, eventually, settled
 from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b
+from tests.test_memory import gemma3_27b as gemma3_27b_facts
 from tests.test_plan import plan_data
 from tests.test_plan_ollama import GPU_CONFIG, generate
 
@@ -89,3 +94,35 @@ async def test_nothing_used_yet(
     fake = await start_fake(version=V033, models=[gemma3_4b()], vram_bytes=24 * GiB)
     proxy = await start_proxy(fake.url, GPU_CONFIG)  # type: ignore[attr-defined]
     assert await fits_of(http, proxy) == {}
+
+
+class TestFitsJson:
+    def inputs(self, taken_at: float) -> FitInputs:
+        device = GpuDevice(0, "gpu", 24 * GiB, 20 * GiB, 4 * GiB)
+        snapshot = GpuSnapshot(source="nvml", devices=(device,), taken_at=taken_at)
+        model = FitModel("gemma3:27b", gemma3_27b_facts(), None, None, client_num_ctx=8192)
+        return FitInputs((model,), (), snapshot, OllamaSettings(), (0, 33, 0))
+
+    def test_a_new_sample_of_the_same_memory_reuses_the_answer(self) -> None:
+        """The status page asks every 10 s: the same model, loaded set and memory are sized once."""
+        first = fits_json(self.inputs(taken_at=1.0))
+        hits = _model_fit.cache_info().hits
+        assert fits_json(self.inputs(taken_at=2.0)) == first
+        assert _model_fit.cache_info().hits == hits + 1
+
+    def test_the_entry(self) -> None:
+        """A model not loaded: what Ollama does at the client's last value and at the default."""
+        (entry,) = fits_json(self.inputs(taken_at=1.0))
+        assert (entry["model"], entry["loaded_num_ctx"], entry["client_num_ctx"]) == (
+            "gemma3:27b",
+            None,
+            8192,
+        )
+        assert entry["at_client"]["num_ctx"] == 8192 and entry["default_num_ctx"] == 32768
+        assert entry["largest_fit"] == entry["largest_fit_now"] is not None and entry["error"] is None
+
+    def test_a_model_without_facts(self) -> None:
+        """A recent model whose /api/show has not answered says so."""
+        inputs = self.inputs(taken_at=1.0)
+        inputs = dataclasses.replace(inputs, models=(FitModel("x:latest", None, None, None, None),))
+        assert fits_json(inputs)[0]["error"] == "no facts yet (/api/show has not answered for it)"

@@ -4,14 +4,16 @@ The same figures ``plan`` prints, from the same functions (``policies.scheduler`
 caches, the memory sample): per model, the largest context that loads with everything else staying
 loaded, the largest whatever Ollama unloads for it, and what Ollama would do at the client's last
 ``num_ctx`` and at the server's default. Inputs are read on the event loop (cheap cache reads);
-the arithmetic (a few hundred estimates per model) runs in a worker thread on each status
-request, so it never delays a proxied request.
+the arithmetic (a few hundred estimates per model) runs in a worker thread on a status request,
+and is remembered per model, loaded set and memory reading, so the page's poll every 10 s costs
+a lookup while nothing changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,9 @@ from proxy.plan.build import keep_alive_from_expiry, ollama_server
 
 MAX_MODELS = 8
 """Models listed at most: the loaded ones, then the most recently used."""
+
+CACHED_FITS = 64
+"""Per-model answers remembered (model, what is loaded, the memory, settings)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +90,9 @@ def fit_inputs(
 
 def fits_json(inputs: FitInputs) -> list[dict[str, Any]]:
     """The status JSON's ``gpu.fits`` list (docs/plan.md describes the fields)."""
-    server = ollama_server(inputs.settings, inputs.version)
     budget = Budget.from_snapshot(inputs.snapshot)
+    # Only the devices decide the default context; a new sample of the same memory is the same key.
+    snapshot = dataclasses.replace(inputs.snapshot, taken_at=0.0) if inputs.snapshot is not None else None
     entries = []
     for model in inputs.models:
         entry: dict[str, Any] = {"model": model.name, "client_num_ctx": model.client_num_ctx}
@@ -95,34 +101,69 @@ def fits_json(inputs: FitInputs) -> list[dict[str, Any]]:
         if model.facts is None:
             entries.append({**entry, "error": "no facts yet (/api/show has not answered for it)"})
             continue
-        candidate = Candidate(model.facts, 0, model_path=model.model_path, calibration=model.calibration)
-        default = server_default_num_ctx(inputs.settings, inputs.version, model.facts, inputs.snapshot)
-        auto = model.facts.modelfile_num_ctx is None and not inputs.settings.context_length
         try:
-            residents = inputs.residents
-            at_default = predict(
-                dataclasses.replace(candidate, num_ctx=default, num_ctx_auto=auto), residents, budget, server
-            )
-            at_client = None
-            if model.client_num_ctx is not None:
-                at_client = predict(
-                    dataclasses.replace(candidate, num_ctx=model.client_num_ctx), residents, budget, server
-                )
-            trained = model.facts.context_length is not None
-            entry.update(
-                largest_fit_now=largest_loadable_ctx(candidate, residents, budget, server, beside=True)
-                if trained
-                else None,
-                largest_fit=largest_loadable_ctx(candidate, residents, budget, server) if trained else None,
-                at_client=_summary(at_client),
-                default_num_ctx=default,
-                at_default=_summary(at_default),
-                error=None,
-            )
+            fit = _model_fit(model, inputs.residents, budget, snapshot, inputs.settings, inputs.version)
         except ValueError as error:  # IncompleteModelFacts, an unknown cache type
-            entry["error"] = f"cannot estimate memory: {error}"
-        entries.append(entry)
+            entries.append({**entry, "error": f"cannot estimate memory: {error}"})
+            continue
+        entries.append(
+            {
+                **entry,
+                "largest_fit_now": fit.largest_fit_now,
+                "largest_fit": fit.largest_fit,
+                "at_client": _summary(fit.at_client),
+                "default_num_ctx": fit.default_num_ctx,
+                "at_default": _summary(fit.at_default),
+                "error": None,
+            }
+        )
     return entries
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    largest_fit_now: int | None
+    largest_fit: int | None
+    at_client: Prediction | None
+    default_num_ctx: int
+    at_default: Prediction
+
+
+@functools.lru_cache(maxsize=CACHED_FITS)
+def _model_fit(
+    model: FitModel,
+    residents: tuple[Resident, ...],
+    budget: Budget,
+    snapshot: GpuSnapshot | None,
+    settings: OllamaSettings,
+    version: tuple[int, int, int] | None,
+) -> _Fit:
+    """One model's figures; remembered for the same inputs, since the status page asks every 10 s
+    and the search for the largest context takes tens of milliseconds for a large model."""
+    facts = model.facts
+    assert facts is not None
+    server = ollama_server(settings, version)
+    candidate = Candidate(facts, 0, model_path=model.model_path, calibration=model.calibration)
+    default = server_default_num_ctx(settings, version, facts, snapshot)
+    auto = facts.modelfile_num_ctx is None and not settings.context_length
+    at_default = predict(
+        dataclasses.replace(candidate, num_ctx=default, num_ctx_auto=auto), residents, budget, server
+    )
+    at_client = None
+    if model.client_num_ctx is not None:
+        at_client = predict(
+            dataclasses.replace(candidate, num_ctx=model.client_num_ctx), residents, budget, server
+        )
+    trained = facts.context_length is not None
+    return _Fit(
+        largest_fit_now=largest_loadable_ctx(candidate, residents, budget, server, beside=True)
+        if trained
+        else None,
+        largest_fit=largest_loadable_ctx(candidate, residents, budget, server) if trained else None,
+        at_client=at_client,
+        default_num_ctx=default,
+        at_default=at_default,
+    )
 
 
 def _summary(prediction: Prediction | None) -> dict[str, Any] | None:

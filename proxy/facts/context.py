@@ -106,8 +106,17 @@ class ContextFactory:
         return self.tokens.estimate(request.model, request.prompt)
 
     def expect_load(self, request: ClientRequest, num_ctx: int | None) -> bool:
-        """Note the context Ollama is about to hold the model at; True when that is a (re)load."""
-        return num_ctx is not None and self.facts.expect_loaded(request.model, num_ctx)
+        """Note the context Ollama is about to hold the model at; True when that is a (re)load.
+
+        A request that sends no ``num_ctx`` gets the model's default context (Ollama reloads a
+        model loaded at another one), as far as the model's facts are known.
+        """
+        if num_ctx is None:
+            model = self.facts.cached_facts(request.model)
+            if model is None:
+                return False
+            num_ctx = self.default_num_ctx(model, self.gpu())
+        return self.facts.expect_loaded(request.model, num_ctx)
 
     def learn(
         self, request: ClientRequest, record: GovernedRequest, expected_load: bool

@@ -385,6 +385,7 @@ class TestLiveRoutes:
             "loaded_error",
             "results_source",
             "decisions",
+            "predictions",
             "changes",
         }
         assert body["config"]["upstream"] == fake.url  # type: ignore[attr-defined]

@@ -225,7 +225,8 @@ def _predictions(
     placeholders = ", ".join("?" for _ in models)
     cursor = conn.execute(
         "SELECT ts, model, predicted_action, predicted_evictions, observed_action, observed_evictions "
-        f"FROM results WHERE model IN ({placeholders}) AND (? IS NULL OR ts >= ?) AND dry_run = 0 ORDER BY id",
+        f"FROM results WHERE model IN ({placeholders}) AND (? IS NULL OR ts >= ?) AND dry_run = 0 "
+        "ORDER BY id",
         [*models, since_ts, since_ts],
     )
     names = [column[0] for column in cursor.description]

@@ -94,6 +94,7 @@ class ContextFactory:
             default_num_ctx=self.default_num_ctx(model, gpu),
             num_parallel=settings.num_parallel,
             kv_cache_type=settings.kv_cache_type,
+            flash_attention=settings.flash_attention != "off",
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
         )
 

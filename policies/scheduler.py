@@ -366,14 +366,8 @@ def predict(
             free += eviction.freed_bytes
 
     launch = _launch(candidate, num_ctx, parallel, residents, free, budget, server)
-    footprint = estimate(
-        model,
-        num_ctx,
-        parallel,
-        server.kv_cache_type,
-        version=server.version,
-        calibration=candidate.calibration,
-        n_ubatch=launch.num_batch,
+    footprint = load_footprint(
+        model, num_ctx, parallel, budget, server, calibration=candidate.calibration, n_ubatch=launch.num_batch
     )
     gpu_bytes, spills = _placement(footprint.total_bytes, launch, free, budget, server)
     if budget.known and residents and not budget.on_gpu and server.llama_server:
@@ -607,7 +601,7 @@ def _legacy_launch(
     per GPU) on GPUs; ``maybeFindCPURunnerToUnload`` against free RAM on a CPU-only host.
     """
     batch = candidate.num_batch or DEFAULT_NUM_BATCH
-    predicted = _legacy_estimate(candidate, num_ctx, parallel, batch, server)
+    predicted = _legacy_estimate(candidate, num_ctx, parallel, batch, budget, server)
     threshold = None
     if ollama_free is not None:
         threshold = max(ollama_free - _minimum_bytes(budget, server), 0) if budget.on_gpu else free
@@ -616,19 +610,13 @@ def _legacy_launch(
 
 
 def _legacy_estimate(
-    candidate: Candidate, num_ctx: int, parallel: int, batch: int, server: OllamaServer
+    candidate: Candidate, num_ctx: int, parallel: int, batch: int, budget: Budget, server: OllamaServer
 ) -> int:
     """The older server's own estimate: real allocations on its engine, ``GraphSize`` otherwise."""
     model = candidate.model
     if (model.architecture or "") in OLLAMA_ENGINE_ARCHITECTURES:
-        return estimate(
-            model,
-            num_ctx,
-            parallel,
-            server.kv_cache_type,
-            version=server.version,
-            calibration=candidate.calibration,
-            n_ubatch=batch,
+        return load_footprint(
+            model, num_ctx, parallel, budget, server, calibration=candidate.calibration, n_ubatch=batch
         ).total_bytes
     return legacy_predicted_bytes(model, num_ctx, parallel, server.kv_cache_type, batch)
 
@@ -677,18 +665,11 @@ def _reuse(
     """Nothing loads: the runner already there serves the request as it is."""
     model = candidate.model
     num_ctx = own.loaded.context_length or candidate.num_ctx
-    footprint = estimate(
-        model,
-        num_ctx,
-        parallel,
-        server.kv_cache_type,
-        version=server.version,
-        calibration=candidate.calibration,
-    )
+    footprint = load_footprint(model, num_ctx, parallel, budget, server, calibration=candidate.calibration)
     predicted = (
         ollama_predicted_bytes(model, num_ctx, parallel)
         if server.llama_server
-        else _legacy_estimate(candidate, num_ctx, parallel, footprint.n_ubatch, server)
+        else _legacy_estimate(candidate, num_ctx, parallel, footprint.n_ubatch, budget, server)
     )
     loaded = own.loaded
     spilled = budget.on_gpu and loaded.spilled
@@ -757,30 +738,55 @@ def held_bytes(resident: Resident, budget: Budget, server: OllamaServer = Ollama
         if facts is None or not loaded.context_length:
             return 0
         try:
-            return _resident_estimate(resident, facts, loaded.context_length, server).total_bytes
+            return _resident_estimate(facts, loaded.context_length, budget, server).total_bytes
         except ValueError:
             return 0
     held = loaded.size_bytes if not budget.on_gpu else loaded.size_vram_bytes
-    return held + _hidden_bytes(resident, server) * held // loaded.size_bytes
+    return held + _hidden_bytes(resident, budget, server) * held // loaded.size_bytes
 
 
-def _hidden_bytes(resident: Resident, server: OllamaServer) -> int:
+def _hidden_bytes(resident: Resident, budget: Budget, server: OllamaServer) -> int:
     """What ``/api/ps`` leaves out of this runner's size (0 when its facts are unknown)."""
     facts, num_ctx = resident.facts, resident.loaded.context_length
     if facts is None or not num_ctx:
         return 0
     try:
-        load = _resident_estimate(resident, facts, num_ctx, server)
+        load = _resident_estimate(facts, num_ctx, budget, server)
     except ValueError:
         return 0
     return ps_unreported_bytes(load, version=server.version)
 
 
 def _resident_estimate(
-    resident: Resident, facts: ModelFacts, num_ctx: int, server: OllamaServer
+    facts: ModelFacts, num_ctx: int, budget: Budget, server: OllamaServer
 ) -> MemoryEstimate:
-    parallel = effective_parallel(facts, server.num_parallel)
-    return estimate(facts, num_ctx, parallel, server.kv_cache_type, version=server.version)
+    return load_footprint(facts, num_ctx, effective_parallel(facts, server.num_parallel), budget, server)
+
+
+def load_footprint(
+    model: ModelFacts,
+    num_ctx: int,
+    parallel: int,
+    budget: Budget,
+    server: OllamaServer,
+    *,
+    calibration: Calibration | None = None,
+    n_ubatch: int | None = None,
+) -> MemoryEstimate:
+    """``policies.memory.estimate`` for a load on this server and memory, as headroom sizes one:
+    flash attention unless ``OLLAMA_FLASH_ATTENTION`` is off, and a compute buffer on each GPU of a
+    discrete-GPU host."""
+    return estimate(
+        model,
+        num_ctx,
+        parallel,
+        server.kv_cache_type,
+        version=server.version,
+        calibration=calibration,
+        n_ubatch=n_ubatch,
+        flash_attention=server.flash_attention != "off",
+        gpu_count=budget.gpu_count if budget.kind == "gpu" else 1,
+    )
 
 
 def _ollama_free(free: int | None, residents: Sequence[Resident], budget: Budget) -> int | None:

@@ -1,4 +1,4 @@
-"""``/governor/status`` ``gpu.fits``: the loaded and recently used models, sized by the same functions
+"""``/governor/status`` ``fits``: the loaded and recently used models, sized by the same functions
 ``plan`` uses, agreeing with a ``plan`` run against the same Ollama."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ async def fits_of(http: aiohttp.ClientSession, proxy: Running) -> dict[str, dict
     async with http.get(proxy.url + "/governor/status") as response:
         assert response.status == 200
         body = await response.json()
-    return {entry["model"]: entry for entry in body["gpu"]["fits"]}
+    return {entry["model"]: entry for entry in body["fits"]}
 
 
 def calibrations(state: Path) -> dict[str, Any]:

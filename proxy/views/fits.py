@@ -1,4 +1,4 @@
-"""``/governor/status`` ``gpu.fits``: what fits now for the loaded and recently used models.
+"""``/governor/status`` ``fits``: what fits now for the loaded and recently used models.
 
 The same figures ``plan`` prints, from the same functions (``policies.scheduler``, the facts'
 caches, the memory sample): per model, the largest context that loads with everything else staying
@@ -89,7 +89,7 @@ def fit_inputs(
 
 
 def fits_json(inputs: FitInputs) -> list[dict[str, Any]]:
-    """The status JSON's ``gpu.fits`` list (docs/plan.md describes the fields)."""
+    """The status JSON's ``fits`` list (docs/plan.md describes the fields)."""
     budget = Budget.from_snapshot(inputs.snapshot)
     # Only the devices decide the default context; a new sample of the same memory is the same key.
     snapshot = dataclasses.replace(inputs.snapshot, taken_at=0.0) if inputs.snapshot is not None else None

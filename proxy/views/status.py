@@ -19,7 +19,7 @@ from proxy.config import Config
 from proxy.facts.memory.auto import AutoSource
 from proxy.govern.boundary import describe
 from proxy.keys import FACTS, LEDGER, MEMORY, METRICS, PIPELINE
-from proxy.ledger.figures import CHANGE_KEYS
+from proxy.ledger.figures import CHANGE_KEYS, predictions, predictions_json
 from proxy.ledger.memory import MAX_SERIES_POINTS, STATUS_CHANGES, STATUS_DECISIONS
 from proxy.ledger.report import parse_since
 from proxy.ledger.rows import POINT_FIELDS
@@ -28,6 +28,7 @@ from proxy.views.health import PREFIX
 
 DEFAULT_SERIES_WINDOW_S = 86_400.0
 SERIES_CHANGES = 500
+STATUS_SURPRISES = 20
 
 
 def summarise_config(config: Config) -> dict[str, Any]:
@@ -109,8 +110,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """The config, the memory and what fits in it, what Ollama has loaded, the last decisions and
-    the recent changes."""
+    """The config, the memory, what Ollama has loaded, what fits, the last decisions and the
+    recent changes."""
     app = request.app
     ledger, facts = app[LEDGER], app[FACTS]
     memory = app[MEMORY]
@@ -119,18 +120,19 @@ async def status(request: web.Request) -> web.Response:
     error = facts.ps_error
     decisions = await ledger.backend.decisions(STATUS_DECISIONS)
     snapshot = memory.snapshot
-    gpu = _gpu_json(snapshot, configured)
-    if gpu is not None:  # what fits in this memory (docs/plan.md), off the event loop
-        gpu["fits"] = await asyncio.to_thread(fits_json, fit_inputs(facts, snapshot, decisions))
+    # What fits now (docs/plan.md): the scheduler model's arithmetic, in a worker thread.
+    fits = await asyncio.to_thread(fits_json, fit_inputs(facts, snapshot, decisions))
     return web.json_response(
         {
             "generated_ts": time.time(),
             "config": summarise_config(app[PIPELINE].governor.config),
-            "gpu": gpu,
+            "gpu": _gpu_json(snapshot, configured),
             "loaded": [_loaded_json(model) for model in facts.loaded],
             "loaded_error": None if error is None else describe(error),
             "results_source": ledger.backend.name,
             "decisions": decisions,
+            "predictions": predictions_json(predictions(decisions, keep=STATUS_SURPRISES)),
+            "fits": fits,
             "changes": await ledger.backend.changes(limit=STATUS_CHANGES),
         },
         headers={hdrs.CACHE_CONTROL: "no-store"},

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -42,6 +43,8 @@ class Decided:
     """When set, answer ``400 {"error": rejection}`` and send nothing."""
     expects_load: bool = False
     """Ollama did not hold the model at the context sent: this request (re)loads it."""
+    decision: Decision | None = None
+    """What the policies settled (None when refused)."""
 
 
 class Pipeline:
@@ -67,7 +70,7 @@ class Pipeline:
         governor = self.governor
         started_ts = time.time()
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
-        policies = governor.policies_for(request.model)
+        policies = governor.policies_for(request.model, request.endpoint)
         outcome = ChainOutcome(start)
         gpu = None
         if policies:
@@ -106,7 +109,22 @@ class Pipeline:
         body = None if dry_run else rewrite_body(request, decision)
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
         expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
-        return Decided(request, record, body, expects_load=expects_load)
+        return Decided(request, record, body, expects_load=expects_load, decision=decision)
+
+    def governs(self, model: str, endpoint: str) -> bool:
+        """Whether a rule with policies governs ``model`` on ``endpoint`` right now."""
+        return bool(self.governor.policies_for(model, endpoint))
+
+    def governs_route(self, endpoint: str) -> bool:
+        """Whether any rule with policies applies to ``endpoint`` right now."""
+        return self.governor.governs_route(endpoint)
+
+    def rebody(self, decided: Decided, body: dict[str, Any]) -> bytes | None:
+        """The decision applied to another body of the same request (a resend that changed a
+        field no policy decides, e.g. without ``think``); None: send ``body`` as it is."""
+        if decided.decision is None or decided.record.dry_run:
+            return None
+        return rewrite_body(dataclasses.replace(decided.request, body=body), decided.decision)
 
     async def finish(self, decided: Decided, answer: Answer) -> GovernedRequest:
         """Record Ollama's answer: learn from it, observe what it did, publish the record."""

@@ -46,6 +46,13 @@ class Decided:
     decision: Decision | None = None
     """What the policies settled (None when refused)."""
 
+    def applied_to(self, body: dict[str, Any]) -> bytes | None:
+        """The decision applied to another body of the same request (a resend that changed a
+        field no policy decides, e.g. without ``think``); None: send ``body`` as it is."""
+        if self.decision is None or self.record.dry_run:
+            return None
+        return rewrite_body(dataclasses.replace(self.request, body=body), self.decision)
+
 
 class Pipeline:
     """Decides and records governed requests. ``governor`` is swapped whole on reload; a request
@@ -118,13 +125,6 @@ class Pipeline:
     def governs_route(self, endpoint: str) -> bool:
         """Whether any rule with policies applies to ``endpoint`` right now."""
         return self.governor.governs_route(endpoint)
-
-    def rebody(self, decided: Decided, body: dict[str, Any]) -> bytes | None:
-        """The decision applied to another body of the same request (a resend that changed a
-        field no policy decides, e.g. without ``think``); None: send ``body`` as it is."""
-        if decided.decision is None or decided.record.dry_run:
-            return None
-        return rewrite_body(dataclasses.replace(decided.request, body=body), decided.decision)
 
     async def finish(self, decided: Decided, answer: Answer) -> GovernedRequest:
         """Record Ollama's answer: learn from it, observe what it did, publish the record."""

@@ -97,7 +97,7 @@ class CompatHandler:
         started: float,
     ) -> web.StreamResponse:
         def resend(changed: NativeRequest[Any]) -> bytes:
-            return self.pipeline.rebody(decided, dict(changed.body)) or changed.encode()
+            return decided.applied_to(dict(changed.body)) or changed.encode()
 
         try:
             translated = await relay_translated(

@@ -117,7 +117,9 @@ async def _send(
     request: web.Request, upstream: Upstream, route: CompatRoute, native: NativeRequest[Any], body: bytes
 ) -> aiohttp.ClientResponse | Translated:
     """The native request on its way, or the 502 already answered in the route's shape."""
-    headers = upstream_request_headers(request, body_length=len(body), drop=(hdrs.ACCEPT_ENCODING,))
+    # The body is the governor's own JSON: the client's encoding of its body does not apply.
+    drop = (hdrs.ACCEPT_ENCODING, hdrs.CONTENT_ENCODING)
+    headers = upstream_request_headers(request, body_length=len(body), drop=drop)
     headers[hdrs.CONTENT_TYPE] = "application/json"
     try:
         return await upstream.send("POST", native.path, headers=headers, data=body)

@@ -545,6 +545,10 @@ class OpenAIRoutes:
         tools = body.get("tools")
         if self.modern and tools and "tools" not in model.capabilities:
             raise ApiError(400, f"registry.ollama.ai/library/{model.full_name} does not support tools")
+        reasoning = body.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+        if self.modern and effort not in (None, "", "none") and "thinking" not in model.capabilities:
+            raise ApiError(400, f'"{req_model}" does not support thinking')  # FromChatRequest sets think
         fmt = body.get("response_format") or {}
         json_format = isinstance(fmt, dict) and str(fmt.get("type", "")).lower() in (
             "json_object",

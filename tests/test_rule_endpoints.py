@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.cli import describe
 from proxy.config import ConfigError, parse_config
 from proxy.config.config import ENDPOINTS
 from proxy.govern.rules import Governor
@@ -101,3 +102,15 @@ class TestMatching:
         """``policies = []`` matches but governs nothing, on any route."""
         governor = rules({"models": ["*"], "policies": []})
         assert not any(governor.governs_route(endpoint) for endpoint in ENDPOINTS)
+
+
+class TestCheck:
+    def test_check_prints_a_rules_routes(self) -> None:
+        """``ollama-governor check`` names the routes of a rule that does not apply to all."""
+        governor = rules(
+            {"models": ["*"], "endpoints": ["chat", "openai.*"], "policies": STATIC},
+            {"models": ["gemma3:*"], "policies": STATIC},
+        )
+        lines = describe(governor).splitlines()
+        assert "rule 1: models *; endpoints chat, openai.*" in lines
+        assert "rule 2: models gemma3:*" in lines

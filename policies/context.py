@@ -195,6 +195,8 @@ class Context:
             after one that set another value reloads the model at this size.
         num_parallel: ``OLLAMA_NUM_PARALLEL`` as configured for the governor (KV cache scales with it).
         kv_cache_type: ``OLLAMA_KV_CACHE_TYPE`` as configured (f16, q8_0, q4_0).
+        flash_attention: False when ``OLLAMA_FLASH_ATTENTION=0`` (configured): the attention
+            scores then take memory, and a quantised V cache cannot be used.
         calibration: the correction learnt from this model's past loads (same digest, parallel,
             cache type and version), or None; pass it to the ``policies.memory`` estimates so
             they match what Ollama really allocates.
@@ -217,4 +219,5 @@ class Context:
     default_num_ctx: int | None = None
     num_parallel: int = 1
     kv_cache_type: str = "f16"
+    flash_attention: bool = True
     calibration: Calibration | None = None

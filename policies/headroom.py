@@ -53,7 +53,7 @@ _MAX_FIT_KEYS: Final = 64
 _MAX_INTERVALS_PER_KEY: Final = 64
 """Budget intervals remembered per combination: one per bucket, so a whole model's range."""
 
-_FitKey = tuple[ModelFacts, int, str, tuple[int, int, int] | None, Calibration | None]
+_FitKey = tuple[ModelFacts, int, str, tuple[int, int, int] | None, Calibration | None, bool, int]
 _Interval = tuple[float, float, int | None]
 """``(lowest_budget, budget_limit, fit)``: every budget in ``[lowest, limit)`` gives ``fit``."""
 
@@ -328,7 +328,16 @@ class Headroom:
         """
         if budget_bytes <= 0:
             return None
-        key: _FitKey = (model, parallel, ctx.kv_cache_type, ctx.ollama_version, ctx.calibration)
+        gpu_count = _gpu_count(ctx)
+        key: _FitKey = (
+            model,
+            parallel,
+            ctx.kv_cache_type,
+            ctx.ollama_version,
+            ctx.calibration,
+            ctx.flash_attention,
+            gpu_count,
+        )
         intervals = self._fits.get(key)
         if intervals is None:
             intervals = self._fits[key] = _Intervals()
@@ -350,6 +359,8 @@ class Headroom:
             kv_cache_type=ctx.kv_cache_type,
             version=ctx.ollama_version,
             calibration=ctx.calibration,
+            flash_attention=ctx.flash_attention,
+            gpu_count=gpu_count,
         )
 
         def estimated(num_ctx: int) -> int:
@@ -360,6 +371,8 @@ class Headroom:
                 ctx.kv_cache_type,
                 version=ctx.ollama_version,
                 calibration=ctx.calibration,
+                flash_attention=ctx.flash_attention,
+                gpu_count=gpu_count,
             )
 
         if fit is None:
@@ -370,6 +383,12 @@ class Headroom:
             interval = (estimated(fit), limit, fit)
         intervals.add(interval)
         return fit
+
+
+def _gpu_count(ctx: Context) -> int:
+    """GPUs a load may be split over (each keeps a compute buffer): every device of a GPU host."""
+    gpu = ctx.gpu
+    return len(gpu.devices) if gpu is not None and gpu.kind == "gpu" and gpu.devices else 1
 
 
 def _unreported(ctx: Context, model: ModelFacts, num_ctx: int, parallel: int) -> int:

@@ -88,7 +88,7 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
     default a pass-through (``PASS_THROUGH``)."""
     running: list[Running] = []
 
-    async def start(upstream: str, config: str | Config = "", **create_options: Any) -> Running:
+    async def start(upstream: str, config: str | Config = PASS_THROUGH, **create_options: Any) -> Running:
         if isinstance(config, str):
             path = tmp_path / f"config{len(running)}.toml"
             path.write_text(textwrap.dedent(config))

@@ -385,6 +385,7 @@ class TestLiveRoutes:
             "loaded_error",
             "results_source",
             "decisions",
+            "predictions",
             "changes",
         }
         assert body["config"]["upstream"] == fake.url  # type: ignore[attr-defined]
@@ -633,3 +634,19 @@ class TestWarnIfExposed:
         if warned:
             assert exposed[0]["log_level"] == "warning" and exposed[0]["listen_host"] == host
             assert "admin_token" in exposed[0]["action"]
+
+
+class TestSchedulerMetrics:
+    def test_actions_and_predictions(self) -> None:
+        """What Ollama did is counted per action; each checked prediction as held or surprise."""
+        metrics = GovernorMetrics()
+        metrics.observe(result_event(predicted_action="load", observed_action="load"))
+        metrics.observe(
+            result_event(predicted_action="load", observed_action="evict", observed_evictions=("nomic-embed-text",))
+        )
+        metrics.observe(result_event(observed_action="reuse"))
+        model = {"model": "gemma3:4b"}
+        assert value(metrics, "ollama_governor_scheduler_actions_total", action="evict", **model) == 1
+        assert value(metrics, "ollama_governor_scheduler_actions_total", action="reuse", **model) == 1
+        assert value(metrics, "ollama_governor_predictions_total", outcome="held", **model) == 1
+        assert value(metrics, "ollama_governor_predictions_total", outcome="surprise", **model) == 1

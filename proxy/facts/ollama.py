@@ -22,6 +22,7 @@ import structlog
 from policies.context import GpuSnapshot, LoadedModel
 from policies.memory import effective_parallel, estimate, ps_unreported_bytes
 from policies.model import ModelFacts, parse_version, uses_llama_server
+from policies.ollama import loaded_num_ctx
 from proxy.config.settings import OllamaSettings
 from proxy.facts.calibration import CalibrationBook, calibration_key
 from proxy.names import canonical_model
@@ -172,8 +173,9 @@ class Facts:
         """
         current = self.loaded_model(name)
         facts = self.cached_facts(name)
-        if facts is not None and facts.context_length:
-            num_ctx = min(num_ctx, facts.context_length)  # Ollama clamps to the trained length
+        if facts is not None:  # Ollama clamps to the trained length, with its floors
+            vision = "vision" in facts.capabilities
+            num_ctx = loaded_num_ctx(num_ctx, facts.context_length, vision=vision, version=self.version)
         if current is not None and current.context_length == num_ctx:
             return False
         provisional = LoadedModel(

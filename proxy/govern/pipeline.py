@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from policies.context import LoadedModel
 from policies.decision import Decision
 from policies.duration import format_keep_alive
 from policies.outcome import Outcome
@@ -43,6 +44,8 @@ class Decided:
     """When set, answer ``400 {"error": rejection}`` and send nothing."""
     expects_load: bool = False
     """Ollama did not hold the model at the context sent: this request (re)loads it."""
+    loaded_before: tuple[LoadedModel, ...] = ()
+    """What Ollama held when the request went out (to see what its scheduler did for it)."""
     decision: Decision | None = None
     """What the policies settled (None when refused)."""
 
@@ -76,6 +79,7 @@ class Pipeline:
         """Run the rule's policies for ``request`` and say what to send."""
         governor = self.governor
         started_ts = time.time()
+        loaded_before = self.contexts.facts.loaded
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
         policies = governor.policies_for(request.model, request.endpoint)
         outcome = ChainOutcome(start)
@@ -116,7 +120,9 @@ class Pipeline:
         body = None if dry_run else rewrite_body(request, decision)
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
         expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
-        return Decided(request, record, body, expects_load=expects_load, decision=decision)
+        return Decided(
+            request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
+        )
 
     def governs(self, model: str, endpoint: str) -> bool:
         """Whether a rule with policies governs ``model`` on ``endpoint`` right now."""
@@ -149,7 +155,9 @@ class Pipeline:
     ) -> tuple[GovernedRequest, Awaitable[GovernedRequest] | None]:
         """The answered record, and what must still be awaited to observe the load (or None)."""
         record = decided.record.answered(answer)
-        learned = safecall("learn", self.contexts.learn, decided.request, record, decided.expects_load)
+        learned = safecall(
+            "learn", self.contexts.learn, decided.request, record, decided.expects_load, decided.loaded_before
+        )
         if learned is None or isinstance(learned, GovernedRequest):
             return learned or record, None
         return record, learned

@@ -7,9 +7,10 @@ record. Its flat ``fields()`` are the documented shape of a result in the log, t
 JSON views. It holds names and numbers only: the client's body never gets here.
 
 Vocabulary, one name per concept from the body to the store: ``client_num_ctx`` is what the
-client sent, ``applied_num_ctx`` what the governor decided and sent to Ollama (the client's own
-value when nothing changed it, or in a dry run), ``loaded_num_ctx`` what Ollama then held
-(``/api/ps`` ``context_length``). The same three prefixes apply to ``keep_alive``.
+client sent, ``applied_num_ctx`` what the governor decided (and sent to Ollama, unless
+``dry_run``), ``loaded_num_ctx`` what Ollama then held (``/api/ps`` ``context_length``). The
+same prefixes apply to ``keep_alive``. ``predicted_*`` is what the governor's model of Ollama's
+scheduler expected the request to do, ``observed_*`` what Ollama did.
 """
 
 from __future__ import annotations
@@ -173,6 +174,12 @@ class GovernedRequest:
     spilled: bool | None = None
     loaded_num_ctx: int | None = None
     truncation_suspect: bool | None = None
+    # What Ollama's scheduler was expected to do with it, and what it did (``proxy.facts.context``):
+    # reuse, load, reload, evict or spill; and which other models it unloaded to make room.
+    predicted_action: str | None = None
+    predicted_evictions: tuple[str, ...] = ()
+    observed_action: str | None = None
+    observed_evictions: tuple[str, ...] = ()
     # The change of the applied pair this request opened, if any (set by the ledger).
     change: Transition | None = field(default=None, compare=False)
 
@@ -195,8 +202,18 @@ class GovernedRequest:
         """The flat, JSON-ready form: the documented shape of a result in logs, store and views."""
         out = {name: getattr(self, name) for name in FIELD_NAMES}
         out["changed_by"] = [change.as_dict() for change in self.changed_by]
-        out["policy_errors"] = list(self.policy_errors)
+        for name in ("policy_errors", "predicted_evictions", "observed_evictions"):
+            out[name] = list(getattr(self, name))
         return out
+
+    @property
+    def prediction_held(self) -> bool | None:
+        """Whether Ollama did what was predicted (action and evictions), or None when either is unknown."""
+        if self.predicted_action is None or self.observed_action is None:
+            return None
+        return self.predicted_action == self.observed_action and set(self.predicted_evictions) == set(
+            self.observed_evictions
+        )
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(

@@ -18,7 +18,7 @@ from proxy.config import Config
 from proxy.facts.memory.auto import AutoSource
 from proxy.govern.boundary import describe
 from proxy.keys import FACTS, LEDGER, MEMORY, METRICS, PIPELINE
-from proxy.ledger.figures import CHANGE_KEYS
+from proxy.ledger.figures import CHANGE_KEYS, predictions, predictions_json
 from proxy.ledger.memory import MAX_SERIES_POINTS, STATUS_CHANGES, STATUS_DECISIONS
 from proxy.ledger.report import parse_since
 from proxy.ledger.rows import POINT_FIELDS
@@ -26,6 +26,7 @@ from proxy.views.health import PREFIX
 
 DEFAULT_SERIES_WINDOW_S = 86_400.0
 SERIES_CHANGES = 500
+STATUS_SURPRISES = 20
 
 
 def summarise_config(config: Config) -> dict[str, Any]:
@@ -114,6 +115,7 @@ async def status(request: web.Request) -> web.Response:
     # The source running now: [gpu] applies at restart, so a reloaded config may name another.
     configured = "auto" if isinstance(memory.source, AutoSource) else memory.source.name
     error = facts.ps_error
+    decisions = await ledger.backend.decisions(STATUS_DECISIONS)
     return web.json_response(
         {
             "generated_ts": time.time(),
@@ -122,7 +124,8 @@ async def status(request: web.Request) -> web.Response:
             "loaded": [_loaded_json(model) for model in facts.loaded],
             "loaded_error": None if error is None else describe(error),
             "results_source": ledger.backend.name,
-            "decisions": await ledger.backend.decisions(STATUS_DECISIONS),
+            "decisions": decisions,
+            "predictions": predictions_json(predictions(decisions, keep=STATUS_SURPRISES)),
             "changes": await ledger.backend.changes(limit=STATUS_CHANGES),
         },
         headers={hdrs.CACHE_CONTROL: "no-store"},

@@ -270,7 +270,8 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
             vram_bytes=24 * GIB,
             num_parallel=3,
             rounds=tuple(
-                tuple(Ask(c, SHORT_PROMPT, None, "openai.chat") for c in range(3)) for _ in range(seed_rounds_p3)
+                tuple(Ask(c, SHORT_PROMPT, None, "openai.chat") for c in range(3))
+                for _ in range(seed_rounds_p3)
             ),
             policies=None,
             governor_note="no config file (the built-in rule)",
@@ -397,7 +398,8 @@ def _side_result(fake: FakeOllama, replies: Sequence[Reply], wall_s: float) -> S
         median_eval_tokens_per_s=statistics.median(rates) if rates else None,
         spilled_requests=sum(c.spilled for c in fake.completions),
         truncated_prompts=len(fake.truncated),
-        prompt_tokens_evaluated=sum(c.prompt_tokens for c in runs) + sum(r.prompt_eval_count or 0 for r in embeds),
+        prompt_tokens_evaluated=sum(c.prompt_tokens for c in runs)
+        + sum(r.prompt_eval_count or 0 for r in embeds),
         evictions=len(fake.evictions),
         wall_s=wall_s,
     )

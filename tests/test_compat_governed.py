@@ -168,7 +168,6 @@ class TestOpenAIChat:
         assert [m.get("images") for m in body["messages"]] == [None, [PNG_1PX]]
         assert reply.usage is not None and reply.usage.prompt_tokens == 3 + 768 + 1
 
-
     async def test_a_compressed_body_is_governed(self, fake: FakeOllama, proxy: Running) -> None:
         """A gzip-encoded request body is read decoded and goes to Ollama as the governor's own
         native JSON, without the client's Content-Encoding."""
@@ -277,26 +276,34 @@ class TestRecorded:
     async def test_each_request_is_one_result_with_the_native_figures(
         self, fake: FakeOllama, proxy: Running, oa: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
     ) -> None:
-        """A /v1 request is recorded like a native one: its route, the applied values, and the
-        load, token counts and rates of the native final object the client never sees."""
+        """A /v1 request is recorded like a native one, with the load, counts and rates of the
+        native final object its client never sees."""
         with capture_logs() as logs:
-            await oa.chat.completions.create(model="gemma3-270m", max_tokens=3, messages=HI)  # type: ignore[arg-type]
+            chat_reply = await oa.chat.completions.create(model="gemma3-270m", max_tokens=3, messages=HI)  # type: ignore[arg-type]
             async with claude.messages.stream(model="gemma3-270m", max_tokens=2, messages=HI) as stream:  # type: ignore[arg-type]
-                await stream.get_final_message()
-            await oa.embeddings.create(model="nomic-embed-text", input="a")
+                messages_reply = await stream.get_final_message()
+            embed_reply = await oa.embeddings.create(model="nomic-embed-text", input="a")
             await settled(proxy)
         results = [e for e in logs if e["event"] == "result"]
-        assert [(r["endpoint"], r["stream"], r["status"]) for r in results] == [
-            ("openai.chat", False, 200),
-            ("anthropic.messages", True, 200),
-            ("openai.embeddings", False, 200),
+        assert [(r["endpoint"], r["stream"], r["status"], r["completed"]) for r in results] == [
+            ("openai.chat", False, 200, True),
+            ("anthropic.messages", True, 200, True),
+            ("openai.embeddings", False, 200, True),
         ]
         chat, messages, embed = results
         assert (chat["applied_num_ctx"], chat["applied_keep_alive"]) == (8192, "10m")
-        assert (chat["done_reason"], chat["eval_tokens"], chat["prompt_tokens"]) == ("length", 3, 2)
-        assert chat["load_ms"] > 0 and chat["eval_tokens_per_s"] > 0 and chat["completed"] is True
-        assert (messages["eval_tokens"], messages["done_reason"]) == (2, "length")
-        assert embed["prompt_tokens"] == 1 and embed["load_ms"] > 0
+        assert chat_reply.usage is not None and chat_reply.choices[0].finish_reason == chat["done_reason"]
+        assert (chat["prompt_tokens"], chat["eval_tokens"]) == (
+            chat_reply.usage.prompt_tokens,
+            chat_reply.usage.completion_tokens,
+        )
+        assert chat["load_ms"] > 0 and chat["eval_tokens_per_s"] > 0 and chat["prompt_tokens_per_s"] > 0
+        assert (messages["prompt_tokens"], messages["eval_tokens"]) == (
+            messages_reply.usage.input_tokens,
+            messages_reply.usage.output_tokens,
+        )
+        assert messages["done_reason"] == "length" and messages_reply.stop_reason == "max_tokens"
+        assert embed["prompt_tokens"] == embed_reply.usage.prompt_tokens and embed["load_ms"] > 0
 
 
 class TestNoDerivedModels:
@@ -316,3 +323,27 @@ class TestNoDerivedModels:
                         answers.append((response.status, await response.read()))
                 assert answers[0] == answers[1], path
         assert {m.id async for m in oa.models.list()} == set(fake.models)
+
+
+class TestDryRun:
+    async def test_a_dry_run_translates_but_sets_nothing(
+        self, fake: FakeOllama, start_proxy: StartProxy
+    ) -> None:
+        """With ``dry_run`` the request still goes native (so it is recorded) but without the
+        decided num_ctx and keep_alive, which the record shows."""
+        proxy = await start_proxy(
+            fake.url, "dry_run = true\n" + STATIC, memory_source=NoGpuSource("test host")
+        )  # type: ignore[attr-defined]
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="ollama", max_retries=0)
+        with capture_logs() as logs:
+            await client.chat.completions.create(model="gemma3-270m", messages=HI)  # type: ignore[arg-type]
+            await settled(proxy)
+        await client.close()
+        [(path, body)] = sent(fake)
+        assert path == "/api/chat" and "num_ctx" not in body["options"] and "keep_alive" not in body
+        [result] = [e for e in logs if e["event"] == "result"]
+        assert (result["dry_run"], result["applied_num_ctx"], result["endpoint"]) == (
+            True,
+            8192,
+            "openai.chat",
+        )

@@ -642,7 +642,9 @@ class TestSchedulerMetrics:
         metrics = GovernorMetrics()
         metrics.observe(result_event(predicted_action="load", observed_action="load"))
         metrics.observe(
-            result_event(predicted_action="load", observed_action="evict", observed_evictions=("nomic-embed-text",))
+            result_event(
+                predicted_action="load", observed_action="evict", observed_evictions=("nomic-embed-text",)
+            )
         )
         metrics.observe(result_event(observed_action="reuse"))
         model = {"model": "gemma3:4b"}

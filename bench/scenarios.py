@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict
 
+import anthropic
 import ollama
+import openai
 import structlog.testing
 from aiohttp import web
 
@@ -88,13 +90,17 @@ SIMULATION_NOTE: Final = (
 )
 
 
-Kind = Literal["generate", "chat", "embed"]
+Kind = Literal["generate", "chat", "embed", "openai.chat", "openai.completions", "anthropic.messages"]
+"""The route an ask goes to: Ollama's own (the ``ollama`` client) or an OpenAI- or Anthropic-style
+one (the ``openai`` or ``anthropic`` SDK), which cannot name a ``num_ctx``."""
+COMPAT_KINDS: Final = frozenset({"openai.chat", "openai.completions", "anthropic.messages"})
 
 
 @dataclass(frozen=True)
 class Ask:
-    """One request of a client script: which client sends it, the prompt, the ``num_ctx`` asked,
-    the route and the model (None: the scenario's first model)."""
+    """One request of a client script: which client sends it, the prompt, the ``num_ctx`` asked
+    (None on the OpenAI- and Anthropic-style routes, which cannot carry one), the route and the
+    model (None: the scenario's first model)."""
 
     client: int
     prompt: str
@@ -121,6 +127,11 @@ class Scenario:
     policies: tuple[dict[str, Any], ...] | None
     """The rule's policies; None runs the governor with no config file (its built-in rule)."""
     governor_note: str
+
+    def __post_init__(self) -> None:
+        for ask in (a for r in self.rounds for a in r):
+            if ask.kind in COMPAT_KINDS and ask.num_ctx is not None:
+                raise ValueError(f"scenario {self.key}: the {ask.kind} route cannot carry num_ctx")
 
     @property
     def requests(self) -> int:
@@ -163,7 +174,7 @@ class ScenarioResult(TypedDict):
 
 
 def scenarios(*, smoke: bool) -> list[Scenario]:
-    """The four scripts of the issue; ``smoke`` keeps their shape with fewer requests."""
+    """The client scripts; ``smoke`` keeps their shape with fewer requests."""
     ctx_ask = 131072
     seed_rounds_p1 = 2 if smoke else 4
     seed_rounds_p3 = 1 if smoke else 2
@@ -252,6 +263,36 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
             policies=None,
             governor_note="no config file (the built-in rule)",
         ),
+        Scenario(
+            key="g",
+            title="OpenAI-style clients, gemma3:27b, parallel 3",
+            models=(gemma3_27b,),
+            vram_bytes=24 * GIB,
+            num_parallel=3,
+            rounds=tuple(
+                tuple(Ask(c, SHORT_PROMPT, None, "openai.chat") for c in range(3))
+                for _ in range(seed_rounds_p3)
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        Scenario(
+            key="h",
+            title="/api/chat at 32768, then OpenAI-style long prompts",
+            models=(llama3_1_8b,),
+            vram_bytes=16 * GIB,
+            num_parallel=1,
+            rounds=tuple(
+                (
+                    Ask(0, SHORT_PROMPT, 32768, "chat")
+                    if kind == "N"
+                    else Ask(1, LONG_PROMPT if kind == "L" else SHORT_PROMPT, None, "openai.chat"),
+                )
+                for kind in ("NLS" if smoke else "NLSNLS")
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
     ]
 
 
@@ -279,12 +320,47 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://{host}:{port}"
 
 
-Reply = ollama.GenerateResponse | ollama.ChatResponse | ollama.EmbedResponse
+Reply = ollama.GenerateResponse | ollama.ChatResponse | ollama.EmbedResponse | None
+"""What the client got back; None for an OpenAI- or Anthropic-style reply, whose figures (it has
+no durations) are read from what the fake ran instead."""
 
 
-async def _ask(client: ollama.AsyncClient, model: str, ask: Ask) -> Reply:
+@dataclass
+class Clients:
+    """One script client: the official client of each route family, against one URL."""
+
+    ollama: ollama.AsyncClient
+    openai: openai.AsyncOpenAI
+    anthropic: anthropic.AsyncAnthropic
+
+    @classmethod
+    def at(cls, url: str) -> Clients:
+        return cls(
+            ollama.AsyncClient(host=url),
+            openai.AsyncOpenAI(base_url=url + "/v1", api_key="ollama", max_retries=0),
+            anthropic.AsyncAnthropic(base_url=url, api_key="ollama", max_retries=0),
+        )
+
+    async def close(self) -> None:
+        await self.ollama.close()  # type: ignore[no-untyped-call]  # unannotated in ollama
+        await self.openai.close()
+        await self.anthropic.close()
+
+
+async def _ask(clients: Clients, model: str, ask: Ask) -> Reply:
     options = None if ask.num_ctx is None else {"num_ctx": ask.num_ctx}
     name = ask.model or model
+    messages: Any = [{"role": "user", "content": ask.prompt}]
+    if ask.kind == "openai.chat":
+        await clients.openai.chat.completions.create(model=name, messages=messages)
+        return None
+    if ask.kind == "openai.completions":
+        await clients.openai.completions.create(model=name, prompt=ask.prompt, max_tokens=REPLY_TOKENS)
+        return None
+    if ask.kind == "anthropic.messages":
+        await clients.anthropic.messages.create(model=name, max_tokens=REPLY_TOKENS, messages=messages)
+        return None
+    client = clients.ollama
     if ask.kind == "embed":
         return await client.embed(model=name, input=ask.prompt, options=options)
     if ask.kind == "chat":
@@ -296,34 +372,34 @@ async def _ask(client: ollama.AsyncClient, model: str, ask: Ask) -> Reply:
 
 async def _run_script(url: str, model: str, scenario: Scenario) -> list[Reply]:
     """Send the scenario's rounds in order, each round's requests at once, from separate clients."""
-    clients = [
-        ollama.AsyncClient(host=url) for _ in range(1 + max(a.client for r in scenario.rounds for a in r))
-    ]
+    clients = [Clients.at(url) for _ in range(1 + max(a.client for r in scenario.rounds for a in r))]
     replies: list[Reply] = []
     try:
         for round_ in scenario.rounds:
             replies += await asyncio.gather(*(_ask(clients[a.client], model, a) for a in round_))
     finally:
         for client in clients:
-            await client.close()  # type: ignore[no-untyped-call]  # unannotated in ollama
+            await client.close()
     return replies
 
 
 def _side_result(fake: FakeOllama, replies: Sequence[Reply], wall_s: float) -> SideResult:
-    rates = [
-        r.eval_count / r.eval_duration * 1e9
-        for r in replies
-        if not isinstance(r, ollama.EmbedResponse) and r.eval_count and r.eval_duration
-    ]
+    """The figures of one run. A generation's come from what the fake ran (the same numbers its
+    final chunk reports, and the only source for OpenAI- and Anthropic-style replies, which carry
+    no durations); an embedding's from the client's reply."""
+    embeds = [r for r in replies if isinstance(r, ollama.EmbedResponse)]
+    runs = fake.completions
+    rates = [c.eval_tokens / c.eval_ns * 1e9 for c in runs if c.eval_tokens and c.eval_ns]
     return SideResult(
         requests=len(replies),
         loads=len(fake.loads),
         loaded_num_ctx=[num_ctx for _, num_ctx in fake.loads],
-        load_s=sum(r.load_duration or 0 for r in replies) / 1e9,
+        load_s=(sum(c.load_ns for c in runs) + sum(r.load_duration or 0 for r in embeds)) / 1e9,
         median_eval_tokens_per_s=statistics.median(rates) if rates else None,
         spilled_requests=sum(c.spilled for c in fake.completions),
         truncated_prompts=len(fake.truncated),
-        prompt_tokens_evaluated=sum(r.prompt_eval_count or 0 for r in replies),
+        prompt_tokens_evaluated=sum(c.prompt_tokens for c in runs)
+        + sum(r.prompt_eval_count or 0 for r in embeds),
         evictions=len(fake.evictions),
         wall_s=wall_s,
     )

@@ -174,8 +174,9 @@ class Context:
         endpoint: the route (``Endpoint``): ``"generate"``, ``"chat"``, ``"embed"``, ... or
             ``"openai.chat"``, ``"anthropic.messages"``, ... for the ``/v1`` routes.
         model_name: the model exactly as the client sent it (``"llama3.1"``, ``"gemma3:27b"``).
-        body: a read-only view of the client's JSON body. Prompts and messages are here for
-            policies that need them; never log them.
+        body: a read-only view of the client's JSON body (on a ``/v1`` route, the native body it
+            was translated to). Prompts and messages are here for policies that need them; never
+            log them.
         client: the client's address, or None when unknown.
         headers: the client's request headers (read-only).
         client_num_ctx: ``options.num_ctx`` the client sent, or None.

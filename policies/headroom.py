@@ -96,8 +96,11 @@ class Headroom:
     Each request goes through these steps:
 
     1. **need**: the estimated prompt tokens plus room for the reply (the client's positive
-       ``num_predict``, else ``reply_tokens``), rounded up to a multiple of ``step`` and at least
-       ``min_ctx``. Rounding to buckets keeps similar prompts on the same ``num_ctx``, so they do
+       ``num_predict`` up to ``max_reply_tokens``, else ``reply_tokens``), rounded up to a multiple
+       of ``step`` and at least ``min_ctx``. The cap matters for clients that ask a large
+       ``max_tokens`` by habit (coding agents send 32000): reserving it all would spill the model,
+       for a reply that is rarely that long (a longer one stops at the window, done_reason
+       "length"). Rounding to buckets keeps similar prompts on the same ``num_ctx``, so they do
        not reload the model.
     2. **sticky**: if the model is loaded (not spilled to system RAM) with a context of at least
        *need* (and not above ``max_ctx``), that context is sent, whatever the client asked: two
@@ -137,6 +140,7 @@ class Headroom:
         reply_tokens: int = 1024,
         on_overflow: OnOverflow = "spill",
         fill: bool = False,
+        max_reply_tokens: int = 8192,
     ) -> None:
         _check_int("min_ctx", min_ctx, minimum=1)
         if max_ctx is not None:
@@ -145,6 +149,7 @@ class Headroom:
                 raise ValueError(f"headroom: min_ctx ({min_ctx}) must not exceed max_ctx ({max_ctx})")
         _check_int("step", step, minimum=1)
         _check_int("reply_tokens", reply_tokens, minimum=0)
+        _check_int("max_reply_tokens", max_reply_tokens, minimum=0)
         if on_overflow not in ON_OVERFLOW_CHOICES:
             raise ValueError(
                 f"headroom: on_overflow must be one of {', '.join(ON_OVERFLOW_CHOICES)}, not {on_overflow!r}"
@@ -157,6 +162,7 @@ class Headroom:
         self.reply_tokens = reply_tokens
         self.on_overflow: OnOverflow = on_overflow
         self.fill = fill
+        self.max_reply_tokens = max_reply_tokens
         self._fits: OrderedDict[_FitKey, _Intervals] = OrderedDict()
 
     async def __call__(self, ctx: Context, decision: Decision) -> Decision:
@@ -274,7 +280,7 @@ class Headroom:
         """What the prompt and the reply need, in ``step`` buckets, and how to say it."""
         prompt_tokens = max(ctx.prompt_tokens, 0) if ctx.prompt_tokens is not None else None
         reply_tokens = ctx.num_predict if ctx.num_predict is not None and ctx.num_predict > 0 else None
-        reply_tokens = self.reply_tokens if reply_tokens is None else reply_tokens
+        reply_tokens = self.reply_tokens if reply_tokens is None else min(reply_tokens, self.max_reply_tokens)
         if ctx.endpoint in EMBEDDING_ENDPOINTS:
             reply_tokens = 0  # an embedding generates nothing
         wanted = (prompt_tokens or 0) + reply_tokens

@@ -28,6 +28,7 @@ from proxy.keys import CONTEXTS, FACTS, LEDGER, MEMORY, METRICS, PIPELINE, UPSTR
 from proxy.ledger.ledger import Backend, Ledger, Sink
 from proxy.ledger.memory import MemoryBackend
 from proxy.ledger.store import DB_FILENAME, ResultStore
+from proxy.request.compat import COMPAT_PATHS, CompatHandler
 from proxy.request.handler import GOVERNED_PATHS, GovernedHandler
 from proxy.upstream.client import Upstream
 from proxy.upstream.relay import relay
@@ -123,6 +124,10 @@ def create_app(
     async def governed(request: web.Request) -> web.StreamResponse:
         return await GovernedHandler(request.app[PIPELINE], request.app[UPSTREAM])(request)
 
+    async def translated(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        return await CompatHandler(app[PIPELINE], app[UPSTREAM], app[FACTS])(request)
+
     async def passthrough(request: web.Request) -> web.StreamResponse:
         body = request.content if request.body_exists else None
         relayed = await relay(request, request.app[UPSTREAM], body=body)
@@ -133,6 +138,8 @@ def create_app(
     app.router.add_routes([*status_routes(), *dashboard_routes(), *health_routes()])
     for path in GOVERNED_PATHS:
         app.router.add_post(path, governed)
+    for path in COMPAT_PATHS:
+        app.router.add_post(path, translated)
     app.router.add_route("*", "/{tail:.*}", passthrough)
     return app
 

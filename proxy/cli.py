@@ -161,7 +161,8 @@ def describe(governor: Governor) -> str:
             "`rules = []` or --pass-through to govern nothing)"
         )
     for index, rule in enumerate(governor.rules, 1):
-        lines.append(f"rule {index}: models {', '.join(rule.config.models)}")
+        routes = "" if rule.config.endpoints == ("*",) else f"; endpoints {', '.join(rule.config.endpoints)}"
+        lines.append(f"rule {index}: models {', '.join(rule.config.models)}{routes}")
         if not rule.config.policies:
             lines.append("  (no policies: forwarded unchanged)")
         for spec in rule.config.policies:

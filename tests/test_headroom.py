@@ -650,3 +650,15 @@ class TestOutcome:
         """Reasons use memory.format_bytes, so figures read the same across the proxy."""
         reason = decide(ctx(client_num_ctx=None, gpu=gpu(free_gib=14.2))).reasons[0]
         assert f"in {format_bytes(round(14.2 * GIB))} free" in reason
+
+
+class TestReplyCap:
+    def test_a_habitual_large_max_tokens_is_capped(self) -> None:
+        """A coding agent's max_tokens 32000 reserves at most max_reply_tokens (8192) for the reply."""
+        decision = decide(ctx(client_num_ctx=None, prompt_tokens=50_000, num_predict=32_000, gpu=None))
+        assert decision.num_ctx == 59392  # 50000 + 8192, in 2048 buckets
+
+    def test_the_cap_is_an_option(self) -> None:
+        """max_reply_tokens raises or lowers the cap."""
+        context = ctx(client_num_ctx=None, prompt_tokens=50_000, num_predict=32_000, gpu=None)
+        assert decide(context, max_reply_tokens=32_000).num_ctx == 83968

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -45,6 +46,15 @@ class Decided:
     """Ollama did not hold the model at the context sent: this request (re)loads it."""
     loaded_before: tuple[LoadedModel, ...] = ()
     """What Ollama held when the request went out (to see what its scheduler did for it)."""
+    decision: Decision | None = None
+    """What the policies settled (None when refused)."""
+
+    def applied_to(self, body: dict[str, Any]) -> bytes | None:
+        """The decision applied to another body of the same request (a resend that changed a
+        field no policy decides, e.g. without ``think``); None: send ``body`` as it is."""
+        if self.decision is None or self.record.dry_run:
+            return None
+        return rewrite_body(dataclasses.replace(self.request, body=body), self.decision)
 
 
 class Pipeline:
@@ -71,7 +81,7 @@ class Pipeline:
         started_ts = time.time()
         loaded_before = self.contexts.facts.loaded
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
-        policies = governor.policies_for(request.model)
+        policies = governor.policies_for(request.model, request.endpoint)
         outcome = ChainOutcome(start)
         gpu = None
         if policies:
@@ -110,7 +120,17 @@ class Pipeline:
         body = None if dry_run else rewrite_body(request, decision)
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
         expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
-        return Decided(request, record, body, expects_load=expects_load, loaded_before=loaded_before)
+        return Decided(
+            request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
+        )
+
+    def governs(self, model: str, endpoint: str) -> bool:
+        """Whether a rule with policies governs ``model`` on ``endpoint`` right now."""
+        return bool(self.governor.policies_for(model, endpoint))
+
+    def governs_route(self, endpoint: str) -> bool:
+        """Whether any rule with policies applies to ``endpoint`` right now."""
+        return self.governor.governs_route(endpoint)
 
     async def finish(self, decided: Decided, answer: Answer) -> GovernedRequest:
         """Record Ollama's answer: learn from it, observe what it did, publish the record."""

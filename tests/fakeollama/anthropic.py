@@ -19,7 +19,7 @@ from tests.fakeollama.native import fake_tool_calls
 from tests.fakeollama.openai import SSE_KEEPALIVE_HEADERS
 from tests.fakeollama.options import content_text
 from tests.fakeollama.records import RunnerRequest
-from tests.fakeollama.wire import PLAIN_JSON_CT, ApiError, dumps, hex_id, json_response
+from tests.fakeollama.wire import PLAIN_JSON_CT, ApiError, dumps, go_type_name, hex_id, json_response
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
@@ -196,7 +196,7 @@ def message_parts(body: dict[str, Any], *, vision: bool) -> list[tuple[str, int]
                 for b in results
             ]
         else:
-            raise ApiError(400, f"invalid message content type: {type(content).__name__}", from_writer=False)
+            raise ApiError(400, f"invalid message content type: {go_type_name(content)}", from_writer=False)
     return parts
 
 

@@ -9,6 +9,7 @@ Each route supplies a Renderer that turns the generation into its wire format.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -293,11 +294,17 @@ class EngineMixin:
             g.load_ns = max(g.load_ns, 1_000_000)
             if self.modern:
                 self._fit_prompt(g, state)
-            self.completions.append(
-                Completion(
-                    request.path, state.name, state.num_ctx, state.spilled, g.truncated, g.prompt_tokens
-                )
+            completion = Completion(
+                request.path,
+                state.name,
+                state.num_ctx,
+                state.spilled,
+                g.truncated,
+                g.prompt_tokens,
+                g.load_ns,
             )
+            index = len(self.completions)
+            self.completions.append(completion)
             t_slot = time.monotonic_ns()
             async with state.slots:
                 wall = time.monotonic_ns() - t_slot
@@ -323,6 +330,9 @@ class EngineMixin:
                 wall = time.monotonic_ns() - t
                 g.eval_ns = max(self.sim.compressed_ns(wall, delay * g.n_tokens), 1)
                 g.sim_extra_ns += g.eval_ns - wall
+                self.completions[index] = dataclasses.replace(
+                    completion, eval_tokens=g.n_tokens, eval_ns=g.eval_ns
+                )
                 if resp is None:
                     return g.renderer.body(g)
                 for piece in g.renderer.tail(g):

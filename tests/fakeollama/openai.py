@@ -24,7 +24,16 @@ from tests.fakeollama.native import EMBEDDINGS_UNSUPPORTED, embedding, fake_tool
 from tests.fakeollama.options import content_text
 from tests.fakeollama.records import LoadedState, RunnerRequest
 from tests.fakeollama.simtime import LoadTiming
-from tests.fakeollama.wire import PLAIN_JSON_CT, ApiError, dumps, full_name, json_response
+from tests.fakeollama.wire import (
+    PLAIN_JSON_CT,
+    SSE_ERROR_HEADERS,
+    ApiError,
+    check_go_fields,
+    dumps,
+    full_name,
+    go_type_name,
+    json_response,
+)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream"}
 SSE_KEEPALIVE_HEADERS = {
@@ -32,6 +41,52 @@ SSE_KEEPALIVE_HEADERS = {
     "Cache-Control": "no-cache",
     "Connection": "keep-alive",
 }
+REQUEST_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
+    "/v1/chat/completions": (
+        "ChatCompletionRequest",
+        {
+            "model": "string",
+            "messages": "[]openai.Message",
+            "stream": "bool",
+            "max_tokens": "int",
+            "seed": "int",
+            "temperature": "float64",
+            "top_p": "float64",
+            "tools": "[]api.Tool",
+        },
+    ),
+    "/v1/completions": (
+        "CompletionRequest",
+        {
+            "model": "string",
+            "prompt": "string",
+            "stream": "bool",
+            "max_tokens": "int",
+            "seed": "int",
+            "temperature": "float32",
+            "top_p": "float32",
+            "suffix": "string",
+        },
+    ),
+    "/v1/embeddings": ("EmbedRequest", {"model": "string", "dimensions": "int", "encoding_format": "string"}),
+    "/v1/responses": (
+        "ResponsesRequest",
+        {"model": "string", "stream": "bool", "instructions": "string", "max_output_tokens": "int"},
+    ),
+    "/v1/messages": (
+        "MessagesRequest",
+        {
+            "model": "string",
+            "max_tokens": "int",
+            "messages": "[]anthropic.MessageParam",
+            "stream": "bool",
+            "temperature": "float64",
+            "top_k": "int",
+        },
+    ),
+}
+"""The top-level fields of each route's Go request struct that the fake checks as gin's
+``ShouldBindJSON`` does (the first field of the wrong type fails the request)."""
 _IMAGE_PREFIXES = ("data:;base64,", *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")))
 
 
@@ -393,7 +448,7 @@ def chat_parts(messages: list[Any], *, vision: bool) -> list[tuple[str, int]]:
         elif msg.get("tool_calls") is not None:
             parts.append((role, 0))
         else:
-            raise ApiError(400, f"invalid message content type: {type(content).__name__}", from_writer=False)
+            raise ApiError(400, f"invalid message content type: {go_type_name(content)}", from_writer=False)
     return parts
 
 
@@ -451,11 +506,19 @@ class OpenAIRoutes:
         def _release(self, state: LoadedState) -> None: ...
 
     async def _compat_body(self, request: web.Request) -> dict[str, Any]:
-        """The body as the compat middleware binds it: its errors come from gin, not the writer."""
+        """The body as the compat middleware binds it (``ShouldBindJSON``: an empty body is
+        ``EOF``, a field of the wrong type Go's unmarshal error): gin's errors, not the writer's."""
         try:
-            return await self._body(request)
+            if not (await request.read()).strip():
+                raise ApiError(400, "EOF")
+            body = await self._body(request)
         except ApiError as e:
             raise ApiError(e.status, e.message, from_writer=False) from e
+        struct_name, fields = REQUEST_FIELDS[request.path]
+        check_go_fields(body, struct_name, fields)
+        if body.get("stream") is True and request.path in ("/v1/messages", "/v1/responses"):
+            request[SSE_ERROR_HEADERS] = True
+        return body
 
     def _compat_model(self, body: dict[str, Any]) -> tuple[str, FakeModel]:
         name = body.get("model")
@@ -482,6 +545,10 @@ class OpenAIRoutes:
         tools = body.get("tools")
         if self.modern and tools and "tools" not in model.capabilities:
             raise ApiError(400, f"registry.ollama.ai/library/{model.full_name} does not support tools")
+        reasoning = body.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+        if self.modern and effort not in (None, "", "none") and "thinking" not in model.capabilities:
+            raise ApiError(400, f'"{req_model}" does not support thinking')  # FromChatRequest sets think
         fmt = body.get("response_format") or {}
         json_format = isinstance(fmt, dict) and str(fmt.get("type", "")).lower() in (
             "json_object",

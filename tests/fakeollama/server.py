@@ -26,7 +26,15 @@ from tests.fakeollama.options import OptionsMixin, vram_tier_num_ctx
 from tests.fakeollama.records import Completion, Eviction, LoadedState, LoadEvent, Recorded
 from tests.fakeollama.scheduler import SchedulerMixin, default_keep_alive
 from tests.fakeollama.simtime import SimTime
-from tests.fakeollama.wire import ApiError, GiB, error_response, full_name, parse_json_body, version_tuple
+from tests.fakeollama.wire import (
+    SSE_ERROR_HEADERS,
+    ApiError,
+    GiB,
+    error_response,
+    full_name,
+    parse_json_body,
+    version_tuple,
+)
 
 N_UBATCH = 512
 LEGACY_DEFAULT_NUM_CTX = 4096
@@ -165,7 +173,10 @@ class FakeOllama(
             try:
                 return await handler(request)
             except ApiError as e:
-                return error_response(request.path, e, modern=self.modern)
+                response = error_response(request.path, e, modern=self.modern)
+                if e.from_writer and request.get(SSE_ERROR_HEADERS):
+                    response.headers.update({"Cache-Control": "no-cache", "Connection": "keep-alive"})
+                return response
 
         app = web.Application(middlewares=[record], client_max_size=1 << 30)
         r = app.router

@@ -162,6 +162,62 @@ def parse_json_body(raw: bytes) -> Any:
         raise ApiError(400, _go_json_error(text, e)) from e
 
 
+def go_type_name(value: Any) -> str:
+    """Go's ``%T`` of a JSON value decoded into ``any`` (every number is a float64)."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int | float):
+        return "float64"
+    return "[]interface {}" if isinstance(value, list) else "map[string]interface {}"
+
+
+SSE_ERROR_HEADERS = web.RequestKey("sse_error_headers", bool)
+"""Set on a streamed /v1/messages or /v1/responses request: their middlewares set the event-stream
+``Cache-Control`` and ``Connection`` headers before the handler runs, so its errors carry them."""
+
+_JSON_KINDS: dict[type, str] = {
+    str: "string",
+    bool: "bool",
+    int: "number",
+    float: "number",
+    list: "array",
+    dict: "object",
+}
+_GO_ACCEPTS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+}
+
+
+def check_go_fields(body: dict[str, Any], struct_name: str, fields: dict[str, str]) -> None:
+    """encoding/json's first ``UnmarshalTypeError`` for the top-level fields of a Go struct:
+    ``fields`` maps a json name to its Go type (``int``, ``float64``, ``[]openai.Message``)."""
+    for key, value in body.items():
+        go_type = fields.get(key)
+        if go_type is None or value is None:
+            continue
+        base = "float" if go_type.startswith("float") else go_type
+        accepted = (list,) if go_type.startswith("[]") else _GO_ACCEPTS.get(base, (object,))
+        fits = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+        if base == "int" and isinstance(value, float):
+            fits = False
+        if not fits:
+            kind = _JSON_KINDS.get(type(value), "value")
+            if kind == "number" and base == "int":
+                kind = f"number {value}"
+            raise ApiError(
+                400,
+                f"json: cannot unmarshal {kind} into Go struct field {struct_name}.{key} of type {go_type}",
+                from_writer=False,
+            )
+
+
 def _go_json_error(text: str, err: ValueError) -> str:
     if isinstance(err, json.JSONDecodeError):
         pos = err.pos

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from policies.context import GpuSnapshot, LoadedModel
 from policies.decision import Decision
@@ -39,6 +39,9 @@ from proxy.request.parse import parse_request
 
 PLAN_VERSION = 1
 """The version of ``plan --json``'s shape (docs/plan.md); bumped when a field changes meaning."""
+
+PLAN_ENDPOINT: Final = "generate"
+"""The route the plan's what-if request takes (a rule's ``endpoints`` decide whether it governs)."""
 
 DEFAULT_PROMPT_TOKENS = 100
 """``--prompt-tokens`` when not given: a short prompt, so headroom's choice shows its defaults."""
@@ -240,7 +243,7 @@ def headroom_choice(
     """Run the headroom policy on the Context the proxy would build for a request of
     ``inputs.prompt_tokens`` tokens without ``num_ctx``, and predict what Ollama does with its choice."""
     facts = model.facts
-    request = parse_request("generate", json.dumps({"model": facts.name, "prompt": ""}).encode())
+    request = parse_request(PLAN_ENDPOINT, json.dumps({"model": facts.name, "prompt": ""}).encode())
     assert request is not None  # a plain body always parses
     template = _candidate(model, 0)
     own = next((resident.loaded for resident in residents if same_runner(template, resident)), None)

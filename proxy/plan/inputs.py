@@ -31,6 +31,7 @@ from proxy.govern.rules import Governor
 from proxy.names import canonical_model
 from proxy.plan.build import (
     DEFAULT_PROMPT_TOKENS,
+    PLAN_ENDPOINT,
     HeadroomFrom,
     PlanError,
     PlanInputs,
@@ -220,9 +221,9 @@ async def _memory(
 
 
 def _headroom(governor: Governor, name: str) -> tuple[Headroom, HeadroomFrom]:
-    """The headroom instance the rule for ``name`` runs (from the config, or the built-in default
-    rule when the config names none), else one with its defaults."""
-    for policy in governor.policies_for(name):
+    """The headroom instance the rule for ``name`` on ``/api/generate`` runs (from the config, or the
+    built-in default rule when the config names none), else one with its defaults."""
+    for policy in governor.policies_for(name, PLAN_ENDPOINT):
         if isinstance(policy.call, Headroom):
             return policy.call, "built-in" if governor.config.default_rules else "config"
     return Headroom(), "not governed"

@@ -9,14 +9,12 @@ headroom would send is what headroom sends for the same inputs.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from policies.context import GpuSnapshot, LoadedModel
+from policies.context import GpuSnapshot
 from policies.decision import Decision
-from policies.duration import keep_alive_seconds
 from policies.headroom import Headroom
 from policies.memory import Calibration
 from policies.model import ModelFacts
@@ -35,6 +33,7 @@ from policies.scheduler import (
 )
 from proxy.config.settings import OllamaSettings
 from proxy.facts.context import governed_context, request_context, server_default_num_ctx
+from proxy.facts.scheduling import ollama_server
 from proxy.request.parse import parse_request
 
 PLAN_VERSION = 1
@@ -144,21 +143,6 @@ class Plan:
 
 class PlanError(Exception):
     """A plan cannot be made; the message is one line saying what to do."""
-
-
-def ollama_server(settings: OllamaSettings, version: tuple[int, int, int] | None) -> OllamaServer:
-    """The scheduler model's view of a server configured as ``settings`` say, at ``version``."""
-    text = settings.keep_alive.strip()
-    keep_alive = keep_alive_seconds(int(text) if text.lstrip("-").isdigit() else text)
-    return OllamaServer(
-        version=version,
-        num_parallel=settings.num_parallel,
-        kv_cache_type=settings.kv_cache_type,
-        max_loaded_models=settings.max_loaded_models,
-        flash_attention=settings.flash_attention,
-        keep_alive_s=keep_alive,
-        gpu_overhead_bytes=settings.gpu_overhead_bytes,
-    )
 
 
 def default_ladder(trained_ctx: int | None) -> tuple[int, ...]:
@@ -279,13 +263,3 @@ def _candidate(model: PlannedModel, num_ctx: int, *, auto: bool = False) -> Cand
         model_path=model.model_path,
         calibration=model.calibration,
     )
-
-
-def keep_alive_from_expiry(loaded: LoadedModel, now_year: int) -> float | None:
-    """``math.inf`` for a runner whose ``expires_at`` is more than 20 years ahead (kept forever, as
-    Ollama's CLI reads it); None otherwise (its keep_alive is not in ``/api/ps``)."""
-    expires = loaded.expires_at or ""
-    year = expires[:4]
-    if year.isdigit() and int(year) > now_year + 20:
-        return math.inf
-    return None

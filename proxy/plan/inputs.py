@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from proxy.facts.gguf import GgufError, read_gguf_facts
 from proxy.facts.memory import build_source
 from proxy.facts.memory.probe import read_once
 from proxy.facts.ollama import Facts
+from proxy.facts.scheduling import ollama_server, residents
 from proxy.govern.rules import Governor
 from proxy.names import canonical_model
 from proxy.plan.build import (
@@ -36,8 +36,6 @@ from proxy.plan.build import (
     PlanError,
     PlanInputs,
     PlannedModel,
-    keep_alive_from_expiry,
-    ollama_server,
 )
 from proxy.upstream.client import Upstream, new_session
 
@@ -127,24 +125,14 @@ async def _reach(upstream: Upstream, names: list[str]) -> None:
 
 
 async def _residents(facts: Facts) -> tuple[Resident, ...]:
-    """What Ollama has loaded, each with its facts and blob when ``/api/show`` gives them."""
+    """What Ollama has loaded, each with its facts and blob once ``/api/show`` gave them."""
     if facts.ps_error is not None:
         raise PlanError(
             f"Ollama at {facts.upstream.base_url} did not answer /api/ps: {_cause(facts.ps_error)}"
         )
-    year = datetime.datetime.now(datetime.UTC).year
-    residents = []
     for loaded in facts.loaded:
-        model = await facts.model_facts(loaded.name, SHOW_WAIT_S)
-        residents.append(
-            Resident(
-                loaded=loaded,
-                facts=model,
-                keep_alive_s=keep_alive_from_expiry(loaded, year),
-                model_path=facts.model_path(loaded.name),
-            )
-        )
-    return tuple(residents)
+        await facts.model_facts(loaded.name, SHOW_WAIT_S)
+    return residents(facts)
 
 
 def _version_from(request: PlanRequest, config: Config, facts: Facts) -> str:

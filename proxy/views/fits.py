@@ -12,7 +12,6 @@ a lookup while nothing changes.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from policies.scheduler import Budget, Candidate, Prediction, Resident, largest_
 from proxy.config.settings import OllamaSettings
 from proxy.facts.context import server_default_num_ctx
 from proxy.facts.ollama import Facts
+from proxy.facts.scheduling import ollama_server, residents
 from proxy.names import canonical_model
-from proxy.plan.build import keep_alive_from_expiry, ollama_server
 
 MAX_MODELS = 8
 """Models listed at most: the loaded ones, then the most recently used."""
@@ -62,30 +61,21 @@ def fit_inputs(
     facts: Facts, snapshot: GpuSnapshot | None, decisions: Sequence[Mapping[str, Any]]
 ) -> FitInputs:
     """Gather the inputs from the facts' caches and the newest decisions (newest first); no I/O."""
-    year = datetime.datetime.now(datetime.UTC).year
-    residents = tuple(
-        Resident(
-            loaded=loaded,
-            facts=facts.cached_facts(loaded.name),
-            keep_alive_s=keep_alive_from_expiry(loaded, year),
-            model_path=facts.model_path(loaded.name),
-        )
-        for loaded in facts.loaded
-    )
+    held = residents(facts)
     client: dict[str, int | None] = {}
     for decision in decisions:
         name = decision.get("model")
         if isinstance(name, str) and canonical_model(name) not in client:
             asked = decision.get("client_num_ctx")
             client[canonical_model(name)] = asked if isinstance(asked, int) and asked > 0 else None
-    names = [canonical_model(resident.name) for resident in residents]
+    names = [canonical_model(resident.name) for resident in held]
     names += [name for name in client if name not in names]
     models = []
     for name in names[:MAX_MODELS]:
         model = facts.cached_facts(name)
         calibration = facts.calibrations.get(facts.calibration_key(model)) if model is not None else None
         models.append(FitModel(name, model, facts.model_path(name), calibration, client.get(name)))
-    return FitInputs(tuple(models), residents, snapshot, facts.settings, facts.version)
+    return FitInputs(tuple(models), held, snapshot, facts.settings, facts.version)
 
 
 def fits_json(inputs: FitInputs) -> list[dict[str, Any]]:

@@ -83,7 +83,7 @@ class Pipeline:
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
         policies = governor.policies_for(request.model, request.endpoint)
         outcome = ChainOutcome(start)
-        gpu = None
+        gpu = ctx = None
         if policies:
             ctx = await safe_await(
                 "facts",
@@ -119,7 +119,18 @@ class Pipeline:
             return Decided(request, record, None, rejection=decision.rejection)
         body = None if dry_run else rewrite_body(request, decision)
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
-        expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
+        sent_keep_alive = request.keep_alive if body is None else decision.keep_alive
+        expects_load = (
+            safecall("expect load", self.contexts.expect_load, request, sent_num_ctx, sent_keep_alive) is True
+        )
+        if ctx is not None:
+            prediction = safecall("predict", self.contexts.predict, ctx, sent_num_ctx, sent_keep_alive)
+            if prediction is not None:
+                record = dataclasses.replace(
+                    record,
+                    predicted_action=prediction.action,
+                    predicted_evictions=prediction.evicted_names,
+                )
         return Decided(
             request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
         )

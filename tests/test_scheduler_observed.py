@@ -9,7 +9,7 @@ from proxy.facts.memory import NvmlSource
 from proxy.govern.record import GovernedRequest
 from tests.conftest import PASS_THROUGH, OllamaClients, StartFake, StartProxy, settled
 from tests.fake_nvml import following
-from tests.fake_ollama import gemma3_4b, gemma3_27b, llama3_1_8b
+from tests.fake_ollama import gemma3_4b, gemma3_27b, llama3_1_8b, nomic_embed_text
 
 KEEPS_THE_CLIENTS_CONTEXT = """
 [[rules]]
@@ -156,3 +156,24 @@ class TestPredictedAction:
             models=[gemma3_4b()],
         )
         assert (records[0].predicted_action, records[0].observed_action) == (None, "load")
+
+    async def test_an_embedding_models_first_load_is_a_load(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        """An embedding answer has no done_reason; its 200 still completes the load it caused."""
+        upstream = await start_fake(vram_bytes=8 * GIB, models=[nomic_embed_text()])
+        recorded: list[GovernedRequest] = []
+        proxy = await start_proxy(
+            upstream.url,  # type: ignore[attr-defined]
+            KEEPS_THE_CLIENTS_CONTEXT,
+            memory_source=NvmlSource(nvml=following(upstream)),
+            sinks=[recorded.append],
+        )
+        client = ollama_client(proxy.url)
+        for _ in range(2):
+            await client.embed(model="nomic-embed-text", input="a question")
+            await settled(proxy)
+        assert [(r.predicted_action, r.observed_action, r.reloaded) for r in recorded] == [
+            ("load", "load", True),
+            ("reuse", "reuse", False),
+        ]

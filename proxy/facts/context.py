@@ -27,6 +27,7 @@ from proxy.facts.tokens import TokenEstimator
 from proxy.govern.record import GovernedRequest
 from proxy.names import canonical_model
 from proxy.request.parse import ClientRequest
+from proxy.request.prompt import EMBED_ENDPOINTS
 
 log = structlog.get_logger("ollama_governor.facts")
 
@@ -233,9 +234,11 @@ class ContextFactory:
         """Learn from the answer; after a load, the awaitable waits for the ``/api/ps`` read the
         record's observations need. ``loaded_before`` is what Ollama held when the request went
         out, to see what the scheduler unloaded for it."""
-        if expected_load and record.status == 200 and record.done_reason:
+        answered = bool(record.done_reason) or request.endpoint in EMBED_ENDPOINTS
+        if expected_load and record.status == 200 and answered:
             # Ollama held the model at another context (or not at all) when this went out: a
-            # fast load, e.g. a small model from the page cache, is still a load.
+            # fast load, e.g. a small model from the page cache, is still a load. (An embedding
+            # has no done_reason: its 200 is the whole answer.)
             record = dataclasses.replace(record, reloaded=True)
         if isinstance(record.prompt_tokens, int) and record.status == 200:
             self.tokens.learn(

@@ -93,6 +93,9 @@ SOURCE_KINDS: Mapping[str, MemoryKind] = {
 }
 """The kind each of the governor's memory sources reads (``none`` and anything else: unknown)."""
 
+BACKENDS: Mapping[str, str] = {"nvml": "cuda", "amdgpu": "rocm", "apple": "metal", "system": "cpu"}
+"""The compute backend behind each memory source that names one (``GpuSnapshot.backend``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
@@ -132,6 +135,21 @@ class GpuSnapshot:
     def known(self) -> bool:
         """True when at least one device was read."""
         return bool(self.devices)
+
+    @property
+    def backend(self) -> str:
+        """The compute backend Ollama runs models on here, as far as the source tells: ``cuda``
+        (NVML), ``rocm`` (amdgpu), ``metal`` (Apple), ``cpu`` (system memory), else ``gpu`` (a GPU
+        of unknown make) or ``unknown``. Compute buffers differ by backend."""
+        if self.kind == "system":
+            return "cpu"
+        return BACKENDS.get(self.source, "gpu" if self.kind in ("gpu", "unified") else "unknown")
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs a load may be split over (each keeps a compute buffer): every device of a
+        discrete-GPU host, else 1."""
+        return len(self.devices) if self.kind == "gpu" and self.devices else 1
 
     @property
     def free_bytes(self) -> int | None:

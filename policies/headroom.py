@@ -506,9 +506,8 @@ class Headroom:
 
 
 def _gpu_count(ctx: Context) -> int:
-    """GPUs a load may be split over (each keeps a compute buffer): every device of a GPU host."""
-    gpu = ctx.gpu
-    return len(gpu.devices) if gpu is not None and gpu.kind == "gpu" and gpu.devices else 1
+    """GPUs a load may be split over (``GpuSnapshot.gpu_count``; 1 without a sample)."""
+    return ctx.gpu.gpu_count if ctx.gpu is not None else 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -408,6 +408,33 @@ def estimate(
     )
 
 
+def assumed_parts(
+    backend: str, *, flash_attention: bool = True, gpu_count: int = 1, kv_cache_type: str = "f16"
+) -> tuple[str, ...]:
+    """The parts of ``estimate`` that are assumed, not measured, on this host: what a
+    ``Calibration`` learnt here corrects, and what the figures rest on before one is.
+
+    The formulas were fitted to llama-server's own allocations on the CPU backend with flash
+    attention on (docs/ollama-rules.md §6); every other backend's compute buffer, the attention
+    matrix of flash attention off, a quantised cache stored as f16 without it, and one compute
+    buffer per GPU of a split load follow llama.cpp's graph but were never recorded.
+    """
+    parts: list[str] = []
+    if backend != "cpu":
+        parts.append(
+            f"the compute buffer on {backend}"
+            if backend not in ("gpu", "unknown")
+            else "the GPU compute buffer"
+        )
+    if not flash_attention:
+        parts.append("the attention matrix (flash attention off)")
+        if kv_cache_type not in ("f16", "f32", "bf16"):
+            parts.append(f"a {kv_cache_type} V cache held as f16 (flash attention off)")
+    if gpu_count > 1:
+        parts.append(f"a compute buffer on each of {gpu_count} GPUs")
+    return tuple(parts)
+
+
 def attention_matrix_bytes(model: ModelFacts, num_ctx: int, parallel: int, n_ubatch: int) -> int:
     """The f32 attention scores llama.cpp materialises without flash attention: one row per
     micro-batch token, one column per cell of a slot, per head (assumed, not measured)."""

@@ -122,6 +122,21 @@ class TestCalibrationBook:
         again = CalibrationBook(path).get(key)
         assert again is not None and again.apply(1000) == 1100
 
+    def test_the_key_separates_what_changes_an_allocation(self) -> None:
+        """A load on CUDA, with flash attention off or split over two GPUs allocates other compute
+        buffers than the CPU backend: each learns its own correction, none borrows another's."""
+        keys = {
+            calibration_key("sha256:abc", 1, "f16", "llama-server"),
+            calibration_key("sha256:abc", 1, "f16", "llama-server", "cuda"),
+            calibration_key("sha256:abc", 1, "f16", "llama-server", "cuda", flash_attention=False),
+            calibration_key("sha256:abc", 1, "f16", "llama-server", "cuda", gpu_count=2),
+            calibration_key("sha256:abc", 1, "f16", "legacy", "cuda", gpu_count=2),
+        }
+        assert len(keys) == 5
+        assert calibration_key("d", 3, "q8_0", "llama-server", "rocm", gpu_count=2) == (
+            "d|p3|q8_0|llama-server|rocm|fa|g2|m3"
+        )
+
     def test_unreadable_file_starts_afresh(self, tmp_path: Path) -> None:
         """A corrupt calibration file is logged and ignored, never fatal."""
         path = tmp_path / "calibration.json"

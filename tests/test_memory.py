@@ -15,6 +15,7 @@ from policies.memory import (
     LEGACY_KV_BYTES_PER_ELEMENT,
     MIB,
     Calibration,
+    assumed_parts,
     auto_num_batch,
     compute_buffer_bytes,
     effective_parallel,
@@ -1020,3 +1021,22 @@ class TestGpuParts:
         one, two = estimate(model, 8192), estimate(model, 8192, gpu_count=2)
         assert two.graph_bytes == 2 * one.graph_bytes
         assert (two.weights_bytes, two.kv_bytes) == (one.weights_bytes, one.kv_bytes)
+
+
+class TestAssumedParts:
+    """What ``estimate`` assumes rather than measures, per host: what a calibration corrects."""
+
+    def test_the_cpu_backend_with_flash_attention_is_measured(self) -> None:
+        """The recordings are llama-server on the CPU backend with flash attention on: nothing assumed."""
+        assert assumed_parts("cpu") == ()
+
+    def test_every_gpu_part_is_named(self) -> None:
+        assert assumed_parts("cuda", flash_attention=False, gpu_count=2, kv_cache_type="q8_0") == (
+            "the compute buffer on cuda",
+            "the attention matrix (flash attention off)",
+            "a q8_0 V cache held as f16 (flash attention off)",
+            "a compute buffer on each of 2 GPUs",
+        )
+
+    def test_a_gpu_of_unknown_make(self) -> None:
+        assert assumed_parts("gpu") == ("the GPU compute buffer",)

@@ -211,7 +211,7 @@ class TestCalibration:
     def test_a_learnt_calibration_is_applied_and_shown(self, gemma_gguf: Path, config_file: Path) -> None:
         """A calibration in the state dir under the model's key corrects the totals and says so."""
         facts = read_gguf_facts(gemma_gguf)
-        key = calibration_key(facts.digest or facts.name, 1, "f16", "llama-server")
+        key = calibration_key(facts.digest or facts.name, 1, "f16", "llama-server", "gpu")  # --vram: a GPU
         book = CalibrationBook(config_file.parent / "state" / "calibration.json")
         raw = estimate(facts, 8192).raw_bytes
         book.observe(key, 8192, raw, raw + (50 << 20))
@@ -230,6 +230,17 @@ class TestCalibration:
         model = data["models"][0]
         assert not model["calibration"]["calibrated"]
         assert model["contexts"][0]["total_bytes"] == model["contexts"][0]["raw_bytes"]
+
+    def test_it_says_which_parts_are_assumed(self, gemma_gguf: Path, config_file: Path) -> None:
+        """On a GPU with flash attention off, the compute buffer and the attention matrix are
+        assumed from llama.cpp's graph (measured only on the CPU backend): plan names both."""
+        data = run_plan(
+            config_file, str(gemma_gguf), "--vram", BIG_GPU, "--ctx", "8192", "--flash-attention", "off"
+        )
+        assert data["models"][0]["calibration"]["assumed"] == [
+            "the GPU compute buffer",
+            "the attention matrix (flash attention off)",
+        ]
 
 
 class TestText:

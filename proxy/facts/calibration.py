@@ -1,7 +1,8 @@
 """Per-model memory calibrations, learnt from ``/api/ps`` after loads and kept across restarts.
 
-A calibration belongs to one model digest, parallel slot count, KV cache type and Ollama engine,
-so the key says all four. The file is small JSON in the state directory, written atomically.
+A calibration belongs to one model digest, parallel slot count, KV cache type, Ollama engine,
+compute backend, flash attention setting and GPU count, so the key says all seven: each changes
+what a load allocates beyond the formulas. The file is small JSON in the state directory, written atomically.
 """
 
 from __future__ import annotations
@@ -20,15 +21,27 @@ log = structlog.get_logger("ollama_governor.calibration")
 FILENAME = "calibration.json"
 
 
-CALIBRATION_MODEL = "m2"
-"""Which memory model a calibration corrects. ``m2``: the fitted compute buffer, learning the real
-allocation (``/api/ps`` size plus what it leaves out); calibrations learnt by earlier models are
-not reused, since they corrected different errors."""
+CALIBRATION_MODEL = "m3"
+"""Which memory model a calibration corrects. ``m3``: the fitted compute buffer, learning the real
+allocation (``/api/ps`` size plus what it leaves out), per backend, flash attention and GPU count;
+calibrations learnt by earlier models are not reused, since they corrected different errors."""
 
 
-def calibration_key(digest: str, parallel: int, kv_cache_type: str, engine: str) -> str:
-    """The key a calibration is stored under."""
-    return f"{digest}|p{parallel}|{kv_cache_type}|{engine}|{CALIBRATION_MODEL}"
+def calibration_key(
+    digest: str,
+    parallel: int,
+    kv_cache_type: str,
+    engine: str,
+    backend: str = "cpu",
+    *,
+    flash_attention: bool = True,
+    gpu_count: int = 1,
+) -> str:
+    """The key a calibration is stored under: one per model and per setting that changes what
+    a load allocates beyond the formulas (``policies.memory.assumed_parts``)."""
+    attention = "fa" if flash_attention else "nofa"
+    parts = (digest, f"p{parallel}", kv_cache_type, engine, backend, attention, f"g{gpu_count}")
+    return "|".join((*parts, CALIBRATION_MODEL))
 
 
 class CalibrationBook:

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from policies.context import GpuSnapshot, LoadedModel
-from policies.memory import effective_parallel, estimate, ps_unreported_bytes
+from policies.memory import assumed_parts, effective_parallel, estimate, ps_unreported_bytes
 from policies.model import ModelFacts, parse_version, uses_llama_server
 from policies.ollama import loaded_num_ctx
 from proxy.config.settings import OllamaSettings
@@ -254,9 +254,16 @@ class Facts:
         if facts is None or not loaded.context_length or loaded.size_bytes <= 0:
             return False
         parallel = effective_parallel(facts, self.settings.num_parallel)
-        try:
+        snapshot = self.gpu()
+        try:  # the estimate headroom makes on this host, so the correction applies to it
             load = estimate(
-                facts, loaded.context_length, parallel, self.settings.kv_cache_type, version=self.version
+                facts,
+                loaded.context_length,
+                parallel,
+                self.settings.kv_cache_type,
+                version=self.version,
+                flash_attention=self.settings.flash_attention != "off",
+                gpu_count=snapshot.gpu_count if snapshot is not None else 1,
             )
         except ValueError:
             return False
@@ -272,10 +279,29 @@ class Facts:
         )
 
     def calibration_key(self, facts: ModelFacts) -> str:
-        """The calibration key for a model under the current settings."""
+        """The calibration key for a model under the current settings, on this host's memory."""
         engine = "llama-server" if uses_llama_server(self.version) else "legacy"
         parallel = effective_parallel(facts, self.settings.num_parallel)
-        return calibration_key(facts.digest or facts.name, parallel, self.settings.kv_cache_type, engine)
+        snapshot = self.gpu()
+        return calibration_key(
+            facts.digest or facts.name,
+            parallel,
+            self.settings.kv_cache_type,
+            engine,
+            snapshot.backend if snapshot is not None else "unknown",
+            flash_attention=self.settings.flash_attention != "off",
+            gpu_count=snapshot.gpu_count if snapshot is not None else 1,
+        )
+
+    def assumed_parts(self) -> tuple[str, ...]:
+        """What the memory figures assume, not measure, on this host (``memory.assumed_parts``)."""
+        snapshot = self.gpu()
+        return assumed_parts(
+            snapshot.backend if snapshot is not None else "unknown",
+            flash_attention=self.settings.flash_attention != "off",
+            gpu_count=snapshot.gpu_count if snapshot is not None else 1,
+            kv_cache_type=self.settings.kv_cache_type,
+        )
 
     # -- model facts -----------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class PlannedModel:
     """The GGUF file, or the blob Ollama runs for a name (its Modelfile's FROM), when known."""
     calibration_key: str
     calibration: Calibration | None
+    assumed_parts: tuple[str, ...]
+    """What the figures assume, not measure, on this host (``policies.memory.assumed_parts``): what
+    a calibration learns, or would once the model has loaded here."""
     headroom: Headroom
     """The headroom policy the rule for this model runs, else one with its defaults."""
     headroom_from: HeadroomFrom

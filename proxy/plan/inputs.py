@@ -85,8 +85,9 @@ async def gather(config: Config, governor: Governor, request: PlanRequest) -> Pl
         version_from = _version_from(request, config, facts)
         settings = dataclasses.replace(request.settings, version=facts.version)
         facts.settings = settings
-        models = [await _model(argument, facts, upstream, governor) for argument in request.models]
         snapshot, memory_from = await _memory(config, request, upstream, facts, residents, settings, ask)
+        facts.gpu = lambda: snapshot  # calibrations are kept per backend and GPU count
+        models = [await _model(argument, facts, upstream, governor) for argument in request.models]
     return PlanInputs(
         models=tuple(models),
         settings=settings,
@@ -168,6 +169,7 @@ async def _model(argument: str, facts: Facts, upstream: Upstream, governor: Gove
         model_path=planned_path,
         calibration_key=key,
         calibration=facts.calibrations.get(key),
+        assumed_parts=facts.assumed_parts(),
         headroom=headroom,
         headroom_from=headroom_from,
     )

@@ -77,7 +77,7 @@ def model_json(model: ModelPlan) -> dict[str, Any]:
         },
         "parallel": model.parallel,
         "default_num_ctx": model.default_num_ctx,
-        "calibration": calibration_json(planned.calibration_key, planned.calibration),
+        "calibration": calibration_json(planned.calibration_key, planned.calibration, planned.assumed_parts),
         "contexts": [prediction_json(prediction, requested) for requested, prediction in model.rows],
         "largest_fit": model.largest_fit,
         "largest_fit_beside_loaded": model.largest_fit_beside,
@@ -93,16 +93,27 @@ def model_json(model: ModelPlan) -> dict[str, Any]:
     }
 
 
-def calibration_json(key: str, calibration: Calibration | None) -> dict[str, Any]:
-    """Whether the figures carry a correction learnt on this host, or are the formula alone."""
+def calibration_json(
+    key: str, calibration: Calibration | None, assumed_parts: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Whether the figures carry a correction learnt on this host, or are the formula alone, and
+    which parts of them are assumed (what the calibration learns)."""
     if calibration is None:
-        return {"key": key, "calibrated": False, "samples": 0, "slope": None, "offset_bytes": None}
+        return {
+            "key": key,
+            "calibrated": False,
+            "samples": 0,
+            "slope": None,
+            "offset_bytes": None,
+            "assumed": list(assumed_parts),
+        }
     return {
         "key": key,
         "calibrated": True,
         "samples": len(calibration.samples),
         "slope": calibration.slope,
         "offset_bytes": round(calibration.offset_bytes),
+        "assumed": list(assumed_parts),
     }
 
 
@@ -252,6 +263,9 @@ def _model_lines(plan: Plan, model: ModelPlan) -> list[str]:
             f"  figures: calibrated from {len(calibration.samples)} load(s) on this host "
             f"(slope {calibration.slope:.3f}, offset {format_bytes(calibration.offset_bytes)})"
         )
+    if planned.assumed_parts:
+        learnt = "the calibration corrects" if calibration is not None else "a load here calibrates"
+        lines.append(f"  assumed, not measured ({learnt} them): {', '.join(planned.assumed_parts)}")
     table: list[tuple[str, ...]] = [(*_COLUMNS, "Ollama will")]
     for requested, prediction in model.rows:
         table.append(_row(requested, prediction, plan))

@@ -23,6 +23,7 @@ from proxy.govern.boundary import safe_await, safecall
 from proxy.govern.chain import ChainOutcome, run_chain
 from proxy.govern.record import Answer, GovernedRequest
 from proxy.govern.rules import Governor
+from proxy.govern.stall import StepLog
 from proxy.ledger.ledger import Ledger
 from proxy.request.parse import ClientRequest
 from proxy.request.rewrite import rewrite_body
@@ -43,15 +44,24 @@ class Decided:
     expects_load: bool = False
     """Ollama did not hold the model at the context sent: this request (re)loads it."""
 
+    def without_body(self) -> Decided:
+        """This decision without the client's parsed body, which ``finish`` does not read: a
+        large body then costs its bytes once, not three times, while the answer streams."""
+        return dataclasses.replace(self, request=dataclasses.replace(self.request, body={}))
+
 
 class Pipeline:
     """Decides and records governed requests. ``governor`` is swapped whole on reload; a request
     in flight keeps the one it started with."""
 
-    def __init__(self, governor: Governor, contexts: ContextFactory, ledger: Ledger) -> None:
+    def __init__(
+        self, governor: Governor, contexts: ContextFactory, ledger: Ledger, steps: StepLog | None = None
+    ) -> None:
         self.governor = governor
         self.contexts = contexts
         self.ledger = ledger
+        self.steps = steps
+        """Where the chain notes the policy steps that held the loop (read by the stall monitor)."""
         self._pending: set[asyncio.Task[GovernedRequest]] = set()
 
     async def decide(
@@ -79,7 +89,7 @@ class Pipeline:
             if ctx is None:  # facts are best effort; the request goes on with what it tells
                 ctx = request_context(request, client=client, headers=headers)
             gpu = ctx.gpu
-            outcome = await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+            outcome = await run_chain(policies, ctx, start, governor.config.policy_timeout_s, self.steps)
             _warn(request, outcome)
         decision = outcome.decision
         dry_run = governor.config.dry_run
@@ -139,7 +149,11 @@ class Pipeline:
     async def _record_later(
         self, later: Awaitable[GovernedRequest], fallback: GovernedRequest
     ) -> GovernedRequest:
-        record = await safe_await("observe", later, model=fallback.model) or fallback
+        try:
+            record = await safe_await("observe", later, model=fallback.model) or fallback
+        except asyncio.CancelledError:
+            self.ledger.record(fallback)  # shutdown cut the observation short: keep the result
+            raise
         return self.ledger.record(record)
 
     def abandon(self, decided: Decided, status: int, error: str) -> GovernedRequest:
@@ -152,10 +166,17 @@ class Pipeline:
         """Record a request a policy refused (the client gets a 400; nothing was sent)."""
         return self.ledger.record(dataclasses.replace(decided.record, status=400))
 
-    async def drain(self) -> None:
-        """Record every result still waiting for facts (at shutdown)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Record every result still waiting for facts (at shutdown); past ``timeout_s`` the
+        observations are cut short and each result is recorded with what it had."""
+        if not self._pending:
+            return
+        pending = list(self._pending)
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def _warn(request: ClientRequest, outcome: ChainOutcome) -> None:

@@ -16,18 +16,18 @@ import structlog
 from aiohttp import hdrs, web
 
 from policies.context import Endpoint
+from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.record import Answer
 from proxy.request.parse import parse_request
 from proxy.upstream.client import Upstream
-from proxy.upstream.relay import error_response, relay
+from proxy.upstream.inflight import InFlight
+from proxy.upstream.relay import duration_text, error_response, relay
 from proxy.upstream.tap import FinalObjectTap
 
 log = structlog.get_logger("ollama_governor.request")
 
 GOVERNED_PATHS: dict[str, Endpoint] = {"/api/generate": "generate", "/api/chat": "chat"}
-MAX_GOVERNED_BODY_BYTES = 128 * 1024 * 1024
-"""Bodies larger than this (many big images) are streamed through ungoverned, never refused."""
 
 
 async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
@@ -54,35 +54,62 @@ async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[
 class GovernedHandler:
     """Handles ``/api/generate`` and ``/api/chat``."""
 
-    def __init__(self, pipeline: Pipeline, upstream: Upstream) -> None:
+    def __init__(self, pipeline: Pipeline, upstream: Upstream, inflight: InFlight | None = None) -> None:
         self.pipeline = pipeline
         self.upstream = upstream
+        self.inflight = inflight
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Govern one request and relay its answer."""
         started = time.perf_counter()
         endpoint = GOVERNED_PATHS[request.path]
-        raw, whole = await read_limited(request, MAX_GOVERNED_BODY_BYTES)
+        limits = self.pipeline.governor.config.limits
+        try:
+            async with asyncio.timeout(limits.body_timeout_s or None):
+                raw, whole = await read_limited(request, limits.max_governed_body_bytes)
+        except TimeoutError:
+            waited = duration_text(limits.body_timeout_s)
+            response = error_response(408, f"the request body did not arrive within {waited}")
+            response.force_close()
+            return response
         if not whole:
             log.warning("not_governed", reason="body too large to govern", path=request.path)
             body = _prefixed(raw, request.content)
-            return (await relay(request, self.upstream, body=body)).response  # type: ignore[arg-type]
+            relayed = await relay(
+                request,
+                self.upstream,
+                body=body,
+                inflight=self.inflight,
+                body_timeout_s=limits.body_timeout_s,
+            )
+            return relayed.response
         parsed = parse_request(endpoint, raw)
         if parsed is None:
-            return (await relay(request, self.upstream, body=raw)).response
-        decided = await self.pipeline.decide(parsed, client=request.remote, headers=request.headers)
+            return (await relay(request, self.upstream, body=raw, inflight=self.inflight)).response
+        # Governing fails open: if deciding breaks (a bug of ours), the request goes as sent.
+        decided = await safe_await(
+            "decide",
+            self.pipeline.decide(parsed, client=request.remote, headers=request.headers),
+            model=parsed.model,
+        )
+        if decided is None:
+            return (await relay(request, self.upstream, body=raw, inflight=self.inflight)).response
         if decided.rejection is not None:
             self.pipeline.refuse(decided)
             return error_response(400, decided.rejection)
+        sent = raw if decided.body is None else decided.body
+        decided = decided.without_body()
+        del raw, parsed  # one copy of the body, the bytes sent, is kept while the answer streams
         tap = FinalObjectTap()
         try:
             relayed = await relay(
                 request,
                 self.upstream,
-                body=raw if decided.body is None else decided.body,
+                body=sent,
                 body_length=None if decided.body is None else len(decided.body),
                 drop_headers=(hdrs.ACCEPT_ENCODING,),
                 tap=tap,
+                inflight=self.inflight,
             )
         except (asyncio.CancelledError, ConnectionError):
             # The client went away; Ollama's own word for that is 499. Still one result.

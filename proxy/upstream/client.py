@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from yarl import URL
 
 from proxy import __version__
+from proxy.redact import describe_chain, describe_error
 
 CONNECT_TIMEOUT_S = 10.0
 OWN_USER_AGENT = f"ollama-governor/{__version__}"
@@ -55,11 +56,21 @@ class Upstream:
     """
 
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession | None = None, retry_window_s: float = 5.0
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession | None = None,
+        retry_window_s: float = 5.0,
+        *,
+        first_byte_timeout_s: float = 0.0,
+        stream_idle_timeout_s: float = 0.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
         self.retry_window_s = retry_window_s
+        self.first_byte_timeout_s = first_byte_timeout_s
+        """How long a relayed request may wait for Ollama's answer to start (0: no bound)."""
+        self.stream_idle_timeout_s = stream_idle_timeout_s
+        """The longest pause between two pieces of a relayed answer (0: no bound)."""
         base = URL(self.base_url)
         if not base.is_absolute() or base.host is None:
             raise ValueError(f"upstream must be an absolute http(s) URL, got {base_url!r}")
@@ -155,6 +166,15 @@ class Upstream:
             return json.loads(body) if body else None
 
     def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        cause = getattr(exc, "os_error", None) or exc
-        text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-        return UpstreamUnavailable(f"upstream Ollama at {self.base_url} is unreachable: {text}")
+        """The failure in words that quote nothing the client sent: aiohttp's own messages name
+        the URL (query string included) or the bytes they failed on, so only a connect error's
+        OS reason and the error's class are used."""
+        connect_error = getattr(exc, "os_error", None)
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(connect_error, OSError):
+            text = connect_error.strerror or describe_error(connect_error)
+            return UpstreamUnavailable(f"upstream Ollama at {self.base_url} is unreachable: {text}")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            text = "it closed the connection before answering"
+        else:
+            text = describe_chain(exc)
+        return UpstreamUnavailable(f"upstream Ollama at {self.base_url} failed: {text}")

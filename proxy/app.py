@@ -231,9 +231,10 @@ def shutdown_tail_s(config: Config) -> float:
 
 
 def shutdown_step_s(config: Config) -> float:
-    """How long each of the four steps after the drain may take: the cut streams' grace,
-    aiohttp's shutdown, the results still being observed, and the store's commit."""
-    return shutdown_tail_s(config) / 4
+    """How long each of the five steps after the drain may take: the cut streams' grace,
+    aiohttp's shutdown, the results still being observed, the store's commit, and the tasks and
+    threads that are left."""
+    return shutdown_tail_s(config) / 5
 
 
 def make_runner(app: web.Application, *, shutdown_timeout_s: float = 15.0) -> web.AppRunner:

@@ -108,7 +108,8 @@ async def _call(
     cancellation cannot hold the request. A ``threaded`` policy runs in a worker thread.
     """
     if policy.threaded:
-        return await _bounded(asyncio.ensure_future(asyncio.to_thread(policy.call, ctx, decision)), timeout_s)
+        thread = asyncio.ensure_future(asyncio.to_thread(policy.call, ctx, decision))
+        return await _bounded(thread, timeout_s, policy.name)
     started = time.perf_counter()
     try:
         result: object = policy.call(ctx, decision)
@@ -124,7 +125,7 @@ async def _call(
     finally:
         _check_blocking(policy, ctx, time.perf_counter() - started, timeout_s, steps)
     if isinstance(result, _Resumed) or inspect.isawaitable(result):
-        return await _bounded(asyncio.ensure_future(result), timeout_s)
+        return await _bounded(asyncio.ensure_future(result), timeout_s, policy.name)
     return result
 
 
@@ -148,8 +149,11 @@ def _check_blocking(
         )
 
 
-async def _bounded(task: asyncio.Future[Any], timeout_s: float) -> object:
-    """The task's result within ``timeout_s``; past it the task is cancelled and left behind."""
+async def _bounded(task: asyncio.Future[Any], timeout_s: float, name: str) -> object:
+    """The task's result within ``timeout_s``; past it the task is cancelled and left behind,
+    named for its policy (the shutdown names what refuses to stop)."""
+    if isinstance(task, asyncio.Task):
+        task.set_name(f"policy {name}")
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s or None)
     except asyncio.CancelledError:

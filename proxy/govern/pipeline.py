@@ -113,7 +113,10 @@ class Pipeline:
         )
         if decision.rejection is not None:
             return Decided(request, record, None, rejection=decision.rejection)
+        rewriting = time.perf_counter()
         body = None if dry_run else rewrite_body(request, decision)
+        if self.steps is not None:
+            self.steps.since("rewrite body", rewriting)  # a large body is encoded on the loop
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
         expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
         return Decided(request, record, body, expects_load=expects_load)

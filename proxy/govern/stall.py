@@ -21,6 +21,8 @@ STALL_INTERVAL_S = 0.1
 """How often the monitor wakes: ten timer callbacks a second, nothing else."""
 STALL_THRESHOLD_S = 0.2
 """A wake-up later than this is a stall worth a warning: every stream paused that long."""
+NOTE_AT_S = 0.05
+"""A step shorter than this is not worth naming: it cannot explain a stall on its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,12 @@ class StepLog:
     def note(self, name: str, held_s: float) -> None:
         """Remember that ``name`` just held the loop for ``held_s``."""
         self.last = HeldStep(name, held_s, time.perf_counter())
+
+    def since(self, name: str, started: float) -> None:
+        """Note ``name`` if it held the loop for long since ``started`` (a ``perf_counter`` time)."""
+        held_s = time.perf_counter() - started
+        if held_s >= NOTE_AT_S:
+            self.note(name, held_s)
 
 
 class StallMonitor:

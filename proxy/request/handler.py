@@ -83,7 +83,10 @@ class GovernedHandler:
                 body_timeout_s=limits.body_timeout_s,
             )
             return relayed.response
+        parsing = time.perf_counter()
         parsed = parse_request(endpoint, raw)
+        if self.pipeline.steps is not None:
+            self.pipeline.steps.since("parse body", parsing)  # a large body is parsed on the loop
         if parsed is None:
             return (await relay(request, self.upstream, body=raw, inflight=self.inflight)).response
         # Governing fails open: if deciding breaks (a bug of ours), the request goes as sent.
@@ -114,6 +117,9 @@ class GovernedHandler:
         except (asyncio.CancelledError, ConnectionError):
             # The client went away; Ollama's own word for that is 499. Still one result.
             self.pipeline.abandon(decided, 499, "client disconnected")
+            raise
+        except Exception as exc:  # a bug of ours while relaying: still one result, then the guard
+            self.pipeline.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
             raise
         ttfb_ms = round((relayed.first_byte_at - started) * 1000, 3) if relayed.first_byte_at else None
         answer = Answer.of(

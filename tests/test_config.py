@@ -182,9 +182,18 @@ class TestLimits:
     @pytest.mark.parametrize(
         ("text", "expected"),
         [
-            ('[limits]\nheader_timeout = "0s"', "limits.header_timeout: expected a duration above zero such as \"30s\", got '0s'"),
-            ("[limits]\ndrain_timeout = 0", 'limits.drain_timeout: expected a duration above zero such as "30s", got 0'),
-            ('[limits]\nbody_timeout = "-1s"', "limits.body_timeout: expected a duration of zero or more, got '-1s'"),
+            (
+                '[limits]\nheader_timeout = "0s"',
+                "limits.header_timeout: expected a duration above zero such as \"30s\", got '0s'",
+            ),
+            (
+                "[limits]\ndrain_timeout = 0",
+                'limits.drain_timeout: expected a duration above zero such as "30s", got 0',
+            ),
+            (
+                '[limits]\nbody_timeout = "-1s"',
+                "limits.body_timeout: expected a duration of zero or more, got '-1s'",
+            ),
             ('[limits]\nfirst_byte_timeout = "soon"', "limits.first_byte_timeout: invalid duration 'soon'"),
             (
                 '[limits]\nmax_governed_body = "1KiB"',

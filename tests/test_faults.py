@@ -22,8 +22,9 @@ from structlog.testing import capture_logs
 
 from proxy.app import reload
 from proxy.govern.record import GovernedRequest
-from proxy.keys import UPSTREAM
+from proxy.keys import PIPELINE, UPSTREAM
 from proxy.ledger.store import DB_FILENAME, ResultStore
+from proxy.upstream.client import Upstream, UpstreamUnavailable
 from tests.conftest import StartFake, StartProxy, client_requests, eventually, free_port, settled
 from tests.fake_ollama import FakeOllama
 from tests.faultkit import (
@@ -39,6 +40,7 @@ from tests.faultkit import (
     governed,
     hostile_upstream,
     limits,
+    read_head,
     status_of,
 )
 
@@ -559,7 +561,9 @@ class TestUpstreamFaults:
             assert await response.json() == {"status": "success"}
             response.release()
 
-    async def test_bad_chunked_encoding_mid_stream(self, start_proxy: StartProxy, http: aiohttp.ClientSession) -> None:
+    async def test_bad_chunked_encoding_mid_stream(
+        self, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
         """Broken framing from Ollama ends the stream with the error line; its bytes are not quoted.
 
         (aiohttp's C parser drops such a body without failing it, so the stream idle timeout is
@@ -576,7 +580,9 @@ class TestUpstreamFaults:
         async with hostile_upstream(breaks_framing) as upstream:
             proxy = await start_proxy(upstream.url, limits(stream_idle_timeout="300ms") + STATIC_2048)
             with capture_logs() as logs:
-                async with http.post(proxy.url + "/api/generate", json={**GENERATE, "stream": True}) as response:
+                async with http.post(
+                    proxy.url + "/api/generate", json={**GENERATE, "stream": True}
+                ) as response:
                     first = await response.content.readline()
                     first_line_read.set()
                     body = first + await response.read()
@@ -657,6 +663,65 @@ async def _start_later(start_fake: StartFake, port: int) -> None:
     await start_fake(port=port, version="0.33.0-rc2")
 
 
+class TestDroppedConnections:
+    """A pooled connection Ollama dropped (it restarted) costs a replay, not a 502, when that is safe."""
+
+    @staticmethod
+    async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve the first request of each connection keep-alive; drop the connection at the second."""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            await read_head(reader)
+            writer.transport.abort()
+
+    @pytest.mark.parametrize(
+        ("method", "path", "body", "replayed"),
+        [
+            ("GET", "/api/tags", None, True),
+            ("POST", "/api/generate", b'{"model":"m"}', True),
+            ("POST", "/api/pull", b'{"model":"m"}', False),
+            ("POST", "/api/copy", b'{"source":"a","destination":"b"}', False),
+        ],
+    )
+    async def test_only_replay_safe_requests_are_sent_again(
+        self, method: str, path: str, body: bytes | None, replayed: bool
+    ) -> None:
+        """GETs and inference requests are replayed on a fresh connection; a pull or a copy is not."""
+        heads: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            original = reader.readuntil
+
+            async def recording(separator: bytes = b"\n") -> bytes:
+                data = await original(separator)
+                heads.append(data)
+                return data
+
+            reader.readuntil = recording  # type: ignore[method-assign]
+            await self.one_answer_per_connection(reader, writer)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = Upstream(f"http://127.0.0.1:{port}", retry_window_s=2.0)
+        upstream.open()
+        try:
+            (await upstream.send("GET", "/api/version")).release()
+            if replayed:
+                response = await upstream.send(method, path, data=body)
+                assert response.status == 200
+                response.release()
+            else:
+                with pytest.raises(UpstreamUnavailable):
+                    await upstream.send(method, path, data=body)
+        finally:
+            await upstream.close()
+            server.close()
+        assert len(heads) == (3 if replayed else 2)
+
+
 class TestOwnBugs:
     """A bug of ours is not hidden as an upstream error, and still leaves one result."""
 
@@ -735,6 +800,20 @@ class TestLoad:
         await settled(proxy)
         assert all(json.loads(b.splitlines()[-1])["done"] is True for b in bodies)
         assert len(records) == 50
+
+
+class TestReloadedLimits:
+    async def test_limits_apply_at_the_next_start(
+        self, fake: FakeOllama, start_proxy: StartProxy, tmp_path: Path
+    ) -> None:
+        """A reload that changes [limits] keeps the running ones and says so."""
+        proxy = await start_proxy(fake_url(fake), limits(drain_timeout="5s"))
+        next(tmp_path.glob("config*.toml")).write_text(limits(drain_timeout="9s"))
+        with capture_logs() as logs:
+            assert reload(proxy.app)
+        [deferred] = events(logs, "reload_deferred")
+        assert deferred["settings"] == ["[limits]"]
+        assert proxy.app[PIPELINE].governor.config.limits.drain_timeout_s == 5.0
 
 
 class TestStoreFaults:

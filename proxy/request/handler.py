@@ -16,13 +16,14 @@ import structlog
 from aiohttp import hdrs, web
 
 from policies.context import Endpoint
+from proxy.config.reader import duration_text
 from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.record import Answer
 from proxy.request.parse import parse_request
 from proxy.upstream.client import Upstream
 from proxy.upstream.inflight import InFlight
-from proxy.upstream.relay import duration_text, error_response, relay
+from proxy.upstream.relay import error_response, relay
 from proxy.upstream.tap import FinalObjectTap
 
 log = structlog.get_logger("ollama_governor.request")

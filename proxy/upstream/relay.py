@@ -24,6 +24,7 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config.reader import duration_text
 from proxy.redact import describe_chain
 from proxy.upstream.client import Upstream, UpstreamUnavailable
 from proxy.upstream.inflight import Flight, InFlight
@@ -103,15 +104,6 @@ class Relayed:
     completed: bool = False
     error: str | None = None
     content_type: str = ""
-
-
-def duration_text(seconds: float) -> str:
-    """``10m``, ``90s``, ``1.5s``, ``250ms``: a timeout as an operator wrote it."""
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    if seconds >= 1:
-        return f"{seconds:g}s"
-    return f"{seconds * 1000:g}ms"
 
 
 def is_bounded(path: str) -> bool:

@@ -480,15 +480,16 @@ def hostile(
 
 def _error_line(status: int, body: bytes) -> tuple[str, bool]:
     error = str(last_line(body).get("error", ""))
-    return f"{status}, ends with: {error[:48]}", status == 200 and error.startswith(
-        "upstream closed the stream"
-    )
+    shown = error.removeprefix("upstream closed the stream: ")
+    passed = status == 200 and error.startswith("upstream closed the stream")
+    return f"{status}, then the error line ({shown})", passed
 
 
 def _ollama_shaped(expected: int) -> Callable[[int, bytes], tuple[str, bool]]:
     def check(status: int, body: bytes) -> tuple[str, bool]:
         error = str(json.loads(body).get("error", "")) if body.startswith(b"{") else ""
-        return f"{status} {error[:48]}", status == expected and bool(error) and "UPSTREAMSECRET" not in error
+        shown = error.split(" ", 4)[-1]  # without "upstream Ollama at http://host:port"
+        return f"{status} ({shown})", status == expected and bool(error) and "UPSTREAMSECRET" not in error
 
     return check
 

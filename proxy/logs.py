@@ -9,10 +9,11 @@ address, and the error's class with a safe reason (``proxy.redact``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from aiohttp import http_exceptions
@@ -66,6 +67,36 @@ class LibraryRecords(logging.Handler):
             self.handleError(record)
 
 
+class DroppingStream:
+    """The log stream, minus its failures: a line that cannot be written (a full disk, a pipe
+    whose reader went away) is counted and dropped, never raised into the request that logged."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.dropped = 0
+        """Lines lost since start."""
+
+    def write(self, text: str) -> int:
+        """Write ``text``, or drop it."""
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        """Flush, or give up quietly."""
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        """Whether the underlying stream is a terminal."""
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def configure_logging(
     log_format: str = "auto", level: str = "info", stream: TextIO | None = None, *, cache: bool = True
 ) -> None:
@@ -73,9 +104,10 @@ def configure_logging(
 
     With ``cache`` (serve, once per process) each logger binds its configuration on first use,
     which saves that work on every request; pass ``cache=False`` to reconfigure later. Standard
-    ``logging`` records (aiohttp, asyncio) go through ``LibraryRecords`` into the same stream.
+    ``logging`` records (aiohttp, asyncio) go through ``LibraryRecords`` into the same stream, and
+    a stream that cannot be written drops lines rather than failing requests (``DroppingStream``).
     """
-    out = stream or sys.stdout
+    out = DroppingStream(stream or sys.stdout)
     console = log_format == "console" or (log_format == "auto" and out.isatty())
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -89,7 +121,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, out)),
         cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()

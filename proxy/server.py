@@ -11,6 +11,7 @@ store's last commit, and whatever refuses to stop (``let_go``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
@@ -64,8 +65,13 @@ async def serve(governor: Governor, *, load_config: Callable[[], Config] | None 
     finally:
         started = time.monotonic()
         log.info("stopping")
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # A second TERM or INT stops at once (the default); a reload during the stop is ignored
+        # (its default would end the process without committing the last results).
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        loop.add_signal_handler(
+            signal.SIGHUP, functools.partial(log.info, "reload_ignored", reason="stopping")
+        )
         await drain(app, runner, site, config)
         await runner.cleanup()
         log.info("stopped", took_s=round(time.monotonic() - started, 3))

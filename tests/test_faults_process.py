@@ -99,7 +99,8 @@ class TestDrain:
         assert governor.events("drained")[0]["cut"] == len(STREAMS)
 
     async def test_streams_that_finish_in_time_are_not_cut(self, held: FakeOllama, tmp_path: Path) -> None:
-        """Streams that end during the drain end normally; new connections are refused meanwhile."""
+        """Streams that end during the drain end normally; new connections are refused and a
+        reload is ignored meanwhile."""
         config = limits(drain_timeout=f"{DRAIN_S}s") + STATIC_4096
         async with (
             served_governor(config, fake_url(held), tmp_path) as governor,
@@ -110,6 +111,8 @@ class TestDrain:
             await governor.wait_for("draining")
             with pytest.raises(OSError):
                 await asyncio.open_connection(*address(governor.url))
+            governor.process.send_signal(signal.SIGHUP)  # a reload during the stop is ignored
+            await governor.wait_for("reload_ignored")
             held.hold.set()  # type: ignore[union-attr]
             tails = [await asyncio.wait_for(response.read(), 15) for response in streams]
             assert await governor.finished() == 0

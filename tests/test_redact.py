@@ -165,3 +165,43 @@ class TestLibraryEvent:
                     logging.getLogger().removeHandler(handler)
         out = capsys.readouterr().out
         assert '"event": "bad_request"' in out and SECRET not in out
+
+
+class FullDisk:
+    """A stream whose every write fails the way a full disk or a closed pipe does."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+class TestDroppingStream:
+    def test_a_failing_stream_drops_lines_and_counts_them(self) -> None:
+        """Writes that fail are counted and dropped; nothing is raised to the caller."""
+        from proxy.logs import DroppingStream
+
+        stream = DroppingStream(FullDisk())  # type: ignore[arg-type]
+        assert stream.write("line\n") == 0
+        stream.flush()
+        assert stream.dropped == 1
+
+    def test_logging_to_a_full_disk_never_raises(self) -> None:
+        """With the log stream failing, structlog and library records still return normally."""
+        import structlog
+
+        from proxy.logs import configure_logging
+
+        configure_logging("json", "info", FullDisk(), cache=False)  # type: ignore[arg-type]
+        try:
+            structlog.get_logger("test").info("result", model="m")
+            logging.getLogger("aiohttp.server").error("Error handling request from %s", "127.0.0.1")
+        finally:
+            structlog.reset_defaults()
+            for handler in logging.getLogger().handlers[:]:
+                if type(handler).__name__ == "LibraryRecords":
+                    logging.getLogger().removeHandler(handler)

@@ -74,7 +74,7 @@ async def measure(config_path: Path, upstream_url: str, iterations: int) -> dict
         raw = payloads.chat_request(stream=False)
         parsed = parse_request("chat", raw)
         assert parsed is not None
-        policies = governor.policies_for(parsed.model)
+        policies = governor.policies_for(parsed.model, parsed.endpoint)
         timeout_s = config.policy_timeout_s
         start = Decision(num_ctx=parsed.num_ctx, keep_alive=parsed.keep_alive)
         ctx = await contexts.build(parsed)

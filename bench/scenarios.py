@@ -10,11 +10,12 @@ by ``TIME_SCALE`` and reported back in simulated time, so a full run takes secon
 while the figures read as they would on the seed report's host (~10 tok/s on the GPU, ~1 tok/s
 spilled, tens of seconds to minutes per load).
 
-Each scenario runs one client script twice on a fresh fake: straight at the fake ("without") and
-through the governor ("with": the real proxy app in process, ``[ollama] num_parallel`` matching
-the fake, the ``headroom`` policy, and NVML replaced by a fake whose used memory is what the
-fake Ollama's loaded models occupy). Every figure comes from what the fake ran or what the
-client got back, never from the governor's own view.
+Each scenario runs one client script twice on a fresh fake (Ollama 0.33's rules): straight at
+the fake ("without") and through the governor ("with": the real proxy app in process,
+``[ollama] num_parallel`` matching the fake, the scenario's policies or, with none, the built-in
+rule of a governor without a config file, and NVML replaced by a fake whose used memory is what
+the fake Ollama's runners occupy; a CPU-only host has no memory source). Every figure comes from
+what the fake ran or what the client got back, never from the governor's own view.
 """
 
 from __future__ import annotations
@@ -24,20 +25,30 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
+import anthropic
 import ollama
+import openai
 import structlog.testing
 from aiohttp import web
 
 from policies.memory import GIB
 from proxy.app import create_app, make_runner
 from proxy.config import parse_config
-from proxy.facts.memory import NvmlSource
+from proxy.facts.memory import MemorySource, NoGpuSource, NvmlSource
 from proxy.govern.rules import Governor
 from proxy.keys import MEMORY, PIPELINE
-from tests.fake_nvml import FakeGpu, FakeNvml
-from tests.fake_ollama import FakeModel, FakeOllama, gemma3_27b, llama3_1_8b
+from tests.fake_nvml import following
+from tests.fake_ollama import (
+    FakeModel,
+    FakeOllama,
+    gemma3_4b,
+    gemma3_27b,
+    gemma3_270m,
+    llama3_1_8b,
+    nomic_embed_text,
+)
 
 TIME_SCALE: Final = 500.0
 SMOKE_TIME_SCALE: Final = 5000.0
@@ -61,6 +72,8 @@ REPLY_TOKENS: Final = 128
 SHORT_PROMPT: Final = "Summarise yesterday's incident review in three bullet points for the team channel."
 LONG_PROMPT: Final = "Quarterly report paragraph. " * 2860
 """~80,000 characters: 20,000 tokens by the fake's 4 characters per token."""
+TEN_K_PROMPT: Final = "Quarterly report paragraph. " * 1430
+"""~40,000 characters: 10,000 tokens, past a CPU host's 4096 default."""
 
 SIMULATION_NOTE: Final = (
     "These figures come from a simulation, not from a GPU: the fake Ollama of the tests "
@@ -77,22 +90,23 @@ SIMULATION_NOTE: Final = (
 )
 
 
-def ollama_default_num_ctx(vram_bytes: int) -> int:
-    """Ollama's automatic ``num_ctx`` for a host's total VRAM (docs/ollama-rules.md §1, the VRAM tiers)."""
-    if vram_bytes >= 47 * GIB:
-        return 262144
-    if vram_bytes >= 23 * GIB:
-        return 32768
-    return 4096
+Kind = Literal["generate", "chat", "embed", "openai.chat", "openai.completions", "anthropic.messages"]
+"""The route an ask goes to: Ollama's own (the ``ollama`` client) or an OpenAI- or Anthropic-style
+one (the ``openai`` or ``anthropic`` SDK), which cannot name a ``num_ctx``."""
+COMPAT_KINDS: Final = frozenset({"openai.chat", "openai.completions", "anthropic.messages"})
 
 
 @dataclass(frozen=True)
 class Ask:
-    """One request of a client script: which client sends it, the prompt, the ``num_ctx`` asked."""
+    """One request of a client script: which client sends it, the prompt, the ``num_ctx`` asked
+    (None on the OpenAI- and Anthropic-style routes, which cannot carry one), the route and the
+    model (None: the scenario's first model)."""
 
     client: int
     prompt: str
     num_ctx: int | None
+    kind: Kind = "generate"
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,16 +119,34 @@ class Scenario:
 
     key: str
     title: str
-    model: Callable[[], FakeModel]
-    vram_bytes: int
+    models: tuple[Callable[[], FakeModel], ...]
+    vram_bytes: int | None
+    """Simulated VRAM; None is a CPU-only host (no GPU, every model in system RAM)."""
     num_parallel: int
     rounds: tuple[tuple[Ask, ...], ...]
-    policies: tuple[dict[str, Any], ...]
+    policies: tuple[dict[str, Any], ...] | None
+    """The rule's policies; None runs the governor with no config file (its built-in rule)."""
     governor_note: str
+
+    def __post_init__(self) -> None:
+        for ask in (a for r in self.rounds for a in r):
+            if ask.kind in COMPAT_KINDS and ask.num_ctx is not None:
+                raise ValueError(f"scenario {self.key}: the {ask.kind} route cannot carry num_ctx")
 
     @property
     def requests(self) -> int:
         return sum(len(r) for r in self.rounds)
+
+    @property
+    def model(self) -> str:
+        """The model a request names when it names none."""
+        return self.models[0]().full_name
+
+    def host(self) -> str:
+        """The host as the table's footnotes describe it."""
+        names = " + ".join(make().name for make in self.models)
+        memory = "CPU only" if self.vram_bytes is None else f"{self.vram_bytes / GIB:g} GiB GPU"
+        return f"{names}, {memory}, num_parallel {self.num_parallel}, {self.requests} requests"
 
 
 class SideResult(TypedDict):
@@ -127,6 +159,8 @@ class SideResult(TypedDict):
     median_eval_tokens_per_s: float | None
     spilled_requests: int
     truncated_prompts: int
+    prompt_tokens_evaluated: int
+    evictions: int
     wall_s: float
 
 
@@ -140,7 +174,7 @@ class ScenarioResult(TypedDict):
 
 
 def scenarios(*, smoke: bool) -> list[Scenario]:
-    """The four scripts of the issue; ``smoke`` keeps their shape with fewer requests."""
+    """The client scripts; ``smoke`` keeps their shape with fewer requests."""
     ctx_ask = 131072
     seed_rounds_p1 = 2 if smoke else 4
     seed_rounds_p3 = 1 if smoke else 2
@@ -151,7 +185,7 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
         Scenario(
             key="a1",
             title="gemma3:27b asks 131072, parallel 1",
-            model=gemma3_27b,
+            models=(gemma3_27b,),
             vram_bytes=24 * GIB,
             num_parallel=1,
             rounds=tuple((Ask(0, SHORT_PROMPT, ctx_ask),) for _ in range(seed_rounds_p1)),
@@ -161,7 +195,7 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
         Scenario(
             key="a3",
             title="gemma3:27b asks 131072, parallel 3",
-            model=gemma3_27b,
+            models=(gemma3_27b,),
             vram_bytes=24 * GIB,
             num_parallel=3,
             rounds=tuple(
@@ -173,7 +207,7 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
         Scenario(
             key="b",
             title="two clients alternate 4096 / 16384",
-            model=gemma3_27b,
+            models=(gemma3_27b,),
             vram_bytes=24 * GIB,
             num_parallel=1,
             rounds=tuple((Ask(i % 2, SHORT_PROMPT, (4096, 16384)[i % 2]),) for i in range(2 * alternations)),
@@ -183,41 +217,96 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
         Scenario(
             key="c",
             title="long (20K-token) and short prompts, no num_ctx",
-            model=llama3_1_8b,
+            models=(llama3_1_8b,),
             vram_bytes=16 * GIB,
             num_parallel=1,
             rounds=tuple((Ask(0, LONG_PROMPT if kind == "L" else SHORT_PROMPT, None),) for kind in mix),
             policies=({"use": "headroom", "max_ctx": 32768},),
             governor_note="headroom, max_ctx 32768",
         ),
+        Scenario(
+            key="d",
+            title="CPU only: clients alternate 2048 / 8192 / unset",
+            models=(gemma3_270m,),
+            vram_bytes=None,
+            num_parallel=1,
+            rounds=tuple(
+                (Ask(i % 3, SHORT_PROMPT, (2048, 8192, None)[i % 3]),) for i in range(3 * alternations)
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        Scenario(
+            key="e",
+            title="CPU only: a 10K-token prompt, no num_ctx",
+            models=(gemma3_270m,),
+            vram_bytes=None,
+            num_parallel=1,
+            rounds=tuple((Ask(0, TEN_K_PROMPT if kind == "L" else SHORT_PROMPT, None),) for kind in mix),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        Scenario(
+            key="f",
+            title="RAG: embed the question, then chat, 8 GiB GPU",
+            models=(gemma3_4b, nomic_embed_text),
+            vram_bytes=8 * GIB,
+            num_parallel=1,
+            rounds=tuple(
+                step
+                for turn in range(alternations * 2)
+                for step in (
+                    (Ask(0, f"{SHORT_PROMPT} ({turn})", None, "embed", "nomic-embed-text:latest"),),
+                    (Ask(1, f"{SHORT_PROMPT} ({turn})", None, "chat"),),
+                )
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        Scenario(
+            key="g",
+            title="OpenAI-style clients, gemma3:27b, parallel 3",
+            models=(gemma3_27b,),
+            vram_bytes=24 * GIB,
+            num_parallel=3,
+            rounds=tuple(
+                tuple(Ask(c, SHORT_PROMPT, None, "openai.chat") for c in range(3))
+                for _ in range(seed_rounds_p3)
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        Scenario(
+            key="h",
+            title="/api/chat at 32768, then OpenAI-style long prompts",
+            models=(llama3_1_8b,),
+            vram_bytes=16 * GIB,
+            num_parallel=1,
+            rounds=tuple(
+                (
+                    Ask(0, SHORT_PROMPT, 32768, "chat")
+                    if kind == "N"
+                    else Ask(1, LONG_PROMPT if kind == "L" else SHORT_PROMPT, None, "openai.chat"),
+                )
+                for kind in ("NLS" if smoke else "NLSNLS")
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
     ]
 
 
 def _fake_for(scenario: Scenario, time_scale: float) -> FakeOllama:
-    model = scenario.model()
+    models = [make() for make in scenario.models]
     return FakeOllama(
-        models=[model],
+        models=models,
         vram_bytes=scenario.vram_bytes,
         num_parallel=scenario.num_parallel,
-        default_num_ctx=ollama_default_num_ctx(scenario.vram_bytes),
-        token_delay_s=model.weights_bytes / DECODE_BYTES_PER_S,
+        token_delay_s=models[0].weights_bytes / DECODE_BYTES_PER_S,
         spill_slowdown=SPILL_SLOWDOWN,
         load_bytes_per_s=LOAD_BYTES_PER_S,
         reply_tokens=REPLY_TOKENS,
         time_scale=time_scale,
-    )
-
-
-def _nvml_following(fake: FakeOllama) -> FakeNvml:
-    """One fake GPU whose used memory is what the fake Ollama's loaded models hold in VRAM."""
-    total = fake.vram_bytes or 0
-
-    def used_bytes() -> int:
-        free = fake.free_vram_bytes()
-        return total - (total if free is None else free)
-
-    return FakeNvml(
-        [FakeGpu("GPU-bench-0", f"simulated {total / GIB:g} GiB GPU", total, 0, used_by=used_bytes)]
     )
 
 
@@ -231,58 +320,116 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://{host}:{port}"
 
 
-async def _ask(client: ollama.AsyncClient, model: str, ask: Ask) -> ollama.GenerateResponse:
+Reply = ollama.GenerateResponse | ollama.ChatResponse | ollama.EmbedResponse | None
+"""What the client got back; None for an OpenAI- or Anthropic-style reply, whose figures (it has
+no durations) are read from what the fake ran instead."""
+
+
+@dataclass
+class Clients:
+    """One script client: the official client of each route family, against one URL."""
+
+    ollama: ollama.AsyncClient
+    openai: openai.AsyncOpenAI
+    anthropic: anthropic.AsyncAnthropic
+
+    @classmethod
+    def at(cls, url: str) -> Clients:
+        return cls(
+            ollama.AsyncClient(host=url),
+            openai.AsyncOpenAI(base_url=url + "/v1", api_key="ollama", max_retries=0),
+            anthropic.AsyncAnthropic(base_url=url, api_key="ollama", max_retries=0),
+        )
+
+    async def close(self) -> None:
+        await self.ollama.close()  # type: ignore[no-untyped-call]  # unannotated in ollama
+        await self.openai.close()
+        await self.anthropic.close()
+
+
+async def _ask(clients: Clients, model: str, ask: Ask) -> Reply:
     options = None if ask.num_ctx is None else {"num_ctx": ask.num_ctx}
-    return await client.generate(model=model, prompt=ask.prompt, options=options)
+    name = ask.model or model
+    messages: Any = [{"role": "user", "content": ask.prompt}]
+    if ask.kind == "openai.chat":
+        await clients.openai.chat.completions.create(model=name, messages=messages)
+        return None
+    if ask.kind == "openai.completions":
+        await clients.openai.completions.create(model=name, prompt=ask.prompt, max_tokens=REPLY_TOKENS)
+        return None
+    if ask.kind == "anthropic.messages":
+        await clients.anthropic.messages.create(model=name, max_tokens=REPLY_TOKENS, messages=messages)
+        return None
+    client = clients.ollama
+    if ask.kind == "embed":
+        return await client.embed(model=name, input=ask.prompt, options=options)
+    if ask.kind == "chat":
+        return await client.chat(
+            model=name, messages=[{"role": "user", "content": ask.prompt}], options=options
+        )
+    return await client.generate(model=name, prompt=ask.prompt, options=options)
 
 
-async def _run_script(url: str, model: str, scenario: Scenario) -> list[ollama.GenerateResponse]:
+async def _run_script(url: str, model: str, scenario: Scenario) -> list[Reply]:
     """Send the scenario's rounds in order, each round's requests at once, from separate clients."""
-    clients = [
-        ollama.AsyncClient(host=url) for _ in range(1 + max(a.client for r in scenario.rounds for a in r))
-    ]
-    replies: list[ollama.GenerateResponse] = []
+    clients = [Clients.at(url) for _ in range(1 + max(a.client for r in scenario.rounds for a in r))]
+    replies: list[Reply] = []
     try:
         for round_ in scenario.rounds:
             replies += await asyncio.gather(*(_ask(clients[a.client], model, a) for a in round_))
     finally:
         for client in clients:
-            await client.close()  # type: ignore[no-untyped-call]  # unannotated in ollama
+            await client.close()
     return replies
 
 
-def _side_result(fake: FakeOllama, replies: Sequence[ollama.GenerateResponse], wall_s: float) -> SideResult:
-    rates = [r.eval_count / r.eval_duration * 1e9 for r in replies if r.eval_count and r.eval_duration]
+def _side_result(fake: FakeOllama, replies: Sequence[Reply], wall_s: float) -> SideResult:
+    """The figures of one run. A generation's come from what the fake ran (the same numbers its
+    final chunk reports, and the only source for OpenAI- and Anthropic-style replies, which carry
+    no durations); an embedding's from the client's reply."""
+    embeds = [r for r in replies if isinstance(r, ollama.EmbedResponse)]
+    runs = fake.completions
+    rates = [c.eval_tokens / c.eval_ns * 1e9 for c in runs if c.eval_tokens and c.eval_ns]
     return SideResult(
         requests=len(replies),
         loads=len(fake.loads),
         loaded_num_ctx=[num_ctx for _, num_ctx in fake.loads],
-        load_s=sum(r.load_duration or 0 for r in replies) / 1e9,
+        load_s=(sum(c.load_ns for c in runs) + sum(r.load_duration or 0 for r in embeds)) / 1e9,
         median_eval_tokens_per_s=statistics.median(rates) if rates else None,
         spilled_requests=sum(c.spilled for c in fake.completions),
         truncated_prompts=len(fake.truncated),
+        prompt_tokens_evaluated=sum(c.prompt_tokens for c in runs)
+        + sum(r.prompt_eval_count or 0 for r in embeds),
+        evictions=len(fake.evictions),
         wall_s=wall_s,
     )
+
+
+def _memory_source(fake: FakeOllama) -> MemorySource:
+    """What the governor reads free memory from: a GPU that follows the fake's runners, or none
+    on a CPU-only host (the governor then decides without a budget)."""
+    if fake.vram_bytes is None:
+        return NoGpuSource("CPU-only host: no GPU source")
+    return NvmlSource(nvml=following(fake, f"simulated {fake.vram_bytes / GIB:g} GiB GPU"))
 
 
 async def run_side(scenario: Scenario, *, governed: bool, time_scale: float = TIME_SCALE) -> SideResult:
     """Run the scenario's script on a fresh fake, straight at it or through the governor."""
     fake = _fake_for(scenario, time_scale)
-    model = scenario.model().name
+    model = scenario.model
     fake_runner, url = await _serve(fake.app)
     proxy_runner: web.AppRunner | None = None
     try:
         if governed:
-            config = parse_config(
-                {
-                    "upstream": url,
-                    "ollama": {"num_parallel": scenario.num_parallel, "ps_interval": "10s"},
-                    "gpu": {"interval": "50ms"},
-                    "rules": [{"models": ["*"], "policies": [dict(p) for p in scenario.policies]}],
-                },
-                source=f"bench scenario {scenario.key}",
-            )
-            app = create_app(Governor.build(config), memory_source=NvmlSource(nvml=_nvml_following(fake)))
+            document: dict[str, Any] = {
+                "upstream": url,
+                "ollama": {"num_parallel": scenario.num_parallel, "ps_interval": "10s"},
+                "gpu": {"interval": "50ms"},
+            }
+            if scenario.policies is not None:
+                document["rules"] = [{"models": ["*"], "policies": [dict(p) for p in scenario.policies]}]
+            config = parse_config(document, source=f"bench scenario {scenario.key}")
+            app = create_app(Governor.build(config), memory_source=_memory_source(fake))
             proxy_runner, url = await _serve(app)
             await app[MEMORY].refresh()
         started = time.perf_counter()
@@ -306,10 +453,7 @@ async def run_async(smoke: bool) -> dict[str, Any]:
     for scenario in scenarios(smoke=smoke):
         without = await run_side(scenario, governed=False, time_scale=time_scale)
         with_governor = await run_side(scenario, governed=True, time_scale=time_scale)
-        host = (
-            f"{scenario.model().name}, {scenario.vram_bytes / GIB:g} GiB GPU, "
-            f"num_parallel {scenario.num_parallel}, {scenario.requests} requests"
-        )
+        host = scenario.host()
         results.append(
             ScenarioResult(
                 key=scenario.key,
@@ -360,6 +504,8 @@ def render(result: dict[str, Any]) -> str:
         "eval tok/s",
         "spilled",
         "truncated",
+        "prompt tok",
+        "evicted",
         "wall s",
     ]
     rows: list[list[str]] = []
@@ -377,10 +523,12 @@ def render(result: dict[str, Any]) -> str:
                     "-" if rate is None else f"{rate:.1f}",
                     f"{side['spilled_requests']}/{side['requests']}",
                     str(side["truncated_prompts"]),
+                    f"{side['prompt_tokens_evaluated']:,}",
+                    str(side["evictions"]),
                     f"{side['wall_s']:.2f}",
                 ]
             )
-    numeric = {2, 3, 5, 6, 7, 8, 9}
+    numeric = {2, 3, 5, 6, 7, 8, 9, 10, 11}
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -397,6 +545,8 @@ def render(result: dict[str, Any]) -> str:
         "load s: sum of the requests' load_duration (a request waiting on a load counts its wait, "
         "as Ollama reports it); eval tok/s: median of eval_count/eval_duration; spilled: requests "
         "that ran on a model partly in system RAM; truncated: prompts Ollama cut to num_ctx; "
+        "prompt tok: prompt tokens Ollama evaluated (all requests); evicted: models Ollama unloaded "
+        "to make room; "
         f"wall s: real time of the run ({result['time_scale']:g}x compressed).",
         "",
         str(result["note"]),

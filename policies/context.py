@@ -16,7 +16,21 @@ if TYPE_CHECKING:
     from policies.memory import Calibration
     from policies.model import ModelFacts
 
-Endpoint = Literal["generate", "chat"]
+Endpoint = Literal[
+    "generate",
+    "chat",
+    "embed",
+    "embeddings",
+    "openai.chat",
+    "openai.completions",
+    "openai.embeddings",
+    "openai.responses",
+    "anthropic.messages",
+]
+"""The route a request came in on: Ollama's native ``/api/generate``, ``/api/chat``,
+``/api/embed`` and ``/api/embeddings``, or an OpenAI- or Anthropic-style ``/v1`` route (which the
+governor sends to Ollama as the matching native call, so that ``num_ctx`` and ``keep_alive`` can
+be set)."""
 
 
 class FrozenJSON(Mapping[str, Any]):
@@ -55,7 +69,8 @@ def freeze(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class GpuDevice:
-    """One GPU as last sampled. Byte counts come from NVML, or from config minus ``/api/ps``."""
+    """One device as last sampled: a GPU (NVML, amdgpu sysfs, or config minus ``/api/ps``), Apple's
+    unified memory (total is the GPU working-set limit), or system RAM on a CPU-only host."""
 
     index: int
     name: str
@@ -65,12 +80,40 @@ class GpuDevice:
     utilization_pct: int | None = None
 
 
+MemoryKind = Literal["gpu", "unified", "system", "unknown"]
+"""What memory a snapshot's devices are; see ``GpuSnapshot.kind``."""
+
+SOURCE_KINDS: Mapping[str, MemoryKind] = {
+    "nvml": "gpu",
+    "amdgpu": "gpu",
+    "ollama": "gpu",
+    "apple": "unified",
+    "system": "system",
+}
+"""The kind each of the governor's memory sources reads (``none`` and anything else: unknown)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSnapshot:
-    """The GPUs Ollama uses, as of ``taken_at`` (unix seconds).
+    """The memory Ollama runs models in, as of ``taken_at`` (unix seconds).
 
-    ``devices`` is empty when the state is unknown (no NVML, source ``none``, a failure); then
-    ``error`` says why and policies should leave ``num_ctx`` alone.
+    ``devices`` is empty when the state is unknown (no source, a failure); then ``error`` says why
+    and policies decide without a memory budget.
+
+    ``kind`` says what the devices are, and so where a loaded model lives:
+
+    * ``"gpu"``: discrete VRAM (sources ``nvml``, ``amdgpu``, ``ollama``). A model with
+      ``/api/ps`` ``size_vram < size`` has spilled into system RAM.
+    * ``"unified"``: Apple Silicon (source ``apple``). One device whose total is the GPU
+      working-set limit Metal allows, out of RAM the CPU shares; ``size_vram < size`` is still
+      a spill (layers left to the CPU).
+    * ``"system"``: CPU inference (source ``system``): the device is system RAM. Ollama reports
+      ``size_vram`` 0 for every model, which is not a spill; the analogue of a spill is swapping.
+    * ``"unknown"``: no memory source (``none``), or ``auto`` before its first read.
+
+    The kind describes the host, so it stays when a read fails: a GPU host whose driver
+    hiccups is still a GPU host. Sources set it; a snapshot built with one of the source names
+    above and no kind gets that source's kind.
     """
 
     source: str
@@ -78,6 +121,11 @@ class GpuSnapshot:
     taken_at: float = 0.0
     error: str | None = None
     reserve_bytes: int = 0
+    kind: MemoryKind = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.kind == "unknown" and self.source in SOURCE_KINDS:
+            object.__setattr__(self, "kind", SOURCE_KINDS[self.source])
 
     @property
     def known(self) -> bool:
@@ -123,23 +171,32 @@ class Context:
     """Everything a policy may read about one ``/api/generate`` or ``/api/chat`` request.
 
     Attributes:
-        endpoint: ``"generate"`` or ``"chat"``.
+        endpoint: the route (``Endpoint``): ``"generate"``, ``"chat"``, ``"embed"``, ... or
+            ``"openai.chat"``, ``"anthropic.messages"``, ... for the ``/v1`` routes.
         model_name: the model exactly as the client sent it (``"llama3.1"``, ``"gemma3:27b"``).
-        body: a read-only view of the client's JSON body. Prompts and messages are here for
-            policies that need them; never log them.
+        body: a read-only view of the client's JSON body (on a ``/v1`` route, the native body it
+            was translated to). Prompts and messages are here for policies that need them; never
+            log them.
         client: the client's address, or None when unknown.
         headers: the client's request headers (read-only).
         client_num_ctx: ``options.num_ctx`` the client sent, or None.
         client_keep_alive: ``keep_alive`` the client sent, or None.
         num_predict: ``options.num_predict`` the client sent, or None (room to keep for the reply).
-        gpu: the last GPU sample, or None when no sampler runs.
+        gpu: the last memory sample (GPU VRAM, unified memory or system RAM: ``gpu.kind``), or
+            None when no sampler runs.
         model: facts about the model from ``/api/show`` and ``/api/tags``, or None when unknown.
         loaded: this model as ``/api/ps`` last showed it, or None when it is not loaded.
         all_loaded: every model Ollama holds, this one included.
         prompt_tokens: an estimate of the prompt's tokens, or None when unknown.
         ollama_version: Ollama's version as (major, minor, patch), or None when unknown.
+        default_num_ctx: the context Ollama loads this model at when a request names none (its
+            Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the server's VRAM tier,
+            clamped to the trained length), or None when unknown. A request without ``num_ctx``
+            after one that set another value reloads the model at this size.
         num_parallel: ``OLLAMA_NUM_PARALLEL`` as configured for the governor (KV cache scales with it).
         kv_cache_type: ``OLLAMA_KV_CACHE_TYPE`` as configured (f16, q8_0, q4_0).
+        flash_attention: False when ``OLLAMA_FLASH_ATTENTION=0`` (configured): the attention
+            scores then take memory, and a quantised V cache cannot be used.
         calibration: the correction learnt from this model's past loads (same digest, parallel,
             cache type and version), or None; pass it to the ``policies.memory`` estimates so
             they match what Ollama really allocates.
@@ -159,6 +216,8 @@ class Context:
     all_loaded: tuple[LoadedModel, ...] = ()
     prompt_tokens: int | None = None
     ollama_version: tuple[int, int, int] | None = None
+    default_num_ctx: int | None = None
     num_parallel: int = 1
     kv_cache_type: str = "f16"
+    flash_attention: bool = True
     calibration: Calibration | None = None

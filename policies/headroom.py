@@ -1,9 +1,11 @@
-"""The ``headroom`` policy: give each request the context it needs, sized to stay on the GPU.
+"""The ``headroom`` policy: give each request the context it needs, without reloads, sized to fit.
 
 A ``num_ctx`` too large for free VRAM makes Ollama put part of the model in system RAM, which is
 many times slower; a ``num_ctx`` that differs from the loaded one makes Ollama reload the model
-(seconds to minutes). This policy picks a value that fits the GPU and, when the loaded model
-already has room for the prompt, keeps the loaded value so that nothing reloads.
+(seconds to minutes); a ``num_ctx`` smaller than the prompt makes Ollama cut it without a word.
+This policy sends what the prompt needs, keeps the loaded value when it has room so nothing
+reloads, and, when free memory is known, never more than fits. Everything but the fit works on a
+host whose memory the governor cannot read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
 from policies.context import Context, LoadedModel
@@ -18,9 +21,11 @@ from policies.decision import Decision
 from policies.memory import (
     Calibration,
     effective_parallel,
+    estimate,
     estimate_bytes,
     format_bytes,
     largest_fitting_ctx,
+    ps_unreported_bytes,
 )
 from policies.model import ModelFacts
 from policies.outcome import Outcome
@@ -40,12 +45,15 @@ UNKNOWN: Final = Outcome.UNKNOWN
 OUTCOMES: Final[frozenset[str]] = frozenset({STICKY, REFIT, OVERFLOW, TRUNCATE, REJECT, UNKNOWN})
 """The outcomes ``headroom`` attaches to its decisions (``Decision.outcome``)."""
 
+EMBEDDING_ENDPOINTS: Final[frozenset[str]] = frozenset({"embed", "embeddings", "openai.embeddings"})
+"""Routes that embed their input rather than generate a reply."""
+
 _MAX_FIT_KEYS: Final = 64
 """Model/parallel/cache-type/version/calibration combinations whose fits are remembered."""
 _MAX_INTERVALS_PER_KEY: Final = 64
 """Budget intervals remembered per combination: one per bucket, so a whole model's range."""
 
-_FitKey = tuple[ModelFacts, int, str, tuple[int, int, int] | None, Calibration | None]
+_FitKey = tuple[ModelFacts, int, str, tuple[int, int, int] | None, Calibration | None, bool, int]
 _Interval = tuple[float, float, int | None]
 """``(lowest_budget, budget_limit, fit)``: every budget in ``[lowest, limit)`` gives ``fit``."""
 
@@ -82,32 +90,40 @@ class _Intervals:
 
 
 class Headroom:
-    """Set ``num_ctx`` to what the prompt needs, as large as free GPU memory allows, without reloads.
+    """Give each request the context its prompt needs, without a needless reload, never more than
+    fits in memory, and never so little that Ollama silently cuts the prompt.
 
     Each request goes through these steps:
 
     1. **need**: the estimated prompt tokens plus room for the reply (the client's positive
-       ``num_predict``, else ``reply_tokens``), rounded up to a multiple of ``step`` and at least
-       ``min_ctx``. Rounding to buckets keeps similar prompts on the same ``num_ctx``, so they do
+       ``num_predict`` up to ``max_reply_tokens``, else ``reply_tokens``), rounded up to a multiple
+       of ``step`` and at least ``min_ctx``. The cap matters for clients that ask a large
+       ``max_tokens`` by habit (coding agents send 32000): reserving it all would spill the model,
+       for a reply that is rarely that long (a longer one stops at the window, done_reason
+       "length"). Rounding to buckets keeps similar prompts on the same ``num_ctx``, so they do
        not reload the model.
-    2. **fit**: the largest bucket whose estimated footprint fits in free VRAM, plus what this
-       model already holds on the GPU (a reload frees it), minus the GPU reserve; never above
-       ``max_ctx`` or the model's trained context length.
-    3. **sticky**: if the model is loaded entirely on the GPU with a context of at least *need*
-       (and not above ``max_ctx``), that context is sent, whatever the client asked. It is set
-       explicitly because Ollama reloads when ``num_ctx`` is omitted after a load that set it.
-    4. otherwise the value asked so far (the client's, or an earlier policy's), or *fit* when none
-       was asked, kept within ``[need, fit]``. When *need* exceeds *fit*, ``on_overflow`` decides:
-       ``"spill"`` sends *need* (the answer is right but part of the model runs from system RAM),
-       ``"reject"`` refuses the request with a 400, ``"truncate"`` sends *fit* and lets Ollama cut
-       the prompt. *need* above the ``max_ctx`` or trained-length cap is capped, whatever the mode.
-    5. a loaded model that spills to system RAM is never sticky, so step 4 reloads it at a
-       context that fits.
+    2. **sticky**: if the model is loaded (not spilled to system RAM) with a context of at least
+       *need* (and not above ``max_ctx``), that context is sent, whatever the client asked: two
+       clients alternating 2048 and 8192 cause one load, not one per request. It is set explicitly
+       because Ollama reloads when ``num_ctx`` is omitted after a load that set another value.
+    3. **wanted**: the value asked so far (the client's, or an earlier policy's), raised to *need*
+       so the prompt is never cut; when none was asked, what the prompt needs or the server's own
+       default context (``Context.default_num_ctx``), whichever is larger. (``fill=True`` asks for
+       the largest context that fits instead.)
+    4. **fit**, only when the memory budget is known: the largest bucket whose estimated footprint
+       fits in free memory, plus what this model already holds (a reload frees it), minus the
+       reserve; never above ``max_ctx`` or the trained length. *wanted* is lowered to *fit*. When
+       *need* itself exceeds *fit*, ``on_overflow`` decides: ``"spill"`` sends *need* (right
+       answer, part of the model in system RAM), ``"reject"`` refuses with a 400, ``"truncate"``
+       sends *fit* and lets Ollama cut the prompt.
+    5. a loaded model that spills to system RAM is never sticky, so it is reloaded at a context
+       that fits.
 
-    With GPU memory or the model's facts unknown, ``num_ctx`` is left alone: a governor that
-    guesses would do more harm than Ollama's own default.
+    Without a memory budget (no memory source, a failed read) or without the model's facts, steps
+    1-3 still run: the decision avoids reloads and truncation and says in its reason that nothing
+    capped it (outcome ``unknown``).
 
-    Every reason starts ``"headroom: "`` or ``"headroom[TOKEN]: "`` for readers; programs read the
+    Reasons start ``"headroom: "`` or ``"headroom[TOKEN]: "`` for readers; programs read the
     outcome from ``Decision.outcome`` (``sticky``, ``refit``, ``overflow``, ``truncate``,
     ``reject`` or ``unknown``: ``policies.Outcome``), a stable interface. The prose is not.
 
@@ -123,6 +139,8 @@ class Headroom:
         step: int = 2048,
         reply_tokens: int = 1024,
         on_overflow: OnOverflow = "spill",
+        fill: bool = False,
+        max_reply_tokens: int = 8192,
     ) -> None:
         _check_int("min_ctx", min_ctx, minimum=1)
         if max_ctx is not None:
@@ -131,15 +149,20 @@ class Headroom:
                 raise ValueError(f"headroom: min_ctx ({min_ctx}) must not exceed max_ctx ({max_ctx})")
         _check_int("step", step, minimum=1)
         _check_int("reply_tokens", reply_tokens, minimum=0)
+        _check_int("max_reply_tokens", max_reply_tokens, minimum=0)
         if on_overflow not in ON_OVERFLOW_CHOICES:
             raise ValueError(
                 f"headroom: on_overflow must be one of {', '.join(ON_OVERFLOW_CHOICES)}, not {on_overflow!r}"
             )
+        if not isinstance(fill, bool):
+            raise ValueError(f"headroom: fill must be true or false, not {fill!r}")
         self.min_ctx = min_ctx
         self.max_ctx = max_ctx
         self.step = step
         self.reply_tokens = reply_tokens
         self.on_overflow: OnOverflow = on_overflow
+        self.fill = fill
+        self.max_reply_tokens = max_reply_tokens
         self._fits: OrderedDict[_FitKey, _Intervals] = OrderedDict()
 
     async def __call__(self, ctx: Context, decision: Decision) -> Decision:
@@ -148,28 +171,9 @@ class Headroom:
     def decide(self, ctx: Context, decision: Decision) -> Decision:
         """The policy itself, synchronous: a pure function of ``ctx`` and ``decision``."""
         asked = decision.num_ctx
-        gpu = ctx.gpu
-        if gpu is None or not gpu.known:
-            why = "no GPU sampler" if gpu is None else gpu.error or f"no devices from {gpu.source}"
-            return _fail_open(decision, f"GPU memory unknown ({why})")
         model = ctx.model
-        if model is None:
-            return _fail_open(decision, f"no facts about model {ctx.model_name!r}")
         ceiling = self._ceiling(model)
-        if ceiling is None:
-            return _fail_open(
-                decision, f"model {model.name!r}: context_length is unknown and max_ctx is not set"
-            )
-
-        prompt_tokens = max(ctx.prompt_tokens, 0) if ctx.prompt_tokens is not None else None
-        reply_tokens = ctx.num_predict if ctx.num_predict is not None and ctx.num_predict > 0 else None
-        reply_tokens = self.reply_tokens if reply_tokens is None else reply_tokens
-        wanted = (prompt_tokens or 0) + reply_tokens
-        need = max(self.min_ctx, -(-wanted // self.step) * self.step)
-        if wanted <= ceiling:
-            need = min(need, ceiling)
-        prompt_text = "?" if prompt_tokens is None else f"~{prompt_tokens}"
-        needs_text = f"prompt needs {need} ({prompt_text} + {reply_tokens} reply)"
+        need, needs_text = self._need(ctx, ceiling)
         asked_text = "none" if asked is None else str(asked)
 
         loaded = ctx.loaded
@@ -178,37 +182,53 @@ class Headroom:
             loaded is not None
             and not spilled
             and loaded.context_length is not None
-            and need <= loaded.context_length <= ceiling
+            and need <= loaded.context_length
+            and (ceiling is None or loaded.context_length <= ceiling)
         ):
             kept = loaded.context_length
+            where = "in system RAM" if ctx.gpu is not None and ctx.gpu.kind == "system" else "fully on GPU"
             return decision.replace(
                 num_ctx=kept,
                 outcome=STICKY,
-                reason=f"headroom[{STICKY}]: asked {asked_text}, loaded at {kept} fully on GPU; "
+                reason=f"headroom[{STICKY}]: asked {asked_text}, loaded at {kept} {where}; "
                 f"{needs_text}; keeping {kept} (no reload)",
             )
 
-        free_bytes = gpu.free_bytes or 0
-        own_vram_bytes = loaded.size_vram_bytes if loaded is not None else 0
-        budget_bytes = free_bytes + own_vram_bytes - gpu.reserve_bytes
-        parallel = effective_parallel(model, ctx.num_parallel)
-        try:
-            fit = self._largest_fitting(model, budget_bytes, parallel, ctx, ceiling)
-        except ValueError as error:  # IncompleteModelFacts, unknown cache type
-            return _fail_open(decision, f"cannot estimate memory: {error}")
+        default = ctx.default_num_ctx
+        wanted = max(asked, need) if asked is not None else max(need, default or 0)
+        if ceiling is not None:
+            wanted = min(wanted, ceiling)
+        default_text = f", server default {default}" if asked is None and default is not None else ""
 
-        held_text = f" + {format_bytes(own_vram_bytes)} held by this model" if own_vram_bytes else ""
-        parallel_text = f", parallel {parallel}" if parallel > 1 else ""
+        budget = self._budget(ctx, loaded)
+        unknown_why = budget.unknown
+        fit: int | None = None
+        if unknown_why is None:
+            if model is None:
+                unknown_why = f"no facts about model {ctx.model_name!r}"
+            elif ceiling is None:
+                unknown_why = f"model {model.name!r}: context_length is unknown and max_ctx is not set"
+            else:
+                try:
+                    fit = self._largest_fitting(model, budget.bytes, budget.parallel, ctx, ceiling)
+                except ValueError as error:  # IncompleteModelFacts, unknown cache type
+                    unknown_why = f"cannot estimate memory: {error}"
+        if unknown_why is not None:
+            return decision.replace(
+                num_ctx=wanted,
+                outcome=UNKNOWN,
+                reason=f"headroom[{UNKNOWN}]: {unknown_why}; asked {asked_text}{default_text}, "
+                f"{needs_text}; using {wanted}, uncapped",
+            )
+        assert model is not None and ceiling is not None
+
         if fit is None:
             fit_text = "nothing fits"
         elif fit == ceiling:
             fit_text = f"{fit} fit ({self._cap_name(model, ceiling)} cap)"
         else:
             fit_text = f"{fit} fit"
-        figures = (
-            f"asked {asked_text}, {fit_text} in {format_bytes(free_bytes)} free{held_text} "
-            f"(reserve {format_bytes(gpu.reserve_bytes)}{parallel_text}); {needs_text}"
-        )
+        figures = f"asked {asked_text}{default_text}, {fit_text} in {budget.text}; {needs_text}"
         refit_text = ""
         if spilled and loaded is not None:
             refit_text = (
@@ -218,7 +238,7 @@ class Headroom:
 
         limit = fit or 0
         if need <= limit:
-            chosen = min(max(asked if asked is not None else limit, need), limit)
+            chosen = min(limit if self.fill and asked is None else wanted, limit)
             tag = f"[{REFIT}]" if spilled else ""
             return decision.replace(
                 num_ctx=chosen,
@@ -231,7 +251,8 @@ class Headroom:
             if capped:
                 message = f"prompt needs ~{need} tokens of context; {ctx.model_name} allows at most {ceiling}"
             else:
-                message = f"prompt needs ~{need} tokens of context; at most {limit} fit in free GPU memory"
+                where = {"system": "RAM", "unified": "unified memory"}.get(budget.kind, "GPU memory")
+                message = f"prompt needs ~{need} tokens of context; at most {limit} fit in free {where}"
             return decision.replace(
                 reason=f"headroom[{REJECT}]: {figures}; rejecting", outcome=REJECT
             ).reject(message)
@@ -255,9 +276,47 @@ class Headroom:
             reason=f"headroom[{OVERFLOW}]: {figures}{refit_text}; using {chosen}, {consequence}",
         )
 
-    def _ceiling(self, model: ModelFacts) -> int | None:
+    def _need(self, ctx: Context, ceiling: int | None) -> tuple[int, str]:
+        """What the prompt and the reply need, in ``step`` buckets, and how to say it."""
+        prompt_tokens = max(ctx.prompt_tokens, 0) if ctx.prompt_tokens is not None else None
+        reply_tokens = ctx.num_predict if ctx.num_predict is not None and ctx.num_predict > 0 else None
+        reply_tokens = self.reply_tokens if reply_tokens is None else min(reply_tokens, self.max_reply_tokens)
+        if ctx.endpoint in EMBEDDING_ENDPOINTS:
+            reply_tokens = 0  # an embedding generates nothing
+        wanted = (prompt_tokens or 0) + reply_tokens
+        need = max(self.min_ctx, -(-wanted // self.step) * self.step)
+        if ceiling is not None and wanted <= ceiling:
+            need = min(need, ceiling)
+        prompt_text = "?" if prompt_tokens is None else f"~{prompt_tokens}"
+        return need, f"prompt needs {need} ({prompt_text} + {reply_tokens} reply)"
+
+    def _budget(self, ctx: Context, loaded: LoadedModel | None) -> _Budget:
+        """Free memory plus what this model holds (a reload frees it), minus the reserve."""
+        gpu = ctx.gpu
+        if gpu is None or not gpu.known:
+            why = "no memory source" if gpu is None else gpu.error or f"no devices from {gpu.source}"
+            return _Budget(unknown=f"no memory budget ({why})")
+        free_bytes = gpu.free_bytes or 0
+        own_bytes = 0
+        if loaded is not None:
+            own_bytes = loaded.size_bytes if gpu.kind == "system" else loaded.size_vram_bytes
+        parallel = (
+            effective_parallel(ctx.model, ctx.num_parallel) if ctx.model is not None else ctx.num_parallel
+        )
+        held_text = f" + {format_bytes(own_bytes)} held by this model" if own_bytes else ""
+        parallel_text = f", parallel {parallel}" if parallel > 1 else ""
+        where = "free RAM" if gpu.kind == "system" else "free"
+        return _Budget(
+            bytes=free_bytes + own_bytes - gpu.reserve_bytes,
+            parallel=parallel,
+            kind=gpu.kind,
+            text=f"{format_bytes(free_bytes)} {where}{held_text} (reserve {format_bytes(gpu.reserve_bytes)}"
+            f"{parallel_text})",
+        )
+
+    def _ceiling(self, model: ModelFacts | None) -> int | None:
         """The largest context this policy may send: ``max_ctx`` and the trained length."""
-        trained = model.context_length if model.context_length else None
+        trained = model.context_length if model is not None and model.context_length else None
         limits = [limit for limit in (self.max_ctx, trained) if limit is not None]
         return min(limits) if limits else None
 
@@ -275,7 +334,16 @@ class Headroom:
         """
         if budget_bytes <= 0:
             return None
-        key: _FitKey = (model, parallel, ctx.kv_cache_type, ctx.ollama_version, ctx.calibration)
+        gpu_count = _gpu_count(ctx)
+        key: _FitKey = (
+            model,
+            parallel,
+            ctx.kv_cache_type,
+            ctx.ollama_version,
+            ctx.calibration,
+            ctx.flash_attention,
+            gpu_count,
+        )
         intervals = self._fits.get(key)
         if intervals is None:
             intervals = self._fits[key] = _Intervals()
@@ -297,6 +365,8 @@ class Headroom:
             kv_cache_type=ctx.kv_cache_type,
             version=ctx.ollama_version,
             calibration=ctx.calibration,
+            flash_attention=ctx.flash_attention,
+            gpu_count=gpu_count,
         )
 
         def estimated(num_ctx: int) -> int:
@@ -307,6 +377,8 @@ class Headroom:
                 ctx.kv_cache_type,
                 version=ctx.ollama_version,
                 calibration=ctx.calibration,
+                flash_attention=ctx.flash_attention,
+                gpu_count=gpu_count,
             )
 
         if fit is None:
@@ -319,14 +391,37 @@ class Headroom:
         return fit
 
 
+def _gpu_count(ctx: Context) -> int:
+    """GPUs a load may be split over (each keeps a compute buffer): every device of a GPU host."""
+    gpu = ctx.gpu
+    return len(gpu.devices) if gpu is not None and gpu.kind == "gpu" and gpu.devices else 1
+
+
+def _unreported(ctx: Context, model: ModelFacts, num_ctx: int, parallel: int) -> int:
+    """What the loaded model holds beyond ``/api/ps`` ``size``: a sliding-window model's
+    full-attention cache, which 0.30+ leaves out (``memory.ps_unreported_bytes``)."""
+    try:
+        load = estimate(model, num_ctx, parallel, ctx.kv_cache_type, version=ctx.ollama_version)
+    except ValueError:
+        return 0
+    return ps_unreported_bytes(load, version=ctx.ollama_version)
+
+
 def _spilled(loaded: LoadedModel) -> bool:
-    """Part of the model is in system RAM (only checked once the GPU is known to exist)."""
-    return loaded.spilled or loaded.size_vram_bytes < loaded.size_bytes
+    """Part of the model is in system RAM, as the facts read it from ``/api/ps`` (on a CPU-only
+    host ``size_vram`` is 0 for every model, which is CPU inference, not a spill)."""
+    return loaded.spilled
 
 
-def _fail_open(decision: Decision, why: str) -> Decision:
-    kept = "none" if decision.num_ctx is None else str(decision.num_ctx)
-    return decision.replace(reason=f"headroom[{UNKNOWN}]: {why}; leaving num_ctx {kept}", outcome=UNKNOWN)
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """The memory a load may fill, or why it is unknown."""
+
+    bytes: int = 0
+    parallel: int = 1
+    text: str = ""
+    kind: str = "gpu"
+    unknown: str | None = None
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

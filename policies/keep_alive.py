@@ -20,6 +20,8 @@ from policies.outcome import Outcome
 
 FOREVER: Final = -1
 """What a pinned model gets: Ollama reads any negative keep_alive as "never unload"."""
+MAX_REMEMBERED: Final = 1024
+"""Models whose shortened keep_alive is remembered for ``restore``."""
 
 
 class KeepAlivePolicy:
@@ -36,9 +38,11 @@ class KeepAlivePolicy:
        ``default`` when none was) is replaced by it, so idle models give their memory back
        sooner. Shorter values, ``0`` included, are left alone. No value at all counts as longer,
        since Ollama would then apply ``OLLAMA_KEEP_ALIVE`` (5m by default).
-    3. **default**: when no value was asked, ``default`` is sent. Set it together with
-       ``under_pressure``: since Ollama remembers the last value, it is what restores a normal
-       keep_alive once the pressure is over.
+    3. **restore**: Ollama remembers the last keep_alive it was given, so a value shortened under
+       pressure would outlast the pressure. With ``restore`` set (the server's own
+       ``OLLAMA_KEEP_ALIVE``, say), a model this policy shortened gets ``restore`` on its next
+       request that asks none once the pressure is over, and nothing is sent otherwise.
+    4. **default**: when no value was asked, ``default`` is sent (on every such request).
 
     "Asked so far" is the decision's ``keep_alive``: the client's value unless an earlier policy
     changed it. When no rule changes the value, the decision is returned as it came, with no
@@ -54,6 +58,7 @@ class KeepAlivePolicy:
         pin: Sequence[str] = (),
         under_pressure: KeepAlive | None = None,
         pressure_below: str | int = "4GiB",
+        restore: KeepAlive | None = None,
     ) -> None:
         if default is not None:
             _checked("default", default)
@@ -78,6 +83,11 @@ class KeepAlivePolicy:
             self.pressure_below_bytes = parse_size(pressure_below)
         except ValueError as error:
             raise ValueError(f"keep_alive: pressure_below: {error}") from None
+        if restore is not None:
+            _checked("restore", restore)
+        self.restore = restore
+        self._shortened: set[str] = set()
+        """Models last sent the pressure value: the next request without one gets ``restore``."""
         self.default = default
         self.pin = tuple(pin)
         self.under_pressure = under_pressure
@@ -88,7 +98,8 @@ class KeepAlivePolicy:
         return self.decide(ctx, decision)
 
     def decide(self, ctx: Context, decision: Decision) -> Decision:
-        """The policy itself, synchronous: a pure function of ``ctx`` and ``decision``."""
+        """The policy itself, synchronous: a function of ``ctx``, ``decision`` and, for
+        ``restore``, which models it shortened before."""
         current = decision.keep_alive  # a decision only ever holds values Ollama accepts
         current_s = keep_alive_seconds(current) if current is not None else None
         current_text = _text(current)
@@ -104,6 +115,9 @@ class KeepAlivePolicy:
                 f"keep_alive {FOREVER} (forever) instead of {current_text}",
             )
 
+        key = _key(ctx.model_name)
+        if current is not None:
+            self._shortened.discard(key)  # Ollama now remembers the value asked, not ours
         base: KeepAlive | None
         if current is None and self.default is not None:
             base, base_s, base_text = self.default, self._default_s, f"default {_text(self.default)}"
@@ -118,6 +132,7 @@ class KeepAlivePolicy:
             and free_bytes < self.pressure_below_bytes
             and (base_s is None or base_s > self.under_pressure_s)
         ):
+            self._remember_shortened(ctx.model_name)
             return decision.replace(
                 keep_alive=self.under_pressure,
                 outcome=Outcome.PRESSURE,
@@ -126,6 +141,14 @@ class KeepAlivePolicy:
                 f"instead of {base_text}",
             )
 
+        if self.restore is not None and current is None and key in self._shortened:
+            self._shortened.discard(key)
+            return decision.replace(
+                keep_alive=self.restore,
+                outcome=Outcome.DEFAULT,
+                reason=f"keep_alive[restore]: pressure is over; keep_alive {_text(self.restore)} "
+                f"instead of the {_text(self.under_pressure)} Ollama remembers",
+            )
         if current is None and base is not None:
             return decision.replace(
                 keep_alive=base,
@@ -133,6 +156,13 @@ class KeepAlivePolicy:
                 reason=f"keep_alive[default]: none asked; keep_alive {_text(base)}",
             )
         return decision
+
+    def _remember_shortened(self, model_name: str) -> None:
+        if self.restore is None:
+            return
+        if len(self._shortened) >= MAX_REMEMBERED:  # names come from clients: stay bounded
+            self._shortened.pop()
+        self._shortened.add(_key(model_name))
 
     def pinned_by(self, model_name: str) -> str | None:
         """The first ``pin`` pattern matching ``model_name`` (``name`` also as ``name:latest``)."""
@@ -154,6 +184,12 @@ def _name_forms(model_name: str) -> tuple[str, ...]:
     if name.endswith(":latest"):
         return (name, name[: -len(":latest")])
     return (name,)
+
+
+def _key(model_name: str) -> str:
+    """One spelling per model, as Ollama resolves names (``llama3.1`` is ``llama3.1:latest``)."""
+    name = model_name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def _text(value: KeepAlive | None) -> str:

@@ -357,6 +357,8 @@ def estimate(
     version: tuple[int, int, int] | None = None,
     calibration: Calibration | None = None,
     n_ubatch: int | None = None,
+    flash_attention: bool = True,
+    gpu_count: int = 1,
 ) -> MemoryEstimate:
     """Weights + KV cache + compute and output buffers for one load, with the breakdown.
 
@@ -364,16 +366,27 @@ def estimate(
     free-memory step-down, i.e. the largest). Before calibration the total is 0.4% to 2.3% above
     llama-server's recorded allocations, never below (docs/ollama-rules.md). Raises
     ``IncompleteModelFacts`` when a needed fact is unknown.
+
+    Two GPU parts are assumed from llama.cpp's graph, not measured (calibration corrects them):
+    with ``flash_attention`` off the attention scores are materialised, an f32 matrix of
+    ``n_ubatch x n_ctx_seq x head_count`` at the peak, and a quantised cache is counted as f16
+    (llama.cpp refuses a quantised V cache without flash attention); a load split over
+    ``gpu_count`` GPUs keeps one compute buffer on each.
     """
     clamped_ctx = clamp_num_ctx(model, num_ctx)
     parallel = max(parallel, 1)
     if n_ubatch is None:
         n_ubatch = auto_num_batch(clamped_ctx, parallel, version=version)
+    if not flash_attention and kv_cache_type not in ("f16", "f32", "bf16"):
+        kv_cache_type = "f16"
     weights_bytes = _require(model.weights_bytes, model.name, "weights_bytes", "the /api/tags size")
     kv_full_bytes, kv_swa_bytes = kv_cache_split(
         model, clamped_ctx, parallel, kv_cache_type, n_ubatch=n_ubatch, version=version
     )
     graph_bytes = compute_buffer_bytes(model, clamped_ctx, parallel, n_ubatch, version=version)
+    if not flash_attention:
+        graph_bytes += attention_matrix_bytes(model, clamped_ctx, parallel, n_ubatch)
+    graph_bytes *= max(gpu_count, 1)
     output_bytes = output_buffer_bytes(model, parallel)
     kv_bytes = kv_full_bytes + kv_swa_bytes
     compute_bytes = graph_bytes + output_bytes
@@ -393,6 +406,15 @@ def estimate(
         raw_bytes=raw_bytes,
         total_bytes=total_bytes,
     )
+
+
+def attention_matrix_bytes(model: ModelFacts, num_ctx: int, parallel: int, n_ubatch: int) -> int:
+    """The f32 attention scores llama.cpp materialises without flash attention: one row per
+    micro-batch token, one column per cell of a slot, per head (assumed, not measured)."""
+    block_count = _require(model.block_count, model.name, "block_count", "model_info block_count")
+    head_count = max(_layers(model.head_count, block_count, model.name, "head_count"))
+    n_ctx_seq = pad_cells(pad_cells(clamp_num_ctx(model, num_ctx) * max(parallel, 1)) // max(parallel, 1))
+    return 4 * n_ubatch * n_ctx_seq * head_count
 
 
 def ps_unreported_bytes(result: MemoryEstimate, *, version: tuple[int, int, int] | None = None) -> int:
@@ -420,6 +442,8 @@ def estimate_bytes(
     version: tuple[int, int, int] | None = None,
     calibration: Calibration | None = None,
     n_ubatch: int | None = None,
+    flash_attention: bool = True,
+    gpu_count: int = 1,
 ) -> int:
     """Total bytes Ollama will hold for this model at ``num_ctx``; see ``estimate``."""
     return estimate(
@@ -430,6 +454,8 @@ def estimate_bytes(
         version=version,
         calibration=calibration,
         n_ubatch=n_ubatch,
+        flash_attention=flash_attention,
+        gpu_count=gpu_count,
     ).total_bytes
 
 
@@ -445,6 +471,8 @@ def largest_fitting_ctx(
     version: tuple[int, int, int] | None = None,
     calibration: Calibration | None = None,
     n_ubatch: int | None = None,
+    flash_attention: bool = True,
+    gpu_count: int = 1,
 ) -> int | None:
     """The largest ``num_ctx`` whose estimate fits in ``budget_bytes``, or ``None`` if none does.
 
@@ -472,6 +500,8 @@ def largest_fitting_ctx(
             version=version,
             calibration=calibration,
             n_ubatch=n_ubatch,
+            flash_attention=flash_attention,
+            gpu_count=gpu_count,
         )
         return total_bytes <= budget_bytes
 

@@ -24,7 +24,8 @@ class Outcome(StrEnum):
     REJECT = "reject"
     """``headroom``: the prompt needs more than fits; the request was refused with a 400."""
     UNKNOWN = "unknown"
-    """``headroom``: model facts were unknown; ``num_ctx`` was left as it was (fail open)."""
+    """``headroom``: no memory budget (or no model size): decided on need, sticky and no
+    truncation only, nothing capped by memory."""
     PIN = "pin"
     """``keep_alive``: the model is pinned in memory (keep_alive -1)."""
     PRESSURE = "pressure"

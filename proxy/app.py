@@ -30,6 +30,7 @@ from proxy.keys import CONTEXTS, FACTS, INFLIGHT, LEDGER, LIMITS, MEMORY, METRIC
 from proxy.ledger.ledger import Backend, Ledger, Sink
 from proxy.ledger.memory import MemoryBackend
 from proxy.ledger.store import DB_FILENAME, ResultStore
+from proxy.request.compat import COMPAT_PATHS, CompatHandler
 from proxy.request.guard import error_middleware
 from proxy.request.handler import GOVERNED_PATHS, GovernedHandler
 from proxy.upstream.client import Upstream
@@ -144,6 +145,10 @@ def create_app(
         app = request.app
         return await GovernedHandler(app[PIPELINE], app[UPSTREAM], app[INFLIGHT])(request)
 
+    async def translated(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        return await CompatHandler(app[PIPELINE], app[UPSTREAM], app[FACTS], app[INFLIGHT])(request)
+
     async def passthrough(request: web.Request) -> web.StreamResponse:
         body = request.content if request.body_exists else None
         app = request.app
@@ -161,6 +166,8 @@ def create_app(
     app.router.add_routes([*status_routes(), *dashboard_routes(), *health_routes()])
     for path in GOVERNED_PATHS:
         app.router.add_post(path, governed)
+    for path in COMPAT_PATHS:
+        app.router.add_post(path, translated)
     app.router.add_route("*", "/{tail:.*}", passthrough)
     return app
 

@@ -10,15 +10,17 @@ import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from policies.memory import format_bytes
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
 from proxy.config.reader import duration_text
+from proxy.config.settings import DEFAULT_MEMINFO_PATH, DEFAULT_SYSFS_ROOT
 from proxy.govern.rules import Governor
 from proxy.ledger.store import default_state_dir
 from proxy.logs import configure_logging
+from proxy.plan.command import add_arguments as add_plan_arguments
 
 T = TypeVar("T")
 STATE_DIR_ENV = "OLLAMA_GOVERNOR_STATE_DIR"
@@ -27,19 +29,33 @@ LOOP_ENV = "OLLAMA_GOVERNOR_LOOP"
 """``asyncio`` runs the governor on asyncio's own loop even when uvloop is installed."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is one line on stderr and exit status 2, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ollama-governor").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"ollama-governor: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ollama-governor",
         description="A transparent proxy in front of Ollama that keeps models on the GPU.",
     )
     parser.add_argument("--version", action="version", version=f"ollama-governor {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the proxy")
     _config_arg(serve)
     serve.add_argument("--listen", help="host:port to listen on (default 127.0.0.1:11435)")
     serve.add_argument("--upstream", help="Ollama's URL (default http://127.0.0.1:11434)")
     serve.add_argument("--dry-run", action="store_true", help="log decisions, forward bodies unchanged")
+    serve.add_argument(
+        "--pass-through",
+        action="store_true",
+        help="govern nothing: forward every request as sent (the config's rules are ignored)",
+    )
     serve.add_argument("--log-format", choices=("auto", "json", "console"), help="log rendering")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument(
@@ -68,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--model", metavar="GLOB", help="only models matching this glob")
     report.add_argument("--since", metavar="AGE", help="only the last AGE, e.g. 7d, 12h, 30m")
     report.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+    plan = commands.add_parser(
+        "plan", help="what fits and what Ollama will do with a model, before anything loads (docs/plan.md)"
+    )
+    _config_arg(plan)
+    add_plan_arguments(plan)
     return parser
 
 
@@ -90,6 +112,8 @@ def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
         raise ConfigError(f"command line: {exc}") from None
     if getattr(args, "dry_run", False):
         changes["dry_run"] = True
+    if getattr(args, "pass_through", False):
+        changes["rules"], changes["default_rules"] = (), False
     for name in ("log_format", "log_level", "state_dir"):
         if getattr(args, name, None):
             changes[name] = getattr(args, name)
@@ -125,6 +149,8 @@ def describe(governor: Governor) -> str:
             if gpu.vram_total_bytes
             else ""
         )
+        + (f", sysfs_root {gpu.sysfs_root}" if gpu.sysfs_root != DEFAULT_SYSFS_ROOT else "")
+        + (f", meminfo_path {gpu.meminfo_path}" if gpu.meminfo_path != DEFAULT_MEMINFO_PATH else "")
     )
     limits = config.limits
     bounds = ", ".join(
@@ -142,8 +168,14 @@ def describe(governor: Governor) -> str:
         lines.append(f"warm at start: {', '.join(config.warm)}")
     if not governor.rules:
         lines.append("rules: none (every request is forwarded unchanged)")
+    elif config.default_rules:
+        lines.append(
+            "rules: the built-in default (the config names none; "
+            "`rules = []` or --pass-through to govern nothing)"
+        )
     for index, rule in enumerate(governor.rules, 1):
-        lines.append(f"rule {index}: models {', '.join(rule.config.models)}")
+        routes = "" if rule.config.endpoints == ("*",) else f"; endpoints {', '.join(rule.config.endpoints)}"
+        lines.append(f"rule {index}: models {', '.join(rule.config.models)}{routes}")
         if not rule.config.policies:
             lines.append("  (no policies: forwarded unchanged)")
         for spec in rule.config.policies:
@@ -167,10 +199,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         print(describe(governor))
+        # What the memory source reads is printed below; its log lines would repeat it.
+        configure_logging("console" if sys.stderr.isatty() else "json", "error", sys.stderr)
+        from proxy.facts.memory.probe import check_memory
+
+        print("\n".join(_run(check_memory(config.gpu, config.upstream))))
         print("ok")
         return 0
     if args.command == "report":
         return _report(config.state_dir, args)
+    if args.command == "plan":
+        from proxy.plan.command import run_plan
+
+        return _run(run_plan(config, governor, args))
     if args.command == "warm":
         configure_logging("console" if sys.stderr.isatty() else "json", config.log_level, sys.stderr)
         from proxy.warm import warm_once

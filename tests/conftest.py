@@ -24,6 +24,8 @@ from proxy.upstream.client import OWN_USER_AGENT
 from tests.fake_ollama import FakeOllama, Recorded
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
+PASS_THROUGH = "rules = []\n"
+"""A config that governs nothing (without ``rules`` the built-in default rule governs every model)."""
 """The repository root, where ``python -m proxy`` runs from in subprocess tests."""
 
 
@@ -82,10 +84,11 @@ async def fake(start_fake: StartFake) -> FakeOllama:
 
 @pytest.fixture
 async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
-    """Start the governor in front of ``upstream`` with a TOML config text (or a Config)."""
+    """Start the governor in front of ``upstream`` with a TOML config text (or a Config); by
+    default a pass-through (``PASS_THROUGH``)."""
     running: list[Running] = []
 
-    async def start(upstream: str, config: str | Config = "", **create_options: Any) -> Running:
+    async def start(upstream: str, config: str | Config = PASS_THROUGH, **create_options: Any) -> Running:
         if isinstance(config, str):
             path = tmp_path / f"config{len(running)}.toml"
             path.write_text(textwrap.dedent(config))

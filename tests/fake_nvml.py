@@ -9,7 +9,7 @@ import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from policies.memory import GIB
 
@@ -111,3 +111,21 @@ class FakeNvml(types.ModuleType):
         if utilization_pct is None:
             raise FakeNVMLError("Not Supported")
         return types.SimpleNamespace(gpu=utilization_pct, memory=0)
+
+
+class _FreeVram(Protocol):
+    vram_bytes: int | None
+
+    def free_vram_bytes(self) -> int | None: ...
+
+
+def following(fake: _FreeVram, name: str = "NVIDIA GeForce RTX 4090") -> FakeNvml:
+    """One GPU of the fake Ollama's simulated size whose used memory is what its runners really
+    hold (their true footprint, not what ``/api/ps`` reports)."""
+    total = fake.vram_bytes or 0
+
+    def used_bytes() -> int:
+        free = fake.free_vram_bytes()
+        return total - (total if free is None else free)
+
+    return FakeNvml([FakeGpu("GPU-0000", name, total, 0, used_by=used_bytes)])

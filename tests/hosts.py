@@ -50,8 +50,10 @@ def amd_sysfs(root: Path, cards: Sequence[DrmCard] = (DrmCard(),), *, connectors
         (device / "vendor").write_text(f"{card.vendor}\n")
         if card.vendor != AMD_VENDOR:
             continue  # only amdgpu exposes mem_info_vram_*
-        for name, value in (("mem_info_vram_total", card.vram_total_bytes),
-                            ("mem_info_vram_used", card.vram_used_bytes)):
+        for name, value in (
+            ("mem_info_vram_total", card.vram_total_bytes),
+            ("mem_info_vram_used", card.vram_used_bytes),
+        ):
             _write_counter(device / name, value, card.broken)
         if connectors:
             (drm / f"card{n}-DP-{n + 1}").mkdir()
@@ -72,18 +74,34 @@ def _write_counter(path: Path, value: int, broken: Broken | None) -> None:
         os.chmod(path, 0)
 
 
-def meminfo(path: Path, *, total_kib: int = 32 * 1024 * 1024, free_kib: int = 4 * 1024 * 1024,
-            available_kib: int | None = 20 * 1024 * 1024, buffers_kib: int = 512 * 1024,
-            cached_kib: int = 12 * 1024 * 1024) -> Path:
+def meminfo(
+    path: Path,
+    *,
+    total_kib: int = 32 * 1024 * 1024,
+    free_kib: int = 4 * 1024 * 1024,
+    available_kib: int | None = 20 * 1024 * 1024,
+    buffers_kib: int = 512 * 1024,
+    cached_kib: int = 12 * 1024 * 1024,
+) -> Path:
     """A /proc/meminfo in the kernel's layout; ``available_kib=None`` leaves out MemAvailable
     (kernels before 3.14), so a reader must fall back to MemFree + Buffers + Cached."""
     rows = [("MemTotal", total_kib), ("MemFree", free_kib)]
     if available_kib is not None:
         rows.append(("MemAvailable", available_kib))
-    rows += [("Buffers", buffers_kib), ("Cached", cached_kib), ("SwapCached", 0),
-             ("Active", cached_kib // 2), ("SwapTotal", 0), ("SwapFree", 0),
-             ("HugePages_Total", 0), ("Hugepagesize", 2048)]
-    lines = [f"{name + ':':<16}{value:>8}" + ("" if name.startswith("HugePages") else " kB") for name, value in rows]
+    rows += [
+        ("Buffers", buffers_kib),
+        ("Cached", cached_kib),
+        ("SwapCached", 0),
+        ("Active", cached_kib // 2),
+        ("SwapTotal", 0),
+        ("SwapFree", 0),
+        ("HugePages_Total", 0),
+        ("Hugepagesize", 2048),
+    ]
+    lines = [
+        f"{name + ':':<16}{value:>8}" + ("" if name.startswith("HugePages") else " kB")
+        for name, value in rows
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -106,17 +124,23 @@ class AppleSiliconHost:
     @property
     def gpu_limit_bytes(self) -> int:
         """The most the GPU may use: the wired limit when set, else Metal's recommendation."""
-        return self.wired_limit_mb * MiB if self.wired_limit_mb > 0 else self.recommended_max_working_set_bytes
+        return (
+            self.wired_limit_mb * MiB if self.wired_limit_mb > 0 else self.recommended_max_working_set_bytes
+        )
 
     @property
     def sysctl(self) -> dict[str, str]:
         """What ``sysctl -n NAME`` prints for the names a reader asks."""
-        return {"hw.memsize": str(self.total_ram_bytes), "iogpu.wired_limit_mb": str(self.wired_limit_mb),
-                "machdep.cpu.brand_string": self.chip}
+        return {
+            "hw.memsize": str(self.total_ram_bytes),
+            "iogpu.wired_limit_mb": str(self.wired_limit_mb),
+            "machdep.cpu.brand_string": self.chip,
+        }
 
 
-def apple_silicon(*, total_gib: int = 64, wired_limit_mb: int = 0, available_gib: float = 40.0,
-                  chip: str = "Apple M2 Max") -> AppleSiliconHost:
+def apple_silicon(
+    *, total_gib: int = 64, wired_limit_mb: int = 0, available_gib: float = 40.0, chip: str = "Apple M2 Max"
+) -> AppleSiliconHost:
     """A Mac: Metal's default working set is about 2/3 of RAM up to 36 GiB, 3/4 above."""
     total = total_gib * GiB
     recommended = total * 2 // 3 if total_gib <= 36 else total * 3 // 4
@@ -125,8 +149,10 @@ def apple_silicon(*, total_gib: int = 64, wired_limit_mb: int = 0, available_gib
 
 def nvidia_gpus(*sizes: tuple[float, float]) -> FakeNvml:
     """A fake pynvml with one GPU per (total GiB, used GiB)."""
-    gpus = [FakeGpu(f"GPU-{i:04d}-fake", "NVIDIA GeForce RTX 4090", round(total * GiB), round(used * GiB))
-            for i, (total, used) in enumerate(sizes)]
+    gpus = [
+        FakeGpu(f"GPU-{i:04d}-fake", "NVIDIA GeForce RTX 4090", round(total * GiB), round(used * GiB))
+        for i, (total, used) in enumerate(sizes)
+    ]
     return FakeNvml(gpus)
 
 

@@ -49,6 +49,24 @@ class TestCheck:
         assert "rule 2: models *\n  (no policies: forwarded unchanged)" in done.stdout
         assert done.stdout.endswith("ok\n")
 
+    def test_no_config_shows_the_default_rule(self) -> None:
+        """Without a config the built-in rule governs every model, and check says how to turn it off."""
+        done = governor("check", env={"OLLAMA_GOVERNOR_CONFIG": ""})
+        assert done.returncode == 0, done.stderr
+        assert "rules: the built-in default" in done.stdout
+        assert "rule 1: models *\n  - headroom\n  - keep_alive (under_pressure='2m'" in done.stdout
+
+    def test_pass_through_overrides_the_rules(self, tmp_path: Path) -> None:
+        """``serve --pass-through`` governs nothing, whatever the config says."""
+        from proxy.cli import _parser, _with_overrides
+        from proxy.config import load_config
+
+        path = tmp_path / "c.toml"
+        path.write_text(static_config(8192))
+        args = _parser().parse_args(["serve", "--config", str(path), "--pass-through"])
+        config = _with_overrides(load_config(path), args)
+        assert config.rules == () and not config.default_rules
+
     def test_bad_policy_stops_start_up(self, tmp_path: Path) -> None:
         """A policy that cannot load is one line on stderr and exit status 2; nothing listens."""
         path = tmp_path / "c.toml"

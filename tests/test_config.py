@@ -59,7 +59,25 @@ class TestShape:
         config = load_config(None)
         assert config.listen == "127.0.0.1:11435"
         assert config.upstream == "http://127.0.0.1:11434"
-        assert config.rules == ()
+        assert config.default_rules is True
+        [rule] = config.rules
+        assert rule.models == ("*",)
+        assert [spec.use for spec in rule.policies] == ["headroom", "keep_alive"]
+        assert dict(rule.policies[1].options) == {
+            "under_pressure": "2m",
+            "pressure_below": "1GiB",
+            "restore": "5m",
+        }
+
+    def test_a_config_without_rules_gets_the_default_rule(self, tmp_path: Path) -> None:
+        """Settings alone keep the built-in rule; its keep_alive restores the server's own value."""
+        config = load_config(write(tmp_path, '[ollama]\nkeep_alive = "30m"'))
+        assert config.default_rules and config.rules[0].policies[1].options["restore"] == "30m"
+
+    def test_empty_rules_are_a_pass_through(self, tmp_path: Path) -> None:
+        """``rules = []`` governs nothing: one line away from the default."""
+        config = load_config(write(tmp_path, "rules = []"))
+        assert config.rules == () and not config.default_rules
 
     def test_environment_variable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """$OLLAMA_GOVERNOR_CONFIG names the file when --config is absent."""

@@ -51,7 +51,10 @@ async def test_root_version_and_unknown_paths(make_client: MakeClient) -> None:
     client = await make_client(FakeOllama(version=V032).app)
     r = await client.get("/")
     assert (r.status, r.headers["Content-Type"], await r.text()) == (
-        200, "text/plain; charset=utf-8", "Ollama is running")
+        200,
+        "text/plain; charset=utf-8",
+        "Ollama is running",
+    )
     r = await client.head("/")
     assert r.status == 200 and r.headers["Content-Length"] == "17"
     r = await client.get("/api/version")
@@ -60,22 +63,39 @@ async def test_root_version_and_unknown_paths(make_client: MakeClient) -> None:
     for method, path in (("GET", "/api/nonexistent"), ("POST", "/"), ("GET", "/api/generate")):
         r = await client.request(method, path)
         assert (r.status, r.headers["Content-Type"], await r.text()) == (
-            404, "text/plain", "404 page not found")
+            404,
+            "text/plain",
+            "404 page not found",
+        )
 
 
 async def test_generate_stream_matches_transcript_shape(make_client: MakeClient) -> None:
     fake = FakeOllama(version=V032, reply_tokens=3)
     client = await make_client(fake.app)
-    r = await client.post("/api/generate", json={"model": "gemma3-270m", "prompt": "Why is the sky blue?"},
-                          headers={"X-Test": "1"})
+    r = await client.post(
+        "/api/generate",
+        json={"model": "gemma3-270m", "prompt": "Why is the sky blue?"},
+        headers={"X-Test": "1"},
+    )
     assert r.headers["Content-Type"] == "application/x-ndjson"
     lines = await ndjson(r)
     assert [list(x) for x in lines[:3]] == [["model", "created_at", "response", "done"]] * 3
     assert "".join(x["response"] for x in lines) == "tok0 tok1 tok2 "
     final = lines[-1]
-    assert list(final) == ["model", "created_at", "response", "done", "done_reason", "context",
-                           "total_duration", "load_duration", "prompt_eval_count",
-                           "prompt_eval_duration", "eval_count", "eval_duration"]
+    assert list(final) == [
+        "model",
+        "created_at",
+        "response",
+        "done",
+        "done_reason",
+        "context",
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ]
     assert final["model"] == "gemma3-270m" and final["done_reason"] == "stop"
     assert final["prompt_eval_count"] == 5 and final["eval_count"] == 3  # ceil(20 chars / 4)
     assert fake.loads == [("gemma3-270m:latest", 4096)]
@@ -83,17 +103,31 @@ async def test_generate_stream_matches_transcript_shape(make_client: MakeClient)
     assert fake.bodies("/api/generate") == [{"model": "gemma3-270m", "prompt": "Why is the sky blue?"}]
     ps = await (await client.get("/api/ps")).json()
     (entry,) = ps["models"]
-    assert list(entry) == ["name", "model", "size", "digest", "details", "expires_at", "size_vram",
-                           "context_length"]
+    assert list(entry) == [
+        "name",
+        "model",
+        "size",
+        "digest",
+        "details",
+        "expires_at",
+        "size_vram",
+        "context_length",
+    ]
     assert entry["name"] == "gemma3-270m:latest" and entry["context_length"] == 4096
     assert entry["size"] == fake.size_for(gemma3_270m(), 4096) and entry["size_vram"] == 0
 
 
 async def test_chat_nonstream_and_num_predict(make_client: MakeClient) -> None:
     client = await make_client(FakeOllama(version=V032).app)
-    r = await client.post("/api/chat", json={
-        "model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}], "stream": False,
-        "options": {"num_predict": 2}})
+    r = await client.post(
+        "/api/chat",
+        json={
+            "model": "gemma3-270m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+            "options": {"num_predict": 2},
+        },
+    )
     assert r.headers["Content-Type"] == "application/json; charset=utf-8"
     assert "Content-Length" in r.headers
     body = await r.json()
@@ -113,27 +147,45 @@ async def test_num_ctx_changes_reload_including_omission(make_client: MakeClient
     await gen(num_ctx=2048)
     await gen()
     await gen(num_ctx=99999)  # clamped to the trained 32768
-    assert fake.loads == [("gemma3-270m:latest", 2048), ("gemma3-270m:latest", 4096),
-                          ("gemma3-270m:latest", 32768)]
+    assert fake.loads == [
+        ("gemma3-270m:latest", 2048),
+        ("gemma3-270m:latest", 4096),
+        ("gemma3-270m:latest", 32768),
+    ]
 
 
 async def test_errors_like_ollama(make_client: MakeClient) -> None:
     fake = FakeOllama(version=V032)
     client = await make_client(fake.app)
     cases: list[tuple[str, Any, int, str]] = [
-        ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, 404,
-         "model 'no-such-model' not found"),
+        ("/api/generate", {"model": "no-such-model", "prompt": "hi"}, 404, "model 'no-such-model' not found"),
         ("/api/generate", {"prompt": "hi"}, 404, "model '' not found"),
         ("/api/generate", '{"model":"gemma3-270m","prompt":', 400, "unexpected EOF"),
-        ("/api/generate", {"model": "gemma3-270m", "prompt": "hi", "options": {"num_ctx": "8192"}},
-         500, 'option "num_ctx" must be of type integer'),
-        ("/api/generate", {"model": "gemma3-270m", "prompt": "hi", "keep_alive": "300"}, 400,
-         'time: missing unit in duration "300"'),
+        (
+            "/api/generate",
+            {"model": "gemma3-270m", "prompt": "hi", "options": {"num_ctx": "8192"}},
+            500,
+            'option "num_ctx" must be of type integer',
+        ),
+        (
+            "/api/generate",
+            {"model": "gemma3-270m", "prompt": "hi", "keep_alive": "300"},
+            400,
+            'time: missing unit in duration "300"',
+        ),
         ("/api/show", {"model": "no-such-model"}, 404, "model 'no-such-model:latest' not found"),
-        ("/api/embed", {"model": "gemma3-270m", "input": "hi"}, 501,
-         "This server does not support embeddings. Start it with `--embeddings`"),
-        ("/api/generate", {"model": "gemma3-270m", "prompt": "hi", "think": True}, 400,
-         '"gemma3-270m" does not support thinking'),
+        (
+            "/api/embed",
+            {"model": "gemma3-270m", "input": "hi"},
+            501,
+            "This server does not support embeddings. Start it with `--embeddings`",
+        ),
+        (
+            "/api/generate",
+            {"model": "gemma3-270m", "prompt": "hi", "think": True},
+            400,
+            '"gemma3-270m" does not support thinking',
+        ),
     ]
     for path, body, status, message in cases:
         data = body if isinstance(body, str) else json.dumps(body)
@@ -172,13 +224,17 @@ def test_kv_math_matches_facts() -> None:
     gib = 1 << 30
     # gemma3:27b at 131072: 10 GiB global + 52 SWA layers x pad256(1024+512) cells x 8 KiB
     assert fake.kv_bytes(gemma3_27b(), 131072) == 10 * gib + 52 * 1536 * 8192
-    assert FakeOllama(version=V032, num_parallel=3).kv_bytes(gemma3_27b(), 131072) == 30 * gib + 3 * 52 * 1536 * 8192
+    assert (
+        FakeOllama(version=V032, num_parallel=3).kv_bytes(gemma3_27b(), 131072)
+        == 30 * gib + 3 * 52 * 1536 * 8192
+    )
     assert fake.kv_bytes(llama3_1_8b(), 8192) == 1024 << 20
     assert FakeOllama(version=V032, kv_cache_type="q8_0").kv_bytes(llama3_1_8b(), 8192) == 544 << 20
     assert fake.kv_bytes(gemma3_4b(), 8192) == 334 << 20
     m = gemma3_27b()
     assert fake.size_for(m, 8192) - fake.size_for(m, 4096) == (
-        fake.kv_bytes(m, 8192) - fake.kv_bytes(m, 4096) + m.compute_bytes_per_ctx * 4096)
+        fake.kv_bytes(m, 8192) - fake.kv_bytes(m, 4096) + m.compute_bytes_per_ctx * 4096
+    )
 
 
 async def test_spill_and_lru_eviction_on_gpu_host(make_client: MakeClient) -> None:
@@ -198,8 +254,15 @@ async def test_spill_and_lru_eviction_on_gpu_host(make_client: MakeClient) -> No
 async def test_show_hides_arrays_unless_verbose(make_client: MakeClient) -> None:
     client = await make_client(FakeOllama(version=V032).app)
     body = await (await client.post("/api/show", json={"model": "gemma3-270m"})).json()
-    assert list(body) == ["modelfile", "parameters", "template", "details", "model_info",
-                          "capabilities", "modified_at"]
+    assert list(body) == [
+        "modelfile",
+        "parameters",
+        "template",
+        "details",
+        "model_info",
+        "capabilities",
+        "modified_at",
+    ]
     info = body["model_info"]
     assert info["gemma3.block_count"] == 18 and info["gemma3.attention.sliding_window"] == 512
     assert info["tokenizer.ggml.tokens"] is None and info["general.tags"] is None
@@ -210,8 +273,9 @@ async def test_show_hides_arrays_unless_verbose(make_client: MakeClient) -> None
 async def test_create_copy_delete_pull_and_tags_shapes(make_client: MakeClient) -> None:
     fake = FakeOllama(version=V032, models=[gemma3_270m(), nomic_embed_text()])
     client = await make_client(fake.app)
-    r = await client.post("/api/create", json={"model": "g8k", "from": "gemma3-270m",
-                                                "parameters": {"num_ctx": 8192}})
+    r = await client.post(
+        "/api/create", json={"model": "g8k", "from": "gemma3-270m", "parameters": {"num_ctx": 8192}}
+    )
     assert (await ndjson(r))[-1] == {"status": "success"}
     show = await (await client.post("/api/show", json={"model": "g8k"})).json()
     assert "num_ctx                        8192" in show["parameters"]
@@ -229,8 +293,14 @@ async def test_create_copy_delete_pull_and_tags_shapes(make_client: MakeClient) 
     entry = next(m for m in tags["models"] if m["name"] == "nomic-embed-text:latest")
     assert entry["details"]["context_length"] == 2048 and entry["capabilities"] == ["embedding"]
     old = await (await make_client(FakeOllama(version="0.24.0").app)).get("/api/tags")
-    assert list((await old.json())["models"][0]) == ["name", "model", "modified_at", "size", "digest",
-                                                     "details"]
+    assert list((await old.json())["models"][0]) == [
+        "name",
+        "model",
+        "modified_at",
+        "size",
+        "digest",
+        "details",
+    ]
     r = await client.post("/api/embed", json={"model": "nomic-embed-text", "input": ["a", "b"]})
     body = await r.json()
     assert len(body["embeddings"]) == 2 and len(body["embeddings"][0]) == 768
@@ -245,7 +315,7 @@ async def test_blob_upload_is_streamed_and_verified(make_client: MakeClient) -> 
 
     async def chunks() -> Any:
         for i in range(0, len(data), 1 << 20):
-            yield data[i:i + (1 << 20)]
+            yield data[i : i + (1 << 20)]
 
     assert (await client.head(f"/api/blobs/{digest}")).status == 404
     assert (await client.post(f"/api/blobs/{digest}", data=chunks())).status == 201
@@ -259,9 +329,15 @@ async def test_blob_upload_is_streamed_and_verified(make_client: MakeClient) -> 
 async def test_openai_routes(make_client: MakeClient) -> None:
     fake = FakeOllama(version=V032, reply_tokens=2)
     client = await make_client(fake.app)
-    r = await client.post("/v1/chat/completions", json={
-        "model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
-        "stream_options": {"include_usage": True}})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "gemma3-270m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.headers["Content-Type"] == "text/event-stream"
     events = [e for e in (await r.text()).split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
@@ -283,8 +359,10 @@ async def test_client_disconnect_is_recorded(cancel_handlers: bool) -> None:
     if not cancel_handlers:  # like web.run_app: handlers are not cancelled on disconnect
         server = TestServer(fake.app, handler_cancellation=False)
     async with server, aiohttp.ClientSession() as session:
-        resp = await session.post(server.make_url("/api/chat"), json={
-            "model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}]})
+        resp = await session.post(
+            server.make_url("/api/chat"),
+            json={"model": "gemma3-270m", "messages": [{"role": "user", "content": "hi"}]},
+        )
         first = await resp.content.readline()
         assert json.loads(first)["message"]["content"] == "tok0 "
         resp.close()
@@ -297,9 +375,12 @@ async def test_client_disconnect_is_recorded(cancel_handlers: bool) -> None:
 
 
 async def test_spilled_model_streams_slower(make_client: MakeClient) -> None:
-    fake = FakeOllama(version=V032, vram_bytes=100 << 20, token_delay_s=0.002, spill_slowdown=10.0, reply_tokens=4)
+    fake = FakeOllama(
+        version=V032, vram_bytes=100 << 20, token_delay_s=0.002, spill_slowdown=10.0, reply_tokens=4
+    )
     client = await make_client(fake.app)
-    body = await (await client.post("/api/generate", json={
-        "model": "gemma3-270m", "prompt": "hi", "stream": False})).json()
+    body = await (
+        await client.post("/api/generate", json={"model": "gemma3-270m", "prompt": "hi", "stream": False})
+    ).json()
     assert fake.loaded()["gemma3-270m:latest"].spilled
     assert body["eval_duration"] >= 4 * 0.02 * 1e9 * 0.9

@@ -888,6 +888,6 @@ class TestRelayedErrors:
         self, path: str, content_type: str, ending: bytes | None
     ) -> None:
         """NDJSON gets Ollama's error line, SSE its route's error event, anything else nothing."""
-        from proxy.upstream.relay import _error_ending
+        from proxy.upstream.relay import error_ending
 
-        assert _error_ending(path, content_type, "boom") == ending
+        assert error_ending(path, content_type, "boom") == ending

@@ -33,8 +33,12 @@ from proxy.facts.gguf import (
 
 DATA = Path(__file__).parent / "data"
 
-F16, F32, Q4_0, Q8_0 = (GGMLQuantizationType.F16, GGMLQuantizationType.F32, GGMLQuantizationType.Q4_0,
-                        GGMLQuantizationType.Q8_0)
+F16, F32, Q4_0, Q8_0 = (
+    GGMLQuantizationType.F16,
+    GGMLQuantizationType.F32,
+    GGMLQuantizationType.Q4_0,
+    GGMLQuantizationType.Q8_0,
+)
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,24 @@ def show_for(spec: GgufSpec) -> dict[str, Any]:
     }
     parameter_count = sum(int(np.prod(shape)) for shape, _ in spec.tensors.values())
     model_info = {
-        **{key: value for key, value in spec.metadata.items() if key not in ("general.name", "tokenizer.chat_template")},
+        **{
+            key: value
+            for key, value in spec.metadata.items()
+            if key not in ("general.name", "tokenizer.chat_template")
+        },
         "general.architecture": spec.architecture,
         "general.parameter_count": parameter_count,
     }
-    tensors = [{"name": name, "type": kind.name, "shape": list(shape)} for name, (shape, kind) in spec.tensors.items()]
-    return {"details": details, "model_info": model_info, "tensors": tensors, "capabilities": list(spec.capabilities)}
+    tensors = [
+        {"name": name, "type": kind.name, "shape": list(shape)}
+        for name, (shape, kind) in spec.tensors.items()
+    ]
+    return {
+        "details": details,
+        "model_info": model_info,
+        "tensors": tensors,
+        "capabilities": list(spec.capabilities),
+    }
 
 
 def with_token_lengths(model_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -248,7 +264,9 @@ class TestReadGgufFacts:
         assert facts.weights_bytes == path.stat().st_size
 
     @pytest.mark.parametrize("spec", SPECS.values(), ids=SPECS.keys())
-    def test_model_info_is_the_show_map_with_tokenizer_arrays_as_lengths(self, tmp_path: Path, spec: GgufSpec) -> None:
+    def test_model_info_is_the_show_map_with_tokenizer_arrays_as_lengths(
+        self, tmp_path: Path, spec: GgufSpec
+    ) -> None:
         """``model_info``, tensors, details and capabilities are what Ollama's verbose show lists."""
         path = write_gguf(tmp_path / "model.gguf", spec)
         expected = show_for(spec)
@@ -261,7 +279,12 @@ class TestReadGgufFacts:
     def test_llama_gqa_facts(self, tmp_path: Path) -> None:
         """A llama GQA model: 2 KV heads, head size from hidden / heads, no sliding window."""
         facts = read_gguf_facts(write_gguf(tmp_path / "llama.gguf", LLAMA_GQA))
-        assert (facts.architecture, facts.block_count, facts.head_count, facts.head_count_kv) == ("llama", 8, 8, 2)
+        assert (facts.architecture, facts.block_count, facts.head_count, facts.head_count_kv) == (
+            "llama",
+            8,
+            8,
+            2,
+        )
         assert (facts.key_length, facts.value_length, facts.sliding_window) == (64, 64, None)
         assert (facts.context_length, facts.vocab_size, facts.embedding_length) == (8192, 32000, 512)
         assert (facts.quantization_level, facts.parameter_size) == ("Q4_0", "16.78M")
@@ -285,12 +308,17 @@ class TestReadGgufFacts:
         """pooling_type makes an embedding model, vision.block_count adds vision, else completion."""
         assert read_gguf_facts(write_gguf(tmp_path / "e.gguf", EMBEDDING)).capabilities == ("embedding",)
         assert read_gguf_facts(write_gguf(tmp_path / "v.gguf", GEMMA4_PER_LAYER_SWA)).capabilities == (
-            "completion", "vision")
+            "completion",
+            "vision",
+        )
         assert read_gguf_facts(write_gguf(tmp_path / "l.gguf", LLAMA_GQA)).capabilities == ("completion",)
 
     def test_name_defaults_to_the_file_stem(self, tmp_path: Path) -> None:
         """Without a name the facts are named after the file, less its extension."""
-        assert read_gguf_facts(write_gguf(tmp_path / "tiny-llama.Q4_0.gguf", LLAMA_GQA)).name == "tiny-llama.Q4_0"
+        assert (
+            read_gguf_facts(write_gguf(tmp_path / "tiny-llama.Q4_0.gguf", LLAMA_GQA)).name
+            == "tiny-llama.Q4_0"
+        )
 
     def test_digest_only_from_an_ollama_blob_name(self, tmp_path: Path) -> None:
         """A file named like Ollama's blobs gives its sha256 digest for free; any other name none."""
@@ -309,7 +337,10 @@ class TestMetadataReader:
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
             assert len(stock.fields[key].parts) > 4096
             assert len(fast.fields[key].parts) <= 6
-        assert fast.fields["tokenizer.ggml.scores"].contents() == stock.fields["tokenizer.ggml.scores"].contents()
+        assert (
+            fast.fields["tokenizer.ggml.scores"].contents()
+            == stock.fields["tokenizer.ggml.scores"].contents()
+        )
         assert [t.name for t in fast.tensors] == [t.name for t in stock.tensors]
         assert fast.data_offset == stock.data_offset
 
@@ -343,8 +374,19 @@ class TestHumanNumber:
 class TestQuantizationName:
     @pytest.mark.parametrize(
         ("file_type", "name"),
-        [(15, "Q4_K_M"), (0, "F32"), (1, "F16"), (7, "Q8_0"), (30, "IQ4_XS"), (4, "MXFP4"), (32, "BF16"),
-         (1024, None), (999, None), (None, None), ("15", None)],
+        [
+            (15, "Q4_K_M"),
+            (0, "F32"),
+            (1, "F16"),
+            (7, "Q8_0"),
+            (30, "IQ4_XS"),
+            (4, "MXFP4"),
+            (32, "BF16"),
+            (1024, None),
+            (999, None),
+            (None, None),
+            ("15", None),
+        ],
     )
     def test_names_file_types_as_ollama_does(self, file_type: Any, name: str | None) -> None:
         """Ollama's names where it has one, llama.cpp's for the rest, None when unknown."""
@@ -378,20 +420,28 @@ def cut_points(path: Path) -> dict[str, int]:
 class TestGgufErrors:
     def test_missing_file(self, tmp_path: Path) -> None:
         """A path that does not exist says so."""
-        with pytest.raises(GgufError, match=r"missing\.gguf: no such file; give the path of a \.gguf model file$"):
+        with pytest.raises(
+            GgufError, match=r"missing\.gguf: no such file; give the path of a \.gguf model file$"
+        ):
             read_gguf_facts(tmp_path / "missing.gguf")
 
     def test_directory(self, tmp_path: Path) -> None:
         """A folder is refused with a hint to give the file inside it."""
-        with pytest.raises(GgufError, match=r": is a directory; give the path of a \.gguf file, not of a folder$"):
+        with pytest.raises(
+            GgufError, match=r": is a directory; give the path of a \.gguf file, not of a folder$"
+        ):
             read_gguf_facts(tmp_path)
 
-    @pytest.mark.parametrize("content", [b"PK\x03\x04 zip", b"{\"models\": []}", b"\x00", b"GGML\x01\x00\x00\x00"])
+    @pytest.mark.parametrize(
+        "content", [b"PK\x03\x04 zip", b'{"models": []}', b"\x00", b"GGML\x01\x00\x00\x00"]
+    )
     def test_not_a_gguf(self, tmp_path: Path, content: bytes) -> None:
         """Anything that does not start with the GGUF magic is not a GGUF file."""
         path = tmp_path / "x.gguf"
         path.write_bytes(content)
-        with pytest.raises(GgufError, match=r"x\.gguf: not a GGUF file \(it starts with b'.*', a GGUF with b'GGUF'\)$"):
+        with pytest.raises(
+            GgufError, match=r"x\.gguf: not a GGUF file \(it starts with b'.*', a GGUF with b'GGUF'\)$"
+        ):
             read_gguf_facts(path)
 
     def test_empty_file(self, tmp_path: Path) -> None:
@@ -401,8 +451,20 @@ class TestGgufErrors:
         with pytest.raises(GgufError, match=r"x\.gguf: is empty \(0 bytes\), not a GGUF file$"):
             read_gguf_facts(path)
 
-    @pytest.mark.parametrize("where", ["magic", "version", "counts", "first key", "token strings", "token scores",
-                                       "tensor infos", "tensor data", "last tensor's last byte"])
+    @pytest.mark.parametrize(
+        "where",
+        [
+            "magic",
+            "version",
+            "counts",
+            "first key",
+            "token strings",
+            "token scores",
+            "tensor infos",
+            "tensor data",
+            "last tensor's last byte",
+        ],
+    )
     def test_truncated(self, tmp_path: Path, where: str) -> None:
         """A file cut anywhere, header to tensor data, is reported as truncated, with its size."""
         path = write_small(tmp_path / "x.gguf")
@@ -411,7 +473,9 @@ class TestGgufErrors:
         with pytest.raises(GgufError) as raised:
             read_gguf_facts(path)
         message = str(raised.value)
-        assert message.startswith(f"{path}: truncated GGUF: it ends after {offset:,} bytes, before the data it declares")
+        assert message.startswith(
+            f"{path}: truncated GGUF: it ends after {offset:,} bytes, before the data it declares"
+        )
         assert message.endswith("the download or copy was cut short, fetch it again")
         assert "\n" not in message
 
@@ -422,8 +486,11 @@ class TestGgufErrors:
         data = bytearray(path.read_bytes())
         data[4:8] = version.to_bytes(4, "little")
         path.write_bytes(bytes(data))
-        with pytest.raises(GgufError, match=rf"x\.gguf: GGUF version {version} is not supported \(versions 2 and 3 "
-                                            r"are\); convert the model again with a current llama\.cpp$"):
+        with pytest.raises(
+            GgufError,
+            match=rf"x\.gguf: GGUF version {version} is not supported \(versions 2 and 3 "
+            r"are\); convert the model again with a current llama\.cpp$",
+        ):
             read_gguf_facts(path)
 
     def test_damaged_value_type(self, tmp_path: Path) -> None:
@@ -432,22 +499,32 @@ class TestGgufErrors:
         key = GGUFReader(path).fields["general.architecture"]
         type_offset = key.offset + 8 + len("general.architecture")
         data = bytearray(path.read_bytes())
-        data[type_offset:type_offset + 4] = (99).to_bytes(4, "little")
+        data[type_offset : type_offset + 4] = (99).to_bytes(4, "little")
         path.write_bytes(bytes(data))
-        with pytest.raises(GgufError, match=r"x\.gguf: damaged GGUF \(.*99\)? is not a valid GGUFValueType\); "
-                                            r"download or convert it again$"):
+        with pytest.raises(
+            GgufError,
+            match=r"x\.gguf: damaged GGUF \(.*99\)? is not a valid GGUFValueType\); "
+            r"download or convert it again$",
+        ):
             read_gguf_facts(path)
 
-    @pytest.mark.parametrize(("architecture", "general_type", "kind"), [
-        ("clip", "mmproj", "a multimodal projector (mmproj)"),
-        ("clip", None, "a multimodal projector (mmproj)"),
-        ("llama", "adapter", "a LoRA adapter"),
-    ])
-    def test_not_a_model(self, tmp_path: Path, architecture: str, general_type: str | None, kind: str) -> None:
+    @pytest.mark.parametrize(
+        ("architecture", "general_type", "kind"),
+        [
+            ("clip", "mmproj", "a multimodal projector (mmproj)"),
+            ("clip", None, "a multimodal projector (mmproj)"),
+            ("llama", "adapter", "a LoRA adapter"),
+        ],
+    )
+    def test_not_a_model(
+        self, tmp_path: Path, architecture: str, general_type: str | None, kind: str
+    ) -> None:
         """A projector or an adapter is refused: its facts would size nothing."""
         metadata = {"general.type": general_type} if general_type else {}
         path = write_gguf(tmp_path / "x.gguf", GgufSpec(architecture, metadata, {"w": ((8,), F32)}, "8"))
-        with pytest.raises(GgufError, match=rf"x\.gguf: {re.escape(kind)}, not a model; give the GGUF of the model itself$"):
+        with pytest.raises(
+            GgufError, match=rf"x\.gguf: {re.escape(kind)}, not a model; give the GGUF of the model itself$"
+        ):
             read_gguf_facts(path)
 
 
@@ -471,11 +548,19 @@ class TestRealGemma3270m:
         recorded = ModelFacts.from_show("gemma3-270m", recorded_show("show_gemma3_270m.json"))
         facts = read_gguf_facts(gemma3_270m_gguf, name="gemma3-270m")
         assert dataclasses.replace(facts, weights_bytes=None) == recorded
-        assert (facts.architecture, facts.block_count, facts.head_count, facts.head_count_kv) == ("gemma3", 18, 4, 1)
+        assert (facts.architecture, facts.block_count, facts.head_count, facts.head_count_kv) == (
+            "gemma3",
+            18,
+            4,
+            1,
+        )
         assert (facts.key_length, facts.value_length, facts.sliding_window) == (256, 256, 512)
         assert (facts.context_length, facts.vocab_size, facts.embedding_length) == (32768, 262144, 640)
-        assert (facts.parameter_size, facts.quantization_level, facts.capabilities) == ("268.10M", "Q4_K_M",
-                                                                                         ("completion",))
+        assert (facts.parameter_size, facts.quantization_level, facts.capabilities) == (
+            "268.10M",
+            "Q4_K_M",
+            ("completion",),
+        )
 
     def test_show_equals_the_recorded_verbose_show(self, gemma3_270m_gguf: Path) -> None:
         """model_info, tensors, details and capabilities match Ollama v0.33's verbose /api/show."""
@@ -490,7 +575,9 @@ class TestRealGemma3270m:
         """The on-disk size stands in for /api/tags' size, which also counts the template layers."""
         assert read_gguf_facts(gemma3_270m_gguf).weights_bytes == gemma3_270m_gguf.stat().st_size
 
-    def test_as_an_ollama_blob_its_digest_is_the_blob_name(self, gemma3_270m_gguf: Path, tmp_path: Path) -> None:
+    def test_as_an_ollama_blob_its_digest_is_the_blob_name(
+        self, gemma3_270m_gguf: Path, tmp_path: Path
+    ) -> None:
         """Linked under Ollama's blob name, the file's digest is the one Ollama's show names as parent."""
         parent = recorded_show("show_gemma3_270m.json")["details"]["parent_model"]
         blob = tmp_path / Path(parent).name

@@ -1,4 +1,5 @@
-"""The GPU sampler and its sources: NVML (faked by an injected module), /api/ps, none and auto."""
+"""The GPU sampler and its sources: NVML (faked by an injected module), /api/ps, none and auto
+(amdgpu, Apple and /proc/meminfo: tests/test_memory_sources.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -18,8 +20,11 @@ from policies.memory import GIB, MIB
 from proxy.config import ConfigError, Table, parse_config
 from proxy.config.settings import GpuSettings, OllamaSettings, parse_gpu_section
 from proxy.facts.memory import (
+    AmdgpuSource,
+    AppleSource,
     AutoSource,
     GpuSampler,
+    MeminfoSource,
     NoGpuSource,
     NvmlSource,
     OllamaPsSource,
@@ -447,7 +452,7 @@ class TestParseGpuSection:
         [
             (
                 {"source": "cuda"},
-                "gov.toml: gpu.source: expected one of 'auto', 'nvml', 'ollama', 'none', got 'cuda'",
+                "gov.toml: gpu.source: expected one of 'auto', 'nvml', 'amdgpu', 'apple', 'system', 'ollama', 'none', got 'cuda'",
             ),
             ({"intervall": "1s"}, "gov.toml: unknown key 'intervall' in [gpu]"),
             (
@@ -472,7 +477,7 @@ class TestParseGpuSection:
             ),
             (
                 {"source": "none", "devices": [0]},
-                'gov.toml: gpu.devices: only used with source = "nvml" or "auto", not \'none\'; remove it',
+                'gov.toml: gpu.devices: only used with source = "nvml", "amdgpu" or "auto", not \'none\'; remove it',
             ),
             (
                 {"devices": True},
@@ -505,6 +510,54 @@ class TestParseGpuSection:
             parse(**data)
         assert str(caught.value) == message
 
+    def test_sources_for_every_host(self) -> None:
+        """amdgpu takes card numbers and a sysfs root, system a meminfo path, apple nothing more."""
+        assert parse(source="amdgpu", devices=[0, "2"], sysfs_root="/host") == GpuSettings(
+            "amdgpu", ("0", "2"), sysfs_root=Path("/host")
+        )
+        assert parse(source="system", meminfo_path="/host/proc/meminfo").meminfo_path == Path(
+            "/host/proc/meminfo"
+        )
+        assert parse(source="apple") == GpuSettings("apple")
+        auto = parse(sysfs_root="/host", meminfo_path="/host/proc/meminfo", devices=["GPU-8f6c-aa"])
+        assert (auto.sysfs_root, auto.meminfo_path) == (Path("/host"), Path("/host/proc/meminfo"))
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            (
+                {"source": "apple", "devices": [0]},
+                'gov.toml: gpu.devices: only used with source = "nvml", "amdgpu" or "auto", not \'apple\'; remove it',
+            ),
+            (
+                {"source": "amdgpu", "devices": ["GPU-8f6c-aa"]},
+                "gov.toml: gpu.devices: source = \"amdgpu\" selects cards by number (1 for card1), got 'GPU-8f6c-aa'",
+            ),
+            (
+                {"source": "nvml", "sysfs_root": "/host"},
+                'gov.toml: gpu.sysfs_root: only used with source = "amdgpu" or "auto", not \'nvml\'; remove it',
+            ),
+            (
+                {"source": "amdgpu", "meminfo_path": "/proc/meminfo"},
+                'gov.toml: gpu.meminfo_path: only used with source = "system" or "auto", not \'amdgpu\'; remove it',
+            ),
+            (
+                {"source": "system", "vram_total": "24GiB"},
+                'gov.toml: gpu.vram_total: only used with source = "ollama"; remove it or set that source',
+            ),
+            ({"sysfs_root": "host"}, "gov.toml: gpu.sysfs_root: expected an absolute path, got 'host'"),
+            (
+                {"meminfo_path": 1},
+                'gov.toml: gpu.meminfo_path: expected a path such as "/host", got an integer',
+            ),
+        ],
+    )
+    def test_options_that_do_not_apply(self, data: dict[str, Any], message: str) -> None:
+        """An option for another source, or a bad path, is one error naming the key and the fix."""
+        with pytest.raises(ConfigError) as caught:
+            parse(**data)
+        assert str(caught.value) == message
+
     def test_through_parse_config(self) -> None:
         """As the [gpu] section, the settings land in Config.extra["gpu"]."""
         config = parse_config({"gpu": {"source": "none"}}, "gov.toml")
@@ -529,6 +582,33 @@ class TestBuildSource:
         assert ollama.vram_total_bytes == (24 * GIB,)
         assert isinstance(build_source(GpuSettings("none"), getter), NoGpuSource)
         assert nvml.calls == 0
+
+    def test_each_host_source(self, tmp_path: Path) -> None:
+        """amdgpu, apple and system are built with their settings; nothing is read yet."""
+        getter = stub_ps({})
+        amdgpu = build_source(GpuSettings("amdgpu", devices=("1",), sysfs_root=tmp_path), getter)
+        assert isinstance(amdgpu, AmdgpuSource)
+        assert (amdgpu.devices, amdgpu.drm_dir) == ((1,), tmp_path / "sys/class/drm")
+        assert isinstance(build_source(GpuSettings("apple"), getter), AppleSource)
+        system = build_source(GpuSettings("system", meminfo_path=tmp_path / "meminfo"), getter)
+        assert isinstance(system, MeminfoSource) and system.path == tmp_path / "meminfo"
+
+    def test_auto_order_depends_on_the_platform(self) -> None:
+        """auto tries NVML, amdgpu, then Apple on macOS or system memory on Linux."""
+        kinds = {
+            platform: [
+                type(c)
+                for c in cast(
+                    AutoSource, build_source(GpuSettings(), stub_ps({}), platform=platform)
+                ).candidates
+            ]
+            for platform in ("linux", "darwin", "win32")
+        }
+        assert kinds == {
+            "linux": [NvmlSource, AmdgpuSource, MeminfoSource],
+            "darwin": [NvmlSource, AmdgpuSource, AppleSource],
+            "win32": [NvmlSource, AmdgpuSource],
+        }
 
     def test_sampler_takes_interval_and_reserve(self) -> None:
         """build_sampler wires the settings into the sampler."""

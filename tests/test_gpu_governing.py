@@ -15,20 +15,10 @@ from policies.memory import GIB, estimate_bytes
 from proxy.facts.memory import NvmlSource
 from proxy.keys import FACTS, MEMORY
 from tests.conftest import OllamaClients, Running, StartFake, StartProxy, eventually, settled, start_app
-from tests.fake_nvml import FakeGpu, FakeLibraryNotFound, FakeNvml
+from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, following
 from tests.fake_ollama import FakeOllama, gemma3_4b, gemma3_27b
 
 GPU_BYTES = 24 * GIB
-
-
-def nvml_for(fake: FakeOllama, total_bytes: int = GPU_BYTES) -> FakeNvml:
-    """An NVML whose memory use is what the fake Ollama's loaded models occupy."""
-
-    def used_bytes() -> int:
-        free = fake.free_vram_bytes()
-        return total_bytes - (total_bytes if free is None else free)
-
-    return FakeNvml([FakeGpu("GPU-0000", "NVIDIA GeForce RTX 4090", total_bytes, 0, used_by=used_bytes)])
 
 
 def config(policies: str, *, parallel: int = 1) -> str:
@@ -54,7 +44,7 @@ async def governed_gpu(
     proxy = await start_proxy(
         fake.url,
         config(policies, parallel=parallel),
-        memory_source=NvmlSource(nvml=nvml_for(fake)),  # type: ignore[attr-defined]
+        memory_source=NvmlSource(nvml=following(fake)),  # type: ignore[attr-defined]
     )
     await proxy.app[MEMORY].refresh()
     return fake, proxy
@@ -197,11 +187,12 @@ class TestLongPrompts:
         assert fake.bodies("/api/generate") == []
 
 
-class TestFailOpen:
+class TestWithoutFacts:
     async def test_nvml_failure_forwards_the_client_value(
         self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
     ) -> None:
-        """No NVML library: the snapshot is unknown, headroom leaves num_ctx alone and says why."""
+        """No NVML library: no memory budget; the client's value covers the prompt, so it is sent
+        as it was, uncapped, and the reason says why."""
         fake = await start_fake(vram_bytes=GPU_BYTES, models=[gemma3_4b()])
         broken = FakeNvml([])
         broken.init_error = FakeLibraryNotFound()
@@ -216,12 +207,13 @@ class TestFailOpen:
         assert reply.done
         assert fake.bodies("/api/generate")[-1]["options"]["num_ctx"] == 8192
         [result] = [e for e in logs if e["event"] == "result"]
-        assert result["changed_by"][0]["reason"].startswith("headroom[unknown]: GPU memory unknown")
+        assert result["changed_by"][0]["reason"].startswith("headroom[unknown]: no memory budget (")
 
     async def test_unreadable_show_fails_open(
         self, start_proxy: StartProxy, ollama_client: OllamaClients
     ) -> None:
-        """/api/show answering 500: no model facts, the request still goes through unchanged."""
+        """/api/show answering 500: no model facts, the request still goes through, governed by
+        its need alone (the client's 8192 covers it)."""
 
         @web.middleware
         async def broken_show(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -234,7 +226,7 @@ class TestFailOpen:
         upstream = await start_app(fake.app)
         try:
             proxy = await start_proxy(
-                upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=nvml_for(fake))
+                upstream.url, config('{ use = "headroom" }'), memory_source=NvmlSource(nvml=following(fake))
             )
             with capture_logs() as logs:
                 reply = await ollama_client(proxy.url).generate(
@@ -249,7 +241,8 @@ class TestFailOpen:
         [result] = [e for e in logs if e["event"] == "result"]
         assert (
             result["changed_by"][0]["reason"]
-            == "headroom[unknown]: no facts about model 'gemma3:4b'; leaving num_ctx 8192"
+            == "headroom[unknown]: no facts about model 'gemma3:4b'; asked 8192, "
+            "prompt needs 2048 (~1 + 1024 reply); using 8192, uncapped"
         )
 
 
@@ -286,7 +279,7 @@ class TestWarmAtStart:
         await start_proxy(
             fake.url,  # type: ignore[attr-defined]
             'warm = ["gemma3:4b"]\n' + config('{ use = "static", num_ctx = 16384, keep_alive = "1h" }'),
-            memory_source=NvmlSource(nvml=nvml_for(fake)),
+            memory_source=NvmlSource(nvml=following(fake)),
         )
         await eventually(lambda: fake.loads, what="the warm-up load")
         assert fake.loads == [("gemma3:4b", 16384)]

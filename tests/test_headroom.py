@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from policies.context import Context
+from policies.context import Context, GpuDevice, GpuSnapshot
 from policies.decision import Decision
 from policies.headroom import OUTCOMES, Headroom
 from policies.memory import (
@@ -170,7 +170,8 @@ class TestNeed:
 
 
 class TestFit:
-    """Step 2: the largest bucket that fits in free VRAM + this model's VRAM - reserve."""
+    """Step 4: the largest bucket that fits in free VRAM + this model's VRAM - reserve (probed with
+    ``fill=True``, which asks for it when the client names no num_ctx)."""
 
     @pytest.mark.parametrize("num_parallel", [1, 3])
     def test_seed_scenario_picks_the_largest_bucket_that_fits(self, num_parallel: int) -> None:
@@ -191,8 +192,8 @@ class TestFit:
     def test_single_slot_architectures_ignore_num_parallel(self) -> None:
         """Ollama loads some architectures with one slot whatever OLLAMA_NUM_PARALLEL says."""
         mllama = facts(architecture="mllama")
-        at_one = decide(ctx(client_num_ctx=None, model=mllama, num_parallel=1)).num_ctx
-        at_four = decide(ctx(client_num_ctx=None, model=mllama, num_parallel=4)).num_ctx
+        at_one = decide(ctx(client_num_ctx=None, model=mllama, num_parallel=1), fill=True).num_ctx
+        at_four = decide(ctx(client_num_ctx=None, model=mllama, num_parallel=4), fill=True).num_ctx
         assert at_one == at_four
 
     def test_memory_this_model_holds_counts_as_free(self) -> None:
@@ -204,14 +205,14 @@ class TestFit:
             loaded=loaded(context_length=2048, size_gib=18.0),
         )
         empty = ctx(client_num_ctx=None, prompt_tokens=5000, gpu=gpu(free_gib=24.0))
-        assert decide(held).num_ctx == decide(empty).num_ctx == largest(held)
-        assert "6.0 GiB free + 18.0 GiB held by this model" in decide(held).reasons[0]
+        assert decide(held, fill=True).num_ctx == decide(empty, fill=True).num_ctx == largest(held)
+        assert "6.0 GiB free + 18.0 GiB held by this model" in decide(held, fill=True).reasons[0]
 
     def test_reserve_is_kept_free(self) -> None:
         """A larger reserve leaves less to fill."""
         small = ctx(client_num_ctx=None, gpu=gpu(reserve_gib=0.5))
         large = ctx(client_num_ctx=None, gpu=gpu(reserve_gib=3.0))
-        small_ctx, large_ctx = decide(small).num_ctx, decide(large).num_ctx
+        small_ctx, large_ctx = decide(small, fill=True).num_ctx, decide(large, fill=True).num_ctx
         assert small_ctx == largest(small) and large_ctx == largest(large)
         assert small_ctx is not None and large_ctx is not None and large_ctx < small_ctx
 
@@ -220,19 +221,19 @@ class TestFit:
         calibration = Calibration(offset_bytes=1.5 * GIB)
         plain = ctx(client_num_ctx=None)
         calibrated = ctx(client_num_ctx=None, calibration=calibration)
-        plain_ctx, calibrated_ctx = decide(plain).num_ctx, decide(calibrated).num_ctx
+        plain_ctx, calibrated_ctx = decide(plain, fill=True).num_ctx, decide(calibrated, fill=True).num_ctx
         assert calibrated_ctx == largest(calibrated)
         assert plain_ctx is not None and calibrated_ctx is not None and calibrated_ctx < plain_ctx
 
     def test_quantised_kv_cache_fits_more(self) -> None:
         """q8_0 halves the KV cache, so more context fits."""
-        f16 = decide(ctx(client_num_ctx=None)).num_ctx
-        q8 = decide(ctx(client_num_ctx=None, kv_cache_type="q8_0")).num_ctx
+        f16 = decide(ctx(client_num_ctx=None), fill=True).num_ctx
+        q8 = decide(ctx(client_num_ctx=None, kv_cache_type="q8_0"), fill=True).num_ctx
         assert f16 is not None and q8 is not None and q8 > f16
 
     def test_max_ctx_caps_the_fit(self) -> None:
         """With room for everything, max_ctx is the most that is sent, and the reason says why."""
-        decision = decide(ctx(client_num_ctx=None, **ROOMY), max_ctx=32768)
+        decision = decide(ctx(client_num_ctx=None, **ROOMY), max_ctx=32768, fill=True)
         assert decision.num_ctx == 32768
         assert "32768 fit (max_ctx cap)" in decision.reasons[0]
 
@@ -249,7 +250,7 @@ class TestFit:
         With 256-token buckets there are more intervals than the policy remembers, so this also
         covers forgetting them.
         """
-        policy = Headroom(step=step)
+        policy = Headroom(step=step, fill=True)
         budgets_gib = [21.5, 17.0, 21.49, 30.0, 16.3, 21.5, 19.25, 45.0, 17.0, 25.0, 21.6, 16.0]
         budgets_gib += [16.5 + (i * 7919 % 1000) / 100 for i in range(200)]  # 16.5-26.5 GiB, shuffled
         for budget_gib in budgets_gib:
@@ -331,7 +332,8 @@ class TestSticky:
     def test_loaded_context_above_max_ctx_is_not_kept(self) -> None:
         """After max_ctx is lowered, a model loaded above it is reloaded within the cap."""
         context = ctx(client_num_ctx=None, loaded=loaded(context_length=65536, size_gib=22.0), **ROOMY)
-        assert decide(context, max_ctx=32768).num_ctx == 32768
+        assert decide(context, max_ctx=32768, fill=True).num_ctx == 32768
+        assert decide(context, max_ctx=32768).num_ctx == 2048  # what the prompt needs
 
     def test_unknown_loaded_context_is_not_sticky(self) -> None:
         """Ollama before 0.9.7 does not report the loaded context, so nothing is kept."""
@@ -347,10 +349,22 @@ class TestChoice:
         decision = decide(ctx(client_num_ctx=8192, prompt_tokens=5000))
         assert decision.num_ctx == 8192
 
-    def test_no_value_gets_the_fit(self) -> None:
-        """A client that sets no num_ctx gets the largest that fits."""
-        context = ctx(client_num_ctx=None, prompt_tokens=5000)
+    def test_no_value_gets_the_need_or_the_server_default(self) -> None:
+        """A client that sets no num_ctx gets what its prompt needs or the server's default,
+        whichever is larger: never inflated to everything that fits."""
+        assert decide(ctx(client_num_ctx=None, prompt_tokens=5000)).num_ctx == 6144
+        assert decide(ctx(client_num_ctx=None, prompt_tokens=5000, default_num_ctx=32768)).num_ctx == 32768
+        assert decide(ctx(client_num_ctx=None, prompt_tokens=50_000, default_num_ctx=4096)).num_ctx == 51200
+
+    def test_server_default_is_still_capped_by_the_fit(self) -> None:
+        """A server default larger than fits (a big VRAM tier, OLLAMA_CONTEXT_LENGTH) is lowered."""
+        context = ctx(client_num_ctx=None, prompt_tokens=5000, default_num_ctx=131072)
         assert decide(context).num_ctx == largest(context)
+
+    def test_fill_gets_the_fit(self) -> None:
+        """With ``fill``, a client that sets no num_ctx gets the largest that fits."""
+        context = ctx(client_num_ctx=None, prompt_tokens=5000)
+        assert decide(context, fill=True).num_ctx == largest(context)
 
     def test_value_above_fit_is_lowered(self) -> None:
         """A client asking 131072 on 24 GiB gets what fits."""
@@ -381,6 +395,7 @@ class TestChoice:
     def test_reason_names_parallel_slots(self) -> None:
         """With several slots the reason says so, since they multiply the KV cache."""
         assert "(reserve 1.0 GiB, parallel 3)" in decide(ctx(client_num_ctx=None, num_parallel=3)).reasons[0]
+        # a test above (test_reason_has_the_figures) pins the whole line; this one only the slots
 
 
 BIG_PROMPT = {"client_num_ctx": 8192, "prompt_tokens": 60000}
@@ -499,39 +514,79 @@ class TestSpilledRefit:
         assert decide(context).outcome == "refit"
 
 
-class TestFailOpen:
-    """With GPU or model facts unknown, num_ctx is left as it came, and the reason says why."""
+class TestWithoutBudget:
+    """With memory or model facts unknown, need, sticky and no truncation still govern; the
+    decision is uncapped and says why."""
 
-    def test_no_gpu_sampler(self) -> None:
-        """No GPU snapshot at all."""
+    def test_no_memory_source(self) -> None:
+        """No memory snapshot at all: the client's larger value is kept, the reason says why."""
         decision = decide(ctx(client_num_ctx=131072, gpu=None))
         assert decision.num_ctx == 131072
         assert decision.reasons == (
-            "headroom[unknown]: GPU memory unknown (no GPU sampler); leaving num_ctx 131072",
+            "headroom[unknown]: no memory budget (no memory source); asked 131072, "
+            "prompt needs 2048 (? + 1024 reply); using 131072, uncapped",
         )
 
-    def test_gpu_read_failed(self) -> None:
-        """A snapshot with no devices reports the sampler's error."""
-        decision = decide(ctx(client_num_ctx=None, gpu=unknown_gpu()))
-        assert decision.num_ctx is None
+    def test_memory_read_failed(self) -> None:
+        """A snapshot with no devices reports the source's error; an omitted num_ctx still gets
+        the server default or the need, whichever is larger, so nothing is cut."""
+        decision = decide(
+            ctx(client_num_ctx=None, gpu=unknown_gpu(), prompt_tokens=10_000, default_num_ctx=4096)
+        )
+        assert decision.num_ctx == 12288
+        assert decision.outcome == "unknown"
         assert decision.reasons == (
-            "headroom[unknown]: GPU memory unknown (NVML Shared Library Not Found); leaving num_ctx none",
+            "headroom[unknown]: no memory budget (NVML Shared Library Not Found); asked none, "
+            "server default 4096, prompt needs 12288 (~10000 + 1024 reply); using 12288, uncapped",
         )
 
-    def test_gpu_unknown_without_error(self) -> None:
+    def test_memory_unknown_without_error(self) -> None:
         """A snapshot with no devices and no error names its source."""
         decision = decide(ctx(client_num_ctx=4096, gpu=unknown_gpu(error=None, source="none")))
-        assert (
-            decision.reasons[0]
-            == "headroom[unknown]: GPU memory unknown (no devices from none); leaving num_ctx 4096"
+        assert decision.reasons[0].startswith("headroom[unknown]: no memory budget (no devices from none); ")
+
+    def test_too_small_client_value_is_raised_without_budget(self) -> None:
+        """A client's 2048 for a 10000-token prompt would be cut silently; it gets what it needs."""
+        decision = decide(ctx(client_num_ctx=2048, gpu=None, prompt_tokens=10_000))
+        assert decision.num_ctx == 12288
+
+    def test_sticky_without_budget(self) -> None:
+        """Alternating 2048 / 8192 / unset on a host whose memory is unknown: one context, no reload."""
+        for client_num_ctx in (2048, 8192, None, 2048):
+            context = ctx(
+                client_num_ctx=client_num_ctx,
+                gpu=None,
+                prompt_tokens=100,
+                loaded=loaded(context_length=2048, size_gib=0.3, vram_gib=0.0, spilled=False),
+            )
+            decision = decide(context)
+            assert (decision.num_ctx, decision.outcome) == (2048, "sticky")
+
+    def test_cpu_only_host_is_sticky(self) -> None:
+        """On a CPU-only host size_vram is 0 for every loaded model: that is not a spill."""
+        system = GpuSnapshot(
+            source="system",
+            kind="system",
+            devices=(GpuDevice(0, "system memory", 24 * GIB, 20 * GIB, 4 * GIB),),
+            reserve_bytes=GIB,
         )
+        context = ctx(
+            client_num_ctx=8192,
+            gpu=system,
+            prompt_tokens=100,
+            loaded=loaded(context_length=2048, size_gib=0.3, vram_gib=0.0, spilled=False),
+        )
+        decision = decide(context)
+        assert (decision.num_ctx, decision.outcome) == (2048, "sticky")
+        assert "in system RAM" in decision.reasons[0]
 
     def test_no_model_facts(self) -> None:
-        """A model /api/show did not describe."""
+        """A model /api/show did not describe: governed by need alone, uncapped."""
         decision = decide(ctx(client_num_ctx=4096, model=None))
         assert decision.num_ctx == 4096
         assert decision.reasons == (
-            "headroom[unknown]: no facts about model 'gemma3:27b'; leaving num_ctx 4096",
+            "headroom[unknown]: no facts about model 'gemma3:27b'; asked 4096, "
+            "prompt needs 2048 (? + 1024 reply); using 4096, uncapped",
         )
 
     def test_incomplete_kv_facts(self) -> None:
@@ -547,7 +602,7 @@ class TestFailOpen:
         assert decision.num_ctx == 4096 and "weights_bytes is unknown" in decision.reasons[0]
 
     def test_unknown_cache_type(self) -> None:
-        """An OLLAMA_KV_CACHE_TYPE the memory model does not know fails open too."""
+        """An OLLAMA_KV_CACHE_TYPE the memory model does not know leaves the decision uncapped."""
         decision = decide(ctx(client_num_ctx=4096, kv_cache_type="turbo"))
         assert decision.num_ctx == 4096 and "unknown KV cache type 'turbo'" in decision.reasons[0]
 
@@ -557,13 +612,13 @@ class TestFailOpen:
         decision = decide(context)
         assert decision.reasons == (
             "headroom[unknown]: model 'gemma3:27b': context_length is unknown and max_ctx is not set; "
-            "leaving num_ctx 4096",
+            "asked 4096, prompt needs 2048 (? + 1024 reply); using 4096, uncapped",
         )
 
     def test_unknown_trained_length_with_max_ctx(self) -> None:
         """max_ctx alone is a ceiling, so the policy can still size the context."""
         context = with_model(ctx(client_num_ctx=None, **ROOMY), context_length=None)
-        assert decide(context, max_ctx=32768).num_ctx == 32768
+        assert decide(context, max_ctx=32768, fill=True).num_ctx == 32768
 
 
 class TestOutcome:
@@ -595,3 +650,15 @@ class TestOutcome:
         """Reasons use memory.format_bytes, so figures read the same across the proxy."""
         reason = decide(ctx(client_num_ctx=None, gpu=gpu(free_gib=14.2))).reasons[0]
         assert f"in {format_bytes(round(14.2 * GIB))} free" in reason
+
+
+class TestReplyCap:
+    def test_a_habitual_large_max_tokens_is_capped(self) -> None:
+        """A coding agent's max_tokens 32000 reserves at most max_reply_tokens (8192) for the reply."""
+        decision = decide(ctx(client_num_ctx=None, prompt_tokens=50_000, num_predict=32_000, gpu=None))
+        assert decision.num_ctx == 59392  # 50000 + 8192, in 2048 buckets
+
+    def test_the_cap_is_an_option(self) -> None:
+        """max_reply_tokens raises or lowers the cap."""
+        context = ctx(client_num_ctx=None, prompt_tokens=50_000, num_predict=32_000, gpu=None)
+        assert decide(context, max_reply_tokens=32_000).num_ctx == 83968

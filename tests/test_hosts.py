@@ -30,22 +30,28 @@ def read_int(path: Path) -> int:
 class TestAmdSysfs:
     def test_cards_have_vendor_and_vram_counters(self, tmp_path: Path) -> None:
         """Each amdgpu card has vendor 0x1002 and byte counters; other vendors have no counters."""
-        drm = amd_sysfs(tmp_path, [DrmCard(16 * GiB, 2 * GiB), DrmCard(vendor=NVIDIA_VENDOR),
-                                   DrmCard(48 * GiB, 0)])
+        drm = amd_sysfs(
+            tmp_path, [DrmCard(16 * GiB, 2 * GiB), DrmCard(vendor=NVIDIA_VENDOR), DrmCard(48 * GiB, 0)]
+        )
         assert drm == tmp_path / "sys/class/drm"
         cards = sorted(p.name for p in drm.iterdir() if p.name.startswith("card") and "-" not in p.name)
         assert cards == ["card0", "card1", "card2"]
         assert (drm / "card0/device/vendor").read_text().strip() == AMD_VENDOR
-        assert (read_int(drm / "card0/device/mem_info_vram_total"),
-                read_int(drm / "card0/device/mem_info_vram_used")) == (16 * GiB, 2 * GiB)
+        assert (
+            read_int(drm / "card0/device/mem_info_vram_total"),
+            read_int(drm / "card0/device/mem_info_vram_used"),
+        ) == (16 * GiB, 2 * GiB)
         assert not (drm / "card1/device/mem_info_vram_total").exists()
         assert read_int(drm / "card2/device/mem_info_vram_total") == 48 * GiB
         assert (drm / "renderD128").is_dir() and (drm / "card0-DP-1").is_dir()
 
-    @pytest.mark.parametrize(("broken", "error"), [("missing", FileNotFoundError), ("directory", IsADirectoryError),
-                                                  ("garbage", ValueError)])
-    def test_a_broken_counter_fails_the_way_it_would(self, tmp_path: Path, broken: str,
-                                                     error: type[Exception]) -> None:
+    @pytest.mark.parametrize(
+        ("broken", "error"),
+        [("missing", FileNotFoundError), ("directory", IsADirectoryError), ("garbage", ValueError)],
+    )
+    def test_a_broken_counter_fails_the_way_it_would(
+        self, tmp_path: Path, broken: str, error: type[Exception]
+    ) -> None:
         """Missing, a directory, or not a number: reading the counter raises, as on a real host."""
         drm = amd_sysfs(tmp_path, [DrmCard(broken=broken)])  # type: ignore[arg-type]
         with pytest.raises(error):
@@ -76,8 +82,10 @@ class TestMeminfo:
 
 
 class TestAppleSilicon:
-    @pytest.mark.parametrize(("total_gib", "wired_mb", "limit"), [
-        (32, 0, 32 * GiB * 2 // 3), (96, 0, 72 * GiB), (96, 90 * 1024, 90 * GiB)])
+    @pytest.mark.parametrize(
+        ("total_gib", "wired_mb", "limit"),
+        [(32, 0, 32 * GiB * 2 // 3), (96, 0, 72 * GiB), (96, 90 * 1024, 90 * GiB)],
+    )
     def test_the_gpu_limit(self, total_gib: int, wired_mb: int, limit: int) -> None:
         """Metal's working set (2/3 or 3/4 of RAM) applies unless iogpu.wired_limit_mb is set."""
         mac = apple_silicon(total_gib=total_gib, wired_limit_mb=wired_mb)
@@ -94,8 +102,9 @@ class TestNvidiaAndCpu:
         info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(1))
         assert (nvml.nvmlDeviceGetCount(), info.total, info.free) == (2, 16 * GiB, 16 * GiB)
 
-    async def test_a_cpu_only_ollama_reports_no_vram(self, start_fake: StartFake,
-                                                     ollama_client: OllamaClients) -> None:
+    async def test_a_cpu_only_ollama_reports_no_vram(
+        self, start_fake: StartFake, ollama_client: OllamaClients
+    ) -> None:
         """On a CPU-only host every /api/ps size_vram is 0 and the default context is 4096."""
         fake = await start_fake(**cpu_only(models=[gemma3_270m()]))
         client = ollama_client(fake.url)  # type: ignore[attr-defined]

@@ -237,3 +237,31 @@ class TestDefault:
         """A keep_alive set by an earlier policy is not overwritten by the default."""
         decision = KeepAlivePolicy(default="30m").decide(ctx(), Decision(keep_alive="10m"))
         assert decision.keep_alive == "10m"
+
+
+class TestRestore:
+    def test_a_shortened_value_is_restored_once_the_pressure_is_over(self) -> None:
+        """Ollama remembers the pressure value; the next request without one gets ``restore``,
+        once, and later requests are left alone."""
+        policy = KeepAlivePolicy(under_pressure="2m", pressure_below="4GiB", restore="5m")
+        tight, roomy = ctx(gpu=gpu(free_gib=1.0)), ctx(gpu=gpu(free_gib=20.0))
+        assert policy.decide(tight, start(tight)).keep_alive == "2m"
+        restored = policy.decide(roomy, start(roomy))
+        assert (restored.keep_alive, restored.reasons[0][:18]) == ("5m", "keep_alive[restore")
+        assert policy.decide(roomy, start(roomy)).keep_alive is None
+
+    def test_nothing_is_sent_without_pressure(self) -> None:
+        """A model never shortened keeps whatever Ollama applies (OLLAMA_KEEP_ALIVE)."""
+        policy = KeepAlivePolicy(under_pressure="2m", restore="5m")
+        roomy = ctx(gpu=gpu(free_gib=20.0))
+        assert policy.decide(roomy, start(roomy)).keep_alive is None
+
+    def test_a_client_value_is_never_replaced_by_restore(self) -> None:
+        """The client's own value after the pressure wins, and ends the restore."""
+        policy = KeepAlivePolicy(under_pressure="2m", pressure_below="4GiB", restore="5m")
+        tight = ctx(gpu=gpu(free_gib=1.0))
+        policy.decide(tight, start(tight))
+        asked = ctx(gpu=gpu(free_gib=20.0), client_keep_alive="1h")
+        assert policy.decide(asked, start(asked)).keep_alive == "1h"
+        later = ctx(gpu=gpu(free_gib=20.0))
+        assert policy.decide(later, start(later)).keep_alive is None

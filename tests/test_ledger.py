@@ -17,15 +17,8 @@ from proxy.facts.memory import NvmlSource
 from proxy.keys import LEDGER
 from proxy.ledger.store import DB_FILENAME
 from tests.conftest import ROOT_DIR, OllamaClients, StartFake, StartProxy, settled
-from tests.fake_nvml import FakeGpu, FakeNvml
-from tests.fake_ollama import FakeOllama, gemma3_27b
-
-
-def nvml_for(fake: FakeOllama) -> FakeNvml:
-    total = 24 * GIB
-    return FakeNvml(
-        [FakeGpu("GPU-0", "RTX 4090", total, 0, used_by=lambda: total - (fake.free_vram_bytes() or 0))]
-    )
+from tests.fake_nvml import following
+from tests.fake_ollama import gemma3_27b
 
 
 def static(num_ctx: int, state_dir: Path) -> str:
@@ -45,7 +38,9 @@ async def test_a_change_is_recorded_spill_detected_and_reported(
     fake = await start_fake(
         vram_bytes=24 * GIB, models=[gemma3_27b()], token_delay_s=0.002, load_delay_s=0.05
     )
-    proxy = await start_proxy(fake.url, static(8192, tmp_path), memory_source=NvmlSource(nvml=nvml_for(fake)))  # type: ignore[attr-defined]
+    proxy = await start_proxy(
+        fake.url, static(8192, tmp_path), memory_source=NvmlSource(nvml=following(fake))
+    )  # type: ignore[attr-defined]
     client = ollama_client(proxy.url)
     with capture_logs() as logs:
         for _ in range(3):

@@ -27,7 +27,7 @@ from proxy.ledger.memory import MemoryBackend
 from proxy.ledger.store import ResultStore
 from proxy.views.auth import warn_if_exposed
 from proxy.views.metrics import CONTENT_TYPE, OTHER, GovernorMetrics
-from tests.conftest import Running, StartFake, StartProxy, eventually, start_app
+from tests.conftest import PASS_THROUGH, Running, StartFake, StartProxy, eventually, start_app
 from tests.fake_ollama import FakeOllama
 
 GiB = 1 << 30
@@ -242,7 +242,7 @@ class TestLoadedModels:
             },
         ]
         live = Live()
-        live.server = await start_proxy("http://127.0.0.1:9", "", **live.options())
+        live.server = await start_proxy("http://127.0.0.1:9", PASS_THROUGH, **live.options())
         facts = live.server.app[FACTS]
         facts.loaded = parse_loaded(ps, gpu_host=False)
         _, body = await get_json(http, f"{live.server.url}/governor/status")
@@ -385,6 +385,8 @@ class TestLiveRoutes:
             "loaded_error",
             "results_source",
             "decisions",
+            "predictions",
+            "fits",
             "changes",
         }
         assert body["config"]["upstream"] == fake.url  # type: ignore[attr-defined]
@@ -408,7 +410,7 @@ class TestLiveRoutes:
     ) -> None:
         """/api/ps failing is shown as an error; the rest of the page still answers."""
         live = Live()
-        live.server = await start_proxy("http://127.0.0.1:9", "", **live.options())
+        live.server = await start_proxy("http://127.0.0.1:9", PASS_THROUGH, **live.options())
         status, body = await get_json(http, f"{live.server.url}/governor/status")
         assert status == 200 and body["loaded"] == [] and body["loaded_error"]
         assert body["gpu"]["known"] is False and body["decisions"] == []
@@ -443,7 +445,7 @@ class TestLiveRoutes:
     ) -> None:
         """Without a store the plots read the last decisions, grouped by model, oldest first."""
         live = Live()
-        live.server = await start_proxy(fake.url, "", **live.options())  # type: ignore[attr-defined]
+        live.server = await start_proxy(fake.url, PASS_THROUGH, **live.options())  # type: ignore[attr-defined]
         await generate(live, http, num_ctx=2048)
         await generate(live, http, num_ctx=4096)
         status, body = await get_json(
@@ -471,7 +473,7 @@ class TestLiveRoutes:
         assert store.flush(timeout_s=5.0)
         try:
             live = Live(store=store)
-            live.server = await start_proxy(fake.url, "", **live.options())  # type: ignore[attr-defined]
+            live.server = await start_proxy(fake.url, PASS_THROUGH, **live.options())  # type: ignore[attr-defined]
             url = f"{live.server.url}/governor/api/series"
             status, body = await get_json(http, url)
             assert status == 200 and body["results_source"] == "store"
@@ -512,7 +514,7 @@ class TestLiveRoutes:
     ) -> None:
         """The page loads nothing from elsewhere, and its CSP would refuse it if it tried."""
         live = Live()
-        server = await start_proxy(fake.url, "", **live.options())  # type: ignore[attr-defined]
+        server = await start_proxy(fake.url, PASS_THROUGH, **live.options())  # type: ignore[attr-defined]
         async with http.get(f"{server.url}/governor", allow_redirects=False) as response:
             assert response.status == 302 and response.headers["Location"] == "/governor/"
         async with http.get(f"{server.url}/governor/") as response:
@@ -576,7 +578,7 @@ class TestAdminAuth:
         self, fake: FakeOllama, start_proxy: StartProxy, tmp_path: Path, http: aiohttp.ClientSession
     ) -> None:
         """The token is read per request, so a reload can set or rotate it."""
-        server = await start_proxy(fake.url, "")  # type: ignore[attr-defined]
+        server = await start_proxy(fake.url, PASS_THROUGH)  # type: ignore[attr-defined]
         url = f"{server.url}/governor/nope"
         async with http.get(url) as response:
             assert response.status == 404  # no token yet: open
@@ -591,7 +593,7 @@ class TestAdminAuth:
         self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
     ) -> None:
         """Without a token every admin path answers."""
-        server = await start_proxy(fake.url, "")  # type: ignore[attr-defined]
+        server = await start_proxy(fake.url, PASS_THROUGH)  # type: ignore[attr-defined]
         async with http.get(f"{server.url}/governor/status") as response:
             assert response.status == 200
 
@@ -633,3 +635,21 @@ class TestWarnIfExposed:
         if warned:
             assert exposed[0]["log_level"] == "warning" and exposed[0]["listen_host"] == host
             assert "admin_token" in exposed[0]["action"]
+
+
+class TestSchedulerMetrics:
+    def test_actions_and_predictions(self) -> None:
+        """What Ollama did is counted per action; each checked prediction as held or surprise."""
+        metrics = GovernorMetrics()
+        metrics.observe(result_event(predicted_action="load", observed_action="load"))
+        metrics.observe(
+            result_event(
+                predicted_action="load", observed_action="evict", observed_evictions=("nomic-embed-text",)
+            )
+        )
+        metrics.observe(result_event(observed_action="reuse"))
+        model = {"model": "gemma3:4b"}
+        assert value(metrics, "ollama_governor_scheduler_actions_total", action="evict", **model) == 1
+        assert value(metrics, "ollama_governor_scheduler_actions_total", action="reuse", **model) == 1
+        assert value(metrics, "ollama_governor_predictions_total", outcome="held", **model) == 1
+        assert value(metrics, "ollama_governor_predictions_total", outcome="surprise", **model) == 1

@@ -934,7 +934,9 @@ class TestOutputBuffer:
     def test_in_compute(self) -> None:
         """The estimate's compute part is the graph plus the output buffer."""
         result = estimate(gemma3_27b(), 8192, 2)
-        assert result.compute_bytes == result.graph_bytes + result.output_bytes == result.graph_bytes + 2 * MIB
+        assert (
+            result.compute_bytes == result.graph_bytes + result.output_bytes == result.graph_bytes + 2 * MIB
+        )
 
 
 class TestPsUnreportedBytes:
@@ -984,9 +986,37 @@ class TestLegacyPredictedBytes:
     def test_old_element_sizes(self) -> None:
         """q8_0 counted one byte per element before 0.30: half the f16 cache, no block overhead."""
         model = llama31_8b()
-        assert legacy_predicted_bytes(model, 8192, kv_cache_type="q8_0") == legacy_predicted_bytes(model, 8192) - GIB // 2
+        assert (
+            legacy_predicted_bytes(model, 8192, kv_cache_type="q8_0")
+            == legacy_predicted_bytes(model, 8192) - GIB // 2
+        )
 
     def test_unknown_cache_type(self) -> None:
         """Cache types Ollama did not accept then are refused."""
         with pytest.raises(ValueError, match=r"before 0\.30"):
             legacy_predicted_bytes(llama31_8b(), 8192, kv_cache_type="q5_1")
+
+
+class TestGpuParts:
+    """The GPU parts assumed from llama.cpp's graph, not measured: calibration corrects them."""
+
+    def test_flash_attention_off_adds_the_attention_matrix(self) -> None:
+        """Without flash attention the f32 scores of one micro-batch against a slot's cells are
+        materialised: 4 x n_ubatch x n_ctx_seq x heads more compute buffer."""
+        model = llama31_8b()
+        on = estimate(model, 8192)
+        off = estimate(model, 8192, flash_attention=False)
+        assert off.graph_bytes - on.graph_bytes == 4 * on.n_ubatch * 8192 * 32
+        assert off.kv_bytes == on.kv_bytes
+
+    def test_flash_attention_off_counts_a_quantised_cache_as_f16(self) -> None:
+        """llama.cpp refuses a quantised V cache without flash attention: f16 is what can load."""
+        model = llama31_8b()
+        assert estimate(model, 8192, kv_cache_type="q8_0", flash_attention=False).kv_bytes == 1024 * MIB
+
+    def test_a_split_keeps_a_compute_buffer_per_gpu(self) -> None:
+        """Over two GPUs the graph is allocated twice; weights and cache are not."""
+        model = llama31_8b()
+        one, two = estimate(model, 8192), estimate(model, 8192, gpu_count=2)
+        assert two.graph_bytes == 2 * one.graph_bytes
+        assert (two.weights_bytes, two.kv_bytes) == (one.weights_bytes, one.kv_bytes)

@@ -68,7 +68,9 @@ def model_facts(name: str) -> ModelFacts:
         vocab_size=shape["vocab_size"],
         weights_bytes=shape["file_bytes"],
         capabilities=("completion",),
-        model_info=MappingProxyType({f"{shape['architecture']}.feed_forward_length": shape["feed_forward_length"]}),
+        model_info=MappingProxyType(
+            {f"{shape['architecture']}.feed_forward_length": shape["feed_forward_length"]}
+        ),
     )
 
 
@@ -89,7 +91,12 @@ def parsed(mib_text: str) -> int:
 
 def allocated_bytes(row: Row) -> int:
     """Everything llama-server logged for the load: model, KV, output and compute buffers."""
-    lines = [*row["model_buffers_mib"].values(), *row["kv_buffer_lines_mib"], row["output_mib"], row["compute_mib"]]
+    lines = [
+        *row["model_buffers_mib"].values(),
+        *row["kv_buffer_lines_mib"],
+        row["output_mib"],
+        row["compute_mib"],
+    ]
     return sum(parsed(line) for line in lines)
 
 
@@ -120,7 +127,9 @@ class TestRecordedKvCache:
     def test_total(self, row: Row) -> None:
         """``kv_cache_bytes`` is the sum of the two parts llama-server allocated."""
         model = model_facts(row["model"])
-        total = kv_cache_bytes(model, row["num_ctx"], row["num_parallel"], row["kv_cache_type"], n_ubatch=row["n_ubatch"])
+        total = kv_cache_bytes(
+            model, row["num_ctx"], row["num_parallel"], row["kv_cache_type"], n_ubatch=row["n_ubatch"]
+        )
         logged_mib = sum(float(line) for line in row["kv_buffer_lines_mib"])
         assert total / MIB == pytest.approx(logged_mib, abs=0.01)
 
@@ -185,14 +194,17 @@ def learn(model: str, parallel: int, contexts: tuple[int, ...], *, correct: bool
             continue
         result = estimate_for(row)
         unreported = ps_unreported_bytes(result) if correct else 0
-        calibration = calibration.observe(row["num_ctx"], result.raw_bytes, row["ps_size_bytes"], unreported_bytes=unreported)
+        calibration = calibration.observe(
+            row["num_ctx"], result.raw_bytes, row["ps_size_bytes"], unreported_bytes=unreported
+        )
     return calibration
 
 
 def recorded(model: str, parallel: int, num_ctx: int) -> Row:
     """The f16 row for one model, slot count and context."""
     [row] = [
-        row for row in rows(model)
+        row
+        for row in rows(model)
         if (row["num_parallel"], row["num_ctx"], row["kv_cache_type"]) == (parallel, num_ctx, "f16")
     ]
     return row
@@ -218,4 +230,6 @@ class TestRecordedCalibration:
 
     def test_faithful_model_needs_no_correction(self) -> None:
         """For llama-tiny (no SWA) ``/api/ps`` is the allocation, and the correction adds nothing."""
-        assert learn("llama-tiny", 1, (2048, 8192), correct=True) == learn("llama-tiny", 1, (2048, 8192), correct=False)
+        assert learn("llama-tiny", 1, (2048, 8192), correct=True) == learn(
+            "llama-tiny", 1, (2048, 8192), correct=False
+        )

@@ -136,7 +136,9 @@ class TestLoadedNumCtx:
             loaded_num_ctx(value, 32768)
 
 
-def served(options: dict[str, Any] | None = None, modelfile: dict[str, Any] | None = None, **kwargs: Any) -> RunnerOptions:
+def served(
+    options: dict[str, Any] | None = None, modelfile: dict[str, Any] | None = None, **kwargs: Any
+) -> RunnerOptions:
     """What Ollama 0.33 on the recording host (CPU, default tier 4096) resolves for gemma3-270m."""
     kwargs.setdefault("server_default_num_ctx", 4096)
     kwargs.setdefault("trained_ctx", 32768)
@@ -171,10 +173,18 @@ class TestRunnerOptions:
 
     def test_runner_options_read(self) -> None:
         """Every load-time option is read, floats truncated; sampling options are ignored."""
-        got = served({"num_batch": 256.9, "num_gpu": 20, "main_gpu": 1, "use_mmap": False, "num_thread": 8, "top_k": 5})
+        got = served(
+            {"num_batch": 256.9, "num_gpu": 20, "main_gpu": 1, "use_mmap": False, "num_thread": 8, "top_k": 5}
+        )
         assert got == RunnerOptions(
-            num_ctx=4096, num_ctx_auto=True, num_batch=256, num_batch_auto=False, num_gpu=20, main_gpu=1,
-            use_mmap=False, num_thread=8,
+            num_ctx=4096,
+            num_ctx_auto=True,
+            num_batch=256,
+            num_batch_auto=False,
+            num_gpu=20,
+            main_gpu=1,
+            use_mmap=False,
+            num_thread=8,
         )
 
     def test_embedding_batch(self) -> None:
@@ -182,7 +192,10 @@ class TestRunnerOptions:
         got = served({"num_ctx": 1024}, embedding=True)
         assert (got.num_batch, got.num_batch_auto) == (1024, False)
 
-    @pytest.mark.parametrize(("architecture", "shift", "expected"), [("gemma3", None, True), ("deepseek2", None, False), ("gemma3", False, False)])
+    @pytest.mark.parametrize(
+        ("architecture", "shift", "expected"),
+        [("gemma3", None, True), ("deepseek2", None, False), ("gemma3", False, False)],
+    )
     def test_context_shift(self, architecture: str, shift: bool | None, expected: bool) -> None:
         """Context shift is on unless the request says no or the model is deepseek2."""
         assert served({}, architecture=architecture, shift=shift).context_shift is expected
@@ -244,7 +257,11 @@ class TestNeedsReload:
             (served({"num_ctx": 2048}), served({"num_ctx": 2048}), False),
             (served({"num_ctx": 8192}), served({}), True),  # omitted means the 4096 default
             (served({}), served({"num_ctx": 4096}), False),  # the values match
-            (served({}, context_length_env=8192), served({}, {"num_ctx": 8192}, context_length_env=8192), False),
+            (
+                served({}, context_length_env=8192),
+                served({}, {"num_ctx": 8192}, context_length_env=8192),
+                False,
+            ),
         ],
     )
     def test_num_ctx(self, loaded: RunnerOptions, wanted: RunnerOptions, expected: bool) -> None:
@@ -272,7 +289,9 @@ class TestNeedsReload:
         """A wanted num_gpu < 0 ignores the loaded one; an explicit one differs from a loaded -1."""
         loaded = served({"num_ctx": 2048, "num_gpu": 20})
         assert needs_reload(loaded, served({"num_ctx": 2048}), V0_33) is False
-        assert needs_reload(served({"num_ctx": 2048}), served({"num_ctx": 2048, "num_gpu": 20}), V0_33) is True
+        assert (
+            needs_reload(served({"num_ctx": 2048}), served({"num_ctx": 2048, "num_gpu": 20}), V0_33) is True
+        )
 
     def test_use_mmap(self) -> None:
         """An unset use_mmap matches one the scheduler chose; an explicit other value does not."""
@@ -295,7 +314,9 @@ class TestNeedsReload:
         [(RELOAD_A, None), (RELOAD_C, None), (RELOAD_E, None), (RELOAD_D_ENV_8192, 8192)],
         ids=["reload_a", "reload_c", "reload_e", "reload_d_part2"],
     )
-    def test_recorded_sequences(self, steps: tuple[tuple[dict[str, Any], dict[str, Any], bool], ...], env: int | None) -> None:
+    def test_recorded_sequences(
+        self, steps: tuple[tuple[dict[str, Any], dict[str, Any], bool], ...], env: int | None
+    ) -> None:
         """Replaying each recorded sequence predicts exactly the steps that started a llama-server."""
         loaded: RunnerOptions | None = None
         predicted = []
@@ -322,13 +343,17 @@ class TestNumParallel:
             (None, ("completion",), 2, 2),
         ],
     )
-    def test_slots(self, architecture: str | None, capabilities: tuple[str, ...], configured: int, expected: int) -> None:
+    def test_slots(
+        self, architecture: str | None, capabilities: tuple[str, ...], configured: int, expected: int
+    ) -> None:
         """max(OLLAMA_NUM_PARALLEL, 1), or 1 for models without completion and listed architectures."""
         assert num_parallel(architecture, capabilities, configured) == expected
 
 
 class TestMaxLoadedModels:
-    @pytest.mark.parametrize(("configured", "gpus", "expected"), [(0, 0, 3), (0, 1, 3), (0, 4, 12), (2, 4, 2)])
+    @pytest.mark.parametrize(
+        ("configured", "gpus", "expected"), [(0, 0, 3), (0, 1, 3), (0, 4, 12), (2, 4, 2)]
+    )
     def test_automatic(self, configured: int, gpus: int, expected: int) -> None:
         """0 is automatic: three per GPU, three on a CPU-only host; a set value is kept."""
         assert max_loaded_models(configured, gpus) == expected
@@ -366,7 +391,10 @@ class TestPromptFate:
     def test_num_keep(self) -> None:
         """A larger num_keep keeps more of the start, so less of the window is freed."""
         assert prompt_fate("generate", 1000, 256, num_keep=100).evaluated_tokens == 256 - (256 - 101) // 2
-        assert prompt_fate("generate", 1000, 256, num_keep=100, adds_bos=False).evaluated_tokens == 256 - (256 - 100) // 2
+        assert (
+            prompt_fate("generate", 1000, 256, num_keep=100, adds_bos=False).evaluated_tokens
+            == 256 - (256 - 100) // 2
+        )
 
     def test_chat_drops_oldest_non_system(self) -> None:
         """Chat drops messages from the front, keeps the system message, and then fits."""
@@ -393,7 +421,10 @@ class TestPromptFate:
         [
             ({"endpoint": "embed", "prompt_tokens": 1, "num_ctx": 8}, "endpoint"),
             ({"endpoint": "chat", "prompt_tokens": -1, "num_ctx": 8}, "prompt_tokens"),
-            ({"endpoint": "chat", "prompt_tokens": 5, "num_ctx": 8, "messages": [("user", 9)]}, "more tokens"),
+            (
+                {"endpoint": "chat", "prompt_tokens": 5, "num_ctx": 8, "messages": [("user", 9)]},
+                "more tokens",
+            ),
         ],
     )
     def test_nonsense(self, kwargs: dict[str, Any], message: str) -> None:
@@ -403,7 +434,9 @@ class TestPromptFate:
 
 
 class TestContextShiftPromptLimit:
-    @pytest.mark.parametrize(("num_ctx", "keep", "expected"), [(256, 5, 131), (4, 3, 3), (1, 0, 0), (8, 100, 7)])
+    @pytest.mark.parametrize(
+        ("num_ctx", "keep", "expected"), [(256, 5, 131), (4, 3, 3), (1, 0, 0), (8, 100, 7)]
+    )
     def test_limit(self, num_ctx: int, keep: int, expected: int) -> None:
         """num_ctx - max((num_ctx - keep) / 2, 1), keep clamped to num_ctx - 1."""
         assert context_shift_prompt_limit(num_ctx, keep) == expected
@@ -412,7 +445,9 @@ class TestContextShiftPromptLimit:
 class TestPredictServerVram:
     def test_formula(self) -> None:
         """File size + 2 x layers x kv_heads x (embedding / heads) x ctx x 2 (gemma3:27b: 81.4 GiB of KV)."""
-        assert predict_server_vram(17_396_936_446, 62, 16, 5376, 32, 131072) == 17_396_936_446 + 87_375_740_928
+        assert (
+            predict_server_vram(17_396_936_446, 62, 16, 5376, 32, 131072) == 17_396_936_446 + 87_375_740_928
+        )
 
     def test_zero_kv_heads_count_as_one(self) -> None:
         """A per-layer array with zeros (recurrent layers) has minimum 0, which Ollama takes as 1."""
@@ -424,7 +459,9 @@ class TestPredictServerVram:
 
 
 class TestBatchSurcharge:
-    @pytest.mark.parametrize(("num_batch", "expected"), [(4096, 2 * GIB), (2048, 2 * GIB), (1024, 768 * MIB), (512, 0), (256, 0)])
+    @pytest.mark.parametrize(
+        ("num_batch", "expected"), [(4096, 2 * GIB), (2048, 2 * GIB), (1024, 768 * MIB), (512, 0), (256, 0)]
+    )
     def test_surcharge(self, num_batch: int, expected: int) -> None:
         """2 GiB from a 2048 batch, 768 MiB from 1024, nothing below."""
         assert batch_surcharge_bytes(num_batch) == expected
@@ -435,7 +472,9 @@ class TestBatchSurcharge:
 
 
 class TestAutomaticNumBatch:
-    @pytest.mark.parametrize(("ctx_total", "expected"), [(4096, 512), (6144, 1024), (32768, 1024), (65536, 2048)])
+    @pytest.mark.parametrize(
+        ("ctx_total", "expected"), [(4096, 512), (6144, 1024), (32768, 1024), (65536, 2048)]
+    )
     def test_by_context(self, ctx_total: int, expected: int) -> None:
         """-ub follows -c: 512 up to 4096, 1024 to 32768, 2048 above (memory-matrix.txt)."""
         assert automatic_num_batch(ctx_total) == expected
@@ -457,7 +496,9 @@ class TestAutomaticNumBatch:
     def test_cuda_without_flash_attention(self) -> None:
         """On CUDA without flash attention: 512, or 256 above 4096 on a GPU of 8 GiB or less."""
         assert automatic_num_batch(65536, cuda_without_flash_attention=True) == 512
-        assert automatic_num_batch(65536, cuda_without_flash_attention=True, cuda_gpu_at_most_8gib=True) == 256
+        assert (
+            automatic_num_batch(65536, cuda_without_flash_attention=True, cuda_gpu_at_most_8gib=True) == 256
+        )
         assert automatic_num_batch(4096, cuda_without_flash_attention=True, cuda_gpu_at_most_8gib=True) == 512
 
     def test_legacy(self) -> None:
@@ -477,7 +518,13 @@ class TestPreflightEvicts:
         assert preflight_evicts(7 * GIB, 2048, 10 * GIB, 1) is True
 
     @pytest.mark.parametrize(
-        "kwargs", [{"others_loaded": False}, {"others_loaded": 0}, {"on_gpu": False}, {"explicit_partial_offload": True}]
+        "kwargs",
+        [
+            {"others_loaded": False},
+            {"others_loaded": 0},
+            {"on_gpu": False},
+            {"explicit_partial_offload": True},
+        ],
     )
     def test_only_with_others_on_gpu(self, kwargs: dict[str, Any]) -> None:
         """No other model, a CPU load or an explicit partial offload never evicts by prediction."""
@@ -489,8 +536,14 @@ class TestLegacyGraphBytes:
     def test_llama(self) -> None:
         """llama3.1:8b at 8192, batch 512, full offload: 560 MiB (docs/ollama-rules.md §5 worked example)."""
         got = legacy_graph_bytes(
-            "llama", embedding_length=4096, head_count_max=32, head_count_kv_min=8, vocab_size=128256,
-            ctx_total=8192, num_batch=512, kv_total_bytes=GIB,
+            "llama",
+            embedding_length=4096,
+            head_count_max=32,
+            head_count_kv_min=8,
+            vocab_size=128256,
+            ctx_total=8192,
+            num_batch=512,
+            kv_total_bytes=GIB,
         )
         assert got == 2048 * (1 + 4 * 4096 + 8192 * 33)
         assert round(got / MIB) == 560
@@ -498,7 +551,13 @@ class TestLegacyGraphBytes:
     def test_fallback(self) -> None:
         """Other architectures: (heads / kv heads) x KV total / 6."""
         got = legacy_graph_bytes(
-            "qwen2", embedding_length=4096, head_count_max=32, head_count_kv_min=8, vocab_size=1,
-            ctx_total=1, num_batch=1, kv_total_bytes=6 * GIB,
+            "qwen2",
+            embedding_length=4096,
+            head_count_max=32,
+            head_count_kv_min=8,
+            vocab_size=1,
+            ctx_total=1,
+            num_batch=1,
+            kv_total_bytes=6 * GIB,
         )
         assert got == 4 * GIB

@@ -303,6 +303,7 @@ class TestJson:
             "dry_run_requests",
             "groups",
             "changes",
+            "predictions",
         }
         assert document["report_version"] == 1
         assert document["generated_ts"] == NOW_TS
@@ -428,3 +429,33 @@ class TestOlderSchema:
         check = sqlite3.connect(path)
         assert check.execute("PRAGMA user_version").fetchone() == (1,)
         check.close()
+
+
+class TestPredictions:
+    def test_accuracy_and_surprises(self, tmp_path: Path) -> None:
+        """How often Ollama's scheduler did what was predicted, and each time it did not, in words."""
+        path = tmp_path / DB_FILENAME
+        store = ResultStore(path, retention_days=1e6, flush_interval_s=3600.0, batch_size=100_000)
+        ledger = Ledger(store)
+        ledger.record(event(ts=BASE_TS, predicted_action="load", observed_action="load"))
+        ledger.record(event(ts=BASE_TS + 1, predicted_action="reuse", observed_action="reuse"))
+        ledger.record(
+            event(
+                ts=BASE_TS + 2,
+                predicted_action="load",
+                observed_action="evict",
+                observed_evictions=("nomic-embed-text:latest",),
+            )
+        )
+        ledger.record(event(ts=BASE_TS + 3))  # nothing predicted: not counted
+        store.close()
+        report = build_report(path, now=NOW_TS)
+        assert (report.predictions.checked, report.predictions.held) == (3, 2)
+        [surprise] = report.predictions.surprises
+        assert (
+            surprise.describe()
+            == "predicted a load beside the others, Ollama evicted nomic-embed-text:latest"
+        )
+        text = render_text(report)
+        assert "did what the governor predicted for 2 of 3 requests (67%)" in text
+        assert report_to_json(report)["predictions"]["accuracy"] == pytest.approx(2 / 3)

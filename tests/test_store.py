@@ -402,7 +402,7 @@ class TestMigration:
         result_store.close()
         assert not result_store.degraded
         assert rows(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         assert rows(
             db_path, "SELECT load_ms, spilled, truncation_suspect, ttfb_ms FROM results ORDER BY id"
         ) == [(4000.0, None, None, None), (5.0, None, None, None), (None, 1, 0, 12.5)]

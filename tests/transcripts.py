@@ -65,13 +65,13 @@ def _exchange(block: str) -> Exchange:
     while i < len(rows):
         row = rows[i]
         if row.startswith("### request body: "):
-            body = row[len("### request body: "):]
+            body = row[len("### request body: ") :]
         elif row.startswith("### request headers: "):
-            req_headers = json.loads(row[len("### request headers: "):])
+            req_headers = json.loads(row[len("### request headers: ") :])
         elif row.startswith("### status "):
             status = int(row.split()[2])
         elif row.startswith("### header "):
-            key, _, value = row[len("### header "):].partition(": ")
+            key, _, value = row[len("### header ") :].partition(": ")
             headers[key] = value
         elif (sm := _STREAM_LINE.match(row)) is not None:
             lines.append(ast.literal_eval(sm.group(1)))
@@ -83,13 +83,14 @@ def _exchange(block: str) -> Exchange:
                 headers[key] = value
                 i += 1
             end = next(j for j in range(i + 1, len(rows)) if rows[j].startswith("### http_code="))
-            content = "\n".join(rows[i + 1:end])
+            content = "\n".join(rows[i + 1 : end])
             if content.endswith("\n") or (end - i - 1 > 1 and rows[end - 1] == ""):
                 content = content.rstrip("\n") + "\n"
             i = end
         i += 1
-    return Exchange(m.group(1), m.group(2), m.group(3), body, req_headers, status, headers, content,
-                    tuple(lines))
+    return Exchange(
+        m.group(1), m.group(2), m.group(3), body, req_headers, status, headers, content, tuple(lines)
+    )
 
 
 def shape(obj: Any) -> Any:
@@ -129,11 +130,22 @@ def reload_steps(name: str) -> list[ReloadStep]:
         cells = [c.strip() for c in row.split(" | ")]
         step, route, sent, status, _load, started, ps = cells
         started_ctx = re.search(r"-c (\d+)", started)
-        loaded = tuple((e[0], int(e[1]), int(e[2]), e[3]) for e in
-                       re.findall(r"(\S+) ctx=(\d+) size=(\d+) exp=(\S+?)(?:;|$)", ps))
-        steps.append(ReloadStep(step, route.split()[1], json.loads(sent.strip("`")), int(status),
-                                started.startswith("yes"), int(started_ctx.group(1)) if started_ctx else None,
-                                loaded, times.get(step, "")))
+        loaded = tuple(
+            (e[0], int(e[1]), int(e[2]), e[3])
+            for e in re.findall(r"(\S+) ctx=(\d+) size=(\d+) exp=(\S+?)(?:;|$)", ps)
+        )
+        steps.append(
+            ReloadStep(
+                step,
+                route.split()[1],
+                json.loads(sent.strip("`")),
+                int(status),
+                started.startswith("yes"),
+                int(started_ctx.group(1)) if started_ctx else None,
+                loaded,
+                times.get(step, ""),
+            )
+        )
     return steps
 
 
@@ -143,5 +155,4 @@ def matrix_rows(section: str) -> list[dict[str, str]]:
     part = re.split(r"\n## (?=[A-Z])", text.split(f"## {section}.", 1)[1], maxsplit=1)[0]
     rows = [r for r in part.splitlines() if r.startswith("| ")]  # the header, then the data rows
     header = [c.strip() for c in rows[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in r.strip("|").split("|")), strict=True))
-            for r in rows[1:]]
+    return [dict(zip(header, (c.strip() for c in r.strip("|").split("|")), strict=True)) for r in rows[1:]]

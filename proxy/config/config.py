@@ -13,9 +13,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from policies.context import Endpoint
 from proxy.config.reader import ConfigError, Table, as_bool, as_model_list, as_seconds, as_str, kind, one_of
 from proxy.config.settings import (
     GpuSettings,
@@ -32,6 +33,8 @@ from proxy.names import canonical_model
 DEFAULT_LISTEN = "127.0.0.1:11435"
 DEFAULT_UPSTREAM = "http://127.0.0.1:11434"
 CONFIG_ENV = "OLLAMA_GOVERNOR_CONFIG"
+ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
+"""Every route a rule's ``endpoints`` globs can name: Ollama's native ones and the ``/v1`` ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +48,23 @@ class PolicySpec:
 
 @dataclass(frozen=True, slots=True)
 class RuleConfig:
-    """Model globs and the policies that govern the models they match."""
+    """Model globs, the routes the rule applies to, and the policies that govern them."""
 
     models: tuple[str, ...]
     policies: tuple[PolicySpec, ...]
     where: str
+    endpoints: tuple[str, ...] = ("*",)
+    """Globs over ``ENDPOINTS`` (``"chat"``, ``"openai.*"``); the default is every route."""
 
     def matches(self, model_name: str) -> bool:
         """Glob match on the name as sent, also as ``name:latest`` when it has no tag."""
         name = model_name.lower()
         names = {name, canonical_model(name)}
         return any(fnmatch.fnmatchcase(n, g) for g in self.models for n in names)
+
+    def endpoint_set(self) -> frozenset[str]:
+        """The routes this rule applies to, its globs expanded over ``ENDPOINTS``."""
+        return frozenset(e for e in ENDPOINTS if any(fnmatch.fnmatchcase(e, g) for g in self.endpoints))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,8 @@ class Config:
     warm: tuple[str, ...] = ()
     admin_token: str | None = None
     source: str = "<defaults>"
+    default_rules: bool = False
+    """The rules are the built-in default (the config names none); see ``default_rules``."""
     gpu: GpuSettings = field(default_factory=GpuSettings)
     ollama: OllamaSettings = field(default_factory=OllamaSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -112,9 +123,38 @@ def parse_upstream(value: object) -> str:
     return text
 
 
-def _check_glob(pattern: str) -> str:
+DEFAULT_RULES_WHERE = "the built-in default rule"
+
+
+def default_rules(ollama: OllamaSettings) -> tuple[RuleConfig, ...]:
+    """What governs when the config names no rules: every model, with safe defaults.
+
+    ``headroom`` with its defaults sends what the prompt needs or the server's default context,
+    whichever is larger, keeps a loaded context that has room (no reload) and, when the memory
+    budget is known, never more than fits; it never inflates a request to everything that fits.
+    ``keep_alive`` changes nothing unless memory is short (under 1 GiB free: idle models are let
+    go after 2 minutes), and then restores the server's own value (``[ollama] keep_alive``).
+    Pass-through is one line away: ``rules = []`` in the config, or ``--pass-through``.
+    """
+    return (
+        RuleConfig(
+            models=("*",),
+            policies=(
+                PolicySpec("headroom", {}, DEFAULT_RULES_WHERE),
+                PolicySpec(
+                    "keep_alive",
+                    {"under_pressure": "2m", "pressure_below": "1GiB", "restore": ollama.keep_alive},
+                    DEFAULT_RULES_WHERE,
+                ),
+            ),
+            where=DEFAULT_RULES_WHERE,
+        ),
+    )
+
+
+def _check_glob(pattern: str, what: str = "model") -> str:
     if not pattern:
-        raise ValueError("a model glob must not be empty")
+        raise ValueError(f"a {what} glob must not be empty")
     depth = 0
     for char in pattern:
         if char == "[":
@@ -145,6 +185,7 @@ def _parse_rule(source: str, data: object, index: int) -> RuleConfig:
             models.append(_check_glob(pattern))
         except ValueError as exc:
             raise table.error(f"models[{i}]", str(exc)) from None
+    endpoints = _parse_endpoints(table)
     raw_policies = table.data.pop("policies", [])
     if not isinstance(raw_policies, list):
         raise table.error("policies", f"expected an array of tables, got {kind(raw_policies)}")
@@ -161,13 +202,43 @@ def _parse_rule(source: str, data: object, index: int) -> RuleConfig:
             raise ConfigError(f'{source}: {where}.use: missing; name the policy, e.g. use = "static"')
         policies.append(PolicySpec(use=use.strip(), options=options, where=f"{source}: {where}"))
     table.finish()
-    return RuleConfig(models=tuple(models), policies=tuple(policies), where=table.path)
+    return RuleConfig(models=tuple(models), policies=tuple(policies), where=table.path, endpoints=endpoints)
+
+
+def _parse_endpoints(table: Table) -> tuple[str, ...]:
+    """A rule's ``endpoints``: globs that each name at least one route (a typo would match none)."""
+    if "endpoints" not in table.data:
+        return ("*",)
+    raw = table.data.pop("endpoints")
+    if raw == []:
+        raise table.error(
+            "endpoints", "is empty, so the rule would apply to nothing; leave it out for every route"
+        )
+    if not isinstance(raw, list):
+        raise table.error(
+            "endpoints", f'expected an array of route globs such as ["chat", "openai.*"], got {kind(raw)}'
+        )
+    globs = []
+    for i, pattern in enumerate(raw):
+        if not isinstance(pattern, str):
+            raise table.error(f"endpoints[{i}]", f"expected a route glob string, got {kind(pattern)}")
+        try:
+            glob = _check_glob(pattern, "route")
+        except ValueError as exc:
+            raise table.error(f"endpoints[{i}]", str(exc)) from None
+        if not any(fnmatch.fnmatchcase(endpoint, glob) for endpoint in ENDPOINTS):
+            raise table.error(
+                f"endpoints[{i}]", f"{pattern!r} matches no route; the routes are {', '.join(ENDPOINTS)}"
+            )
+        globs.append(glob)
+    return tuple(globs)
 
 
 def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     """Validate a parsed TOML document into a Config."""
     top = Table(source, dict(data), "")
     host, port = top.get("listen", parse_listen, ("127.0.0.1", 11435))
+    rules_written = "rules" in top.data
     raw_rules = top.data.pop("rules", [])
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{source}: rules: expected an array of tables ([[rules]]), got {kind(raw_rules)}")
@@ -176,11 +247,14 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
     def section(name: str) -> Table:
         return Table(source, top.data.pop(name, {}), name)
 
+    ollama = parse_ollama_section(section("ollama"))
+    rules = tuple(_parse_rule(source, rule, i) for i, rule in enumerate(raw_rules))
     config = Config(
         listen_host=host,
         listen_port=port,
         upstream=top.get("upstream", parse_upstream, DEFAULT_UPSTREAM),
-        rules=tuple(_parse_rule(source, rule, i) for i, rule in enumerate(raw_rules)),
+        rules=rules if rules_written else default_rules(ollama),
+        default_rules=not rules_written,
         dry_run=top.get("dry_run", as_bool, False),
         policy_timeout_s=top.get("policy_timeout", as_seconds, 0.25),
         log_format=top.get("log_format", one_of("auto", "json", "console"), "auto"),
@@ -190,7 +264,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
         admin_token=top.get("admin_token", as_str, None) or None,
         source=source,
         gpu=parse_gpu_section(section("gpu")),
-        ollama=parse_ollama_section(section("ollama")),
+        ollama=ollama,
         store=parse_store_section(section("store")),
         limits=parse_limits_section(section("limits")),
     )

@@ -7,12 +7,15 @@ use a setting import it from here and the config never imports them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, cast
 
+from policies.duration import keep_alive_seconds
 from policies.memory import GIB, MIB
 from policies.model import parse_version
 from proxy.config.reader import (
     Table,
+    as_int,
     as_positive_days,
     as_positive_int,
     as_seconds,
@@ -22,8 +25,14 @@ from proxy.config.reader import (
     one_of,
 )
 
-SourceName = Literal["auto", "nvml", "ollama", "none"]
-SOURCE_NAMES: tuple[SourceName, ...] = ("auto", "nvml", "ollama", "none")
+SourceName = Literal["auto", "nvml", "amdgpu", "apple", "system", "ollama", "none"]
+SOURCE_NAMES: tuple[SourceName, ...] = ("auto", "nvml", "amdgpu", "apple", "system", "ollama", "none")
+"""What each reads: docs/memory-sources.md."""
+DEVICE_SOURCES: tuple[SourceName, ...] = ("nvml", "amdgpu", "auto")
+SYSFS_SOURCES: tuple[SourceName, ...] = ("amdgpu", "auto")
+MEMINFO_SOURCES: tuple[SourceName, ...] = ("system", "auto")
+DEFAULT_SYSFS_ROOT = Path("/")
+DEFAULT_MEMINFO_PATH = Path("/proc/meminfo")
 DEFAULT_INTERVAL_S = 0.5
 DEFAULT_RESERVE_BYTES = GIB
 MIN_INTERVAL_S = 0.05
@@ -34,26 +43,39 @@ KV_CACHE_TYPES = ("f16", "f32", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", 
 
 @dataclass(frozen=True, slots=True)
 class GpuSettings:
-    """``[gpu]``: where free memory is read from.
+    """``[gpu]``: where free memory is read from (docs/memory-sources.md).
 
-    TOML keys: ``source``, ``devices``, ``vram_total``, ``reserve``, ``interval``.
+    TOML keys: ``source``, ``devices``, ``vram_total``, ``sysfs_root``, ``meminfo_path``,
+    ``reserve``, ``interval``.
     """
 
     source: SourceName = "auto"
     devices: tuple[str, ...] | None = None
-    """NVML indexes or UUIDs (``CUDA_VISIBLE_DEVICES`` style); None means every GPU."""
+    """NVML indexes or UUIDs (``CUDA_VISIBLE_DEVICES`` style), or amdgpu card numbers; None means
+    every GPU."""
     vram_total_bytes: tuple[int, ...] = ()
     """One total per GPU; only for ``source = "ollama"``."""
     reserve_bytes: int = DEFAULT_RESERVE_BYTES
     interval_s: float = DEFAULT_INTERVAL_S
+    sysfs_root: Path = DEFAULT_SYSFS_ROOT
+    """Where sysfs is mounted, for ``amdgpu`` (a container may see the host's at ``/host``)."""
+    meminfo_path: Path = DEFAULT_MEMINFO_PATH
+    """The ``/proc/meminfo`` the ``system`` source reads."""
+
+
+FlashAttention = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True, slots=True)
 class OllamaSettings:
-    """``[ollama]``: how Ollama is run, as far as memory goes.
+    """``[ollama]``: how Ollama is run, where the governor cannot read it from Ollama itself.
 
-    The governor cannot read Ollama's environment, so ``num_parallel`` and ``kv_cache_type``
-    must match ``OLLAMA_NUM_PARALLEL`` and ``OLLAMA_KV_CACHE_TYPE``.
+    The governor cannot see Ollama's environment, so these must match it: ``num_parallel`` is
+    ``OLLAMA_NUM_PARALLEL``, ``kv_cache_type`` ``OLLAMA_KV_CACHE_TYPE``, ``context_length``
+    ``OLLAMA_CONTEXT_LENGTH`` (None: unset, the VRAM tier applies), ``gpu_overhead_bytes``
+    ``OLLAMA_GPU_OVERHEAD``, ``max_loaded_models`` ``OLLAMA_MAX_LOADED_MODELS`` (0: automatic),
+    ``keep_alive`` ``OLLAMA_KEEP_ALIVE`` and ``flash_attention`` ``OLLAMA_FLASH_ATTENTION``.
+    What Ollama reports (its version, the models' facts, what is loaded) is read from it.
     """
 
     num_parallel: int = 1
@@ -61,6 +83,11 @@ class OllamaSettings:
     version: tuple[int, int, int] | None = None
     ps_interval_s: float = 5.0
     facts_wait_s: float = 2.0
+    context_length: int | None = None
+    gpu_overhead_bytes: int = 0
+    max_loaded_models: int = 0
+    keep_alive: str = "5m"
+    flash_attention: FlashAttention = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +132,46 @@ def _as_vram_totals(value: object) -> tuple[int, ...]:
     return totals
 
 
+def _as_absolute_path(value: object) -> Path:
+    if not isinstance(value, str):
+        raise TypeError(f'expected a path such as "/host", got {kind(value)}')
+    path = Path(value)
+    if not path.is_absolute():
+        raise ValueError(f"expected an absolute path, got {value!r}")
+    return path
+
+
+def _only_with(sources: tuple[SourceName, ...]) -> str:
+    """``"a" or "b"`` / ``"a", "b" or "c"``, for "only used with" errors."""
+    quoted = [f'"{name}"' for name in sources]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
 def _as_interval(value: object) -> float:
     interval_s = as_seconds(value)
     if interval_s < MIN_INTERVAL_S:
         raise ValueError(f"expected at least 50ms, got {value!r}")
     return interval_s
+
+
+def as_non_negative_int(value: object) -> int:
+    """A TOML integer of 0 or more."""
+    number = as_int(value)
+    if number < 0:
+        raise ValueError(f"expected 0 or a positive integer, got {number}")
+    return number
+
+
+def _as_keep_alive(value: object) -> str:
+    """An Ollama keep_alive as OLLAMA_KEEP_ALIVE takes it (a duration, or bare seconds)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f'expected a duration such as "5m" or a number of seconds, got {kind(value)}')
+    text = str(value).strip()
+    try:
+        keep_alive_seconds(int(text) if text.lstrip("-").isdigit() else text)
+    except ValueError as exc:
+        raise ValueError(f'expected a duration such as "5m" or a number of seconds: {exc}') from None
+    return text
 
 
 def _as_enabled(value: object) -> bool:
@@ -121,9 +183,8 @@ def _as_enabled(value: object) -> bool:
 def parse_gpu_section(table: Table) -> GpuSettings:
     """Validate ``[gpu]``; each mistake is one ``ConfigError`` naming the file, key and fix."""
     source = cast(SourceName, table.get("source", one_of(*SOURCE_NAMES), "auto"))
-    devices_given = table.has("devices")
+    given = {key for key in ("devices", "vram_total", "sysfs_root", "meminfo_path") if table.has(key)}
     devices = table.get("devices", _as_devices, None)
-    totals_given = table.has("vram_total")
     no_totals: tuple[int, ...] = ()
     settings = GpuSettings(
         source=source,
@@ -131,16 +192,27 @@ def parse_gpu_section(table: Table) -> GpuSettings:
         vram_total_bytes=table.get("vram_total", _as_vram_totals, no_totals),
         reserve_bytes=table.get("reserve", as_size, DEFAULT_RESERVE_BYTES),
         interval_s=table.get("interval", _as_interval, DEFAULT_INTERVAL_S),
+        sysfs_root=table.get("sysfs_root", _as_absolute_path, DEFAULT_SYSFS_ROOT),
+        meminfo_path=table.get("meminfo_path", _as_absolute_path, DEFAULT_MEMINFO_PATH),
     )
     table.finish()
-    if source == "ollama" and not totals_given:
+    if source == "ollama" and "vram_total" not in given:
         raise table.error(
             "vram_total", 'missing: source = "ollama" needs the total VRAM of each GPU, e.g. ["24GiB"]'
         )
-    if source != "ollama" and totals_given:
+    if source != "ollama" and "vram_total" in given:
         raise table.error("vram_total", 'only used with source = "ollama"; remove it or set that source')
-    if source not in ("auto", "nvml") and devices_given:
-        raise table.error("devices", f'only used with source = "nvml" or "auto", not {source!r}; remove it')
+    applies = {"devices": DEVICE_SOURCES, "sysfs_root": SYSFS_SOURCES, "meminfo_path": MEMINFO_SOURCES}
+    for key, sources in applies.items():
+        if key in given and source not in sources:
+            reason = f"only used with source = {_only_with(sources)}, not {source!r}; remove it"
+            raise table.error(key, reason)
+    if source == "amdgpu" and devices is not None:
+        uuids = [device for device in devices if not device.isdigit()]
+        if uuids:
+            raise table.error(
+                "devices", f'source = "amdgpu" selects cards by number (1 for card1), got {uuids[0]!r}'
+            )
     return settings
 
 
@@ -151,12 +223,20 @@ def parse_ollama_section(table: Table) -> OllamaSettings:
         version = parse_version(version_text) if version_text else None
     except ValueError as exc:
         raise table.error("version", str(exc)) from None
+    context_length = table.get("context_length", as_non_negative_int, 0)
     settings = OllamaSettings(
         num_parallel=table.get("num_parallel", as_positive_int, 1),
         kv_cache_type=table.get("kv_cache_type", one_of(*KV_CACHE_TYPES), "f16"),
         version=version,
         ps_interval_s=table.get("ps_interval", as_seconds, 5.0),
         facts_wait_s=table.get("facts_wait", as_seconds, 2.0),
+        context_length=context_length or None,
+        gpu_overhead_bytes=table.get("gpu_overhead", as_size, 0),
+        max_loaded_models=table.get("max_loaded_models", as_non_negative_int, 0),
+        keep_alive=table.get("keep_alive", _as_keep_alive, "5m"),
+        flash_attention=cast(
+            FlashAttention, table.get("flash_attention", one_of("auto", "on", "off"), "auto")
+        ),
     )
     table.finish()
     return settings

@@ -10,17 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 
 import structlog
 
-from policies.context import Context, FrozenJSON, GpuSnapshot
-from policies.model import uses_llama_server
+from policies.context import Context, FrozenJSON, GpuSnapshot, LoadedModel
+from policies.memory import Calibration
+from policies.model import ModelFacts, uses_llama_server
+from policies.ollama import default_num_ctx
+from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
 from proxy.facts.tokens import TokenEstimator
 from proxy.govern.record import GovernedRequest
+from proxy.names import canonical_model
 from proxy.request.parse import ClientRequest
 
 log = structlog.get_logger("ollama_governor.facts")
+
+
+def _expired(model: LoadedModel, now: datetime) -> bool:
+    """Whether the model's keep_alive had run out (it left by itself, not for another)."""
+    if not model.expires_at:
+        return False
+    try:
+        expires = datetime.fromisoformat(model.expires_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return expires <= now
+
 
 TRUNCATION_FILL = 0.95
 """A prompt that fills this much of the context may have been cut by Ollama without a word."""
@@ -39,6 +56,59 @@ def request_context(
         client_num_ctx=request.num_ctx,
         client_keep_alive=request.keep_alive,
         num_predict=request.num_predict,
+    )
+
+
+def governed_context(
+    base: Context,
+    *,
+    settings: OllamaSettings,
+    version: tuple[int, int, int] | None,
+    gpu: GpuSnapshot | None,
+    model: ModelFacts | None,
+    loaded: LoadedModel | None,
+    all_loaded: tuple[LoadedModel, ...],
+    prompt_tokens: int | None,
+    calibration: Calibration | None,
+) -> Context:
+    """``base`` (what the request tells) with the gathered facts: the one place a policy's Context
+    is completed, for the proxy's requests and for ``plan``'s what-if alike."""
+    return dataclasses.replace(
+        base,
+        gpu=gpu,
+        model=model,
+        loaded=loaded,
+        all_loaded=all_loaded,
+        prompt_tokens=prompt_tokens,
+        ollama_version=version,
+        default_num_ctx=server_default_num_ctx(settings, version, model, gpu),
+        num_parallel=settings.num_parallel,
+        kv_cache_type=settings.kv_cache_type,
+        flash_attention=settings.flash_attention != "off",
+        calibration=calibration,
+    )
+
+
+def server_default_num_ctx(
+    settings: OllamaSettings,
+    version: tuple[int, int, int] | None,
+    model: ModelFacts | None,
+    gpu: GpuSnapshot | None,
+) -> int:
+    """The context Ollama gives ``model`` when a request names none (docs/ollama-rules.md §1): its
+    Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the tier of the server's total VRAM
+    (read from the memory source when it reads GPUs; a CPU-only host has none)."""
+    totals: tuple[int, ...] = ()
+    if gpu is not None and gpu.known and gpu.kind in ("gpu", "unified"):
+        totals = tuple(device.total_bytes for device in gpu.devices)
+    return default_num_ctx(
+        version,
+        totals,
+        context_length_env=settings.context_length,
+        modelfile_num_ctx=model.modelfile_num_ctx if model is not None else None,
+        trained_ctx=model.context_length if model is not None else None,
+        vision=model is not None and "vision" in model.capabilities,
+        gpu_overhead_bytes=settings.gpu_overhead_bytes,
     )
 
 
@@ -66,33 +136,49 @@ class ContextFactory:
         """The full context for one request."""
         facts = self.facts
         model = await facts.model_facts(request.model, facts_wait_s)
-        settings = facts.settings
-        return dataclasses.replace(
+        return governed_context(
             request_context(request, client=client, headers=headers),
+            settings=facts.settings,
+            version=facts.version,
             gpu=self.gpu(),
             model=model,
             loaded=facts.loaded_model(request.model),
             all_loaded=facts.loaded,
             prompt_tokens=self.estimate_tokens(request),
-            ollama_version=facts.version,
-            num_parallel=settings.num_parallel,
-            kv_cache_type=settings.kv_cache_type,
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
         )
+
+    def default_num_ctx(self, model: ModelFacts | None, gpu: GpuSnapshot | None) -> int:
+        """``server_default_num_ctx`` with the facts' settings and version."""
+        return server_default_num_ctx(self.facts.settings, self.facts.version, model, gpu)
 
     def estimate_tokens(self, request: ClientRequest) -> int:
         """The prompt's tokens as estimated now (before this answer teaches the ratio)."""
         return self.tokens.estimate(request.model, request.prompt)
 
     def expect_load(self, request: ClientRequest, num_ctx: int | None) -> bool:
-        """Note the context Ollama is about to hold the model at; True when that is a (re)load."""
-        return num_ctx is not None and self.facts.expect_loaded(request.model, num_ctx)
+        """Note the context Ollama is about to hold the model at; True when that is a (re)load.
+
+        A request that sends no ``num_ctx`` gets the model's default context (Ollama reloads a
+        model loaded at another one), as far as the model's facts are known.
+        """
+        if num_ctx is None:
+            model = self.facts.cached_facts(request.model)
+            if model is None:
+                return False
+            num_ctx = self.default_num_ctx(model, self.gpu())
+        return self.facts.expect_loaded(request.model, num_ctx)
 
     def learn(
-        self, request: ClientRequest, record: GovernedRequest, expected_load: bool
+        self,
+        request: ClientRequest,
+        record: GovernedRequest,
+        expected_load: bool,
+        loaded_before: tuple[LoadedModel, ...] = (),
     ) -> GovernedRequest | Awaitable[GovernedRequest]:
         """Learn from the answer; after a load, the awaitable waits for the ``/api/ps`` read the
-        record's observations need."""
+        record's observations need. ``loaded_before`` is what Ollama held when the request went
+        out, to see what the scheduler unloaded for it."""
         if expected_load and record.status == 200 and record.done_reason:
             # Ollama held the model at another context (or not at all) when this went out: a
             # fast load, e.g. a small model from the page cache, is still a load.
@@ -106,12 +192,14 @@ class ContextFactory:
             )
         loaded = self.facts.loaded_model(request.model)
         if record.reloaded or loaded is None or loaded.provisional or record.status != 200:
-            return self._after_load(request, record)
-        return self._observed(request, record)
+            return self._after_load(request, record, loaded_before)
+        return self._observed(request, record, loaded_before)
 
-    async def _after_load(self, request: ClientRequest, record: GovernedRequest) -> GovernedRequest:
+    async def _after_load(
+        self, request: ClientRequest, record: GovernedRequest, loaded_before: tuple[LoadedModel, ...]
+    ) -> GovernedRequest:
         await self.facts.refresh_loaded_soon()
-        record = self._observed(request, record)
+        record = self._observed(request, record, loaded_before)
         loaded = self.facts.loaded_model(request.model)
         if loaded is not None and loaded.spilled:
             log.warning(
@@ -124,7 +212,9 @@ class ContextFactory:
             )
         return record
 
-    def _observed(self, request: ClientRequest, record: GovernedRequest) -> GovernedRequest:
+    def _observed(
+        self, request: ClientRequest, record: GovernedRequest, loaded_before: tuple[LoadedModel, ...]
+    ) -> GovernedRequest:
         loaded = self.facts.loaded_model(request.model)
         context_length = (loaded.context_length if loaded else None) or record.applied_num_ctx
         prompt_tokens, estimate = record.prompt_tokens, record.estimated_prompt_tokens
@@ -135,9 +225,43 @@ class ContextFactory:
                 or (isinstance(estimate, int) and estimate > context_length)
             )
         )
+        action, evicted = self._scheduler_did(request, record, loaded_before)
         return dataclasses.replace(
             record,
             spilled=loaded.spilled if loaded is not None else None,
             loaded_num_ctx=loaded.context_length if loaded is not None and not loaded.provisional else None,
             truncation_suspect=suspect,
+            observed_action=action,
+            observed_evictions=evicted,
         )
+
+    def _scheduler_did(
+        self, request: ClientRequest, record: GovernedRequest, loaded_before: tuple[LoadedModel, ...]
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """What Ollama's scheduler did for this request, read from ``/api/ps`` before and after:
+        ``reuse`` (nothing loaded), ``load`` (beside the others), ``reload`` (this model at another
+        context), ``evict`` (others unloaded to make room, named) or ``spill`` (part in system RAM).
+        A model that left because its keep_alive ran out is not an eviction."""
+        if record.status != 200 or record.reloaded is None:
+            return None, ()
+        this = canonical_model(request.model)
+        now = datetime.now(UTC)
+        after = {canonical_model(model.name) for model in self.facts.loaded if not model.provisional}
+        before = [model for model in loaded_before if not model.provisional]
+        evicted = tuple(
+            model.name
+            for model in before
+            if canonical_model(model.name) != this
+            and canonical_model(model.name) not in after
+            and not _expired(model, now)
+        )
+        loaded = self.facts.loaded_model(request.model)
+        if not record.reloaded:
+            return "reuse", ()
+        if loaded is not None and loaded.spilled:
+            return "spill", evicted
+        if evicted:
+            return "evict", evicted
+        if any(canonical_model(model.name) == this for model in before):
+            return "reload", ()
+        return "load", ()

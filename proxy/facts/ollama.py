@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ import structlog
 from policies.context import GpuSnapshot, LoadedModel
 from policies.memory import effective_parallel, estimate, ps_unreported_bytes
 from policies.model import ModelFacts, parse_version, uses_llama_server
+from policies.ollama import loaded_num_ctx
 from proxy.config.settings import OllamaSettings
 from proxy.facts.calibration import CalibrationBook, calibration_key
 from proxy.names import canonical_model
@@ -56,6 +58,20 @@ def parse_loaded(models: object, *, gpu_host: bool) -> tuple[LoadedModel, ...]:
     return tuple(loaded)
 
 
+_FROM_RE = re.compile(r"^FROM\s+(\S+)\s*$", re.MULTILINE)
+
+
+def blob_path(show: Mapping[str, Any]) -> str | None:
+    """The GGUF a model runs, from ``/api/show``'s Modelfile (``FROM /.../blobs/sha256-...``).
+
+    Ollama keys its runners by this path, so names sharing it share a runner, and its eviction
+    order breaks ties by it (``server/sched.go findRunnerToUnload``).
+    """
+    modelfile = show.get("modelfile")
+    found = _FROM_RE.search(modelfile) if isinstance(modelfile, str) else None
+    return found.group(1) if found else None
+
+
 def _int(value: object) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
@@ -84,6 +100,7 @@ class Facts:
         self._ps_error: Exception | None = RuntimeError("/api/ps not read yet")
         self.detected_version: tuple[int, int, int] | None = None
         self._by_digest: dict[str, ModelFacts] = {}
+        self._blob_paths: dict[str, str] = {}
         self._tags: dict[str, Mapping[str, Any]] | None = None
         self._tags_task: asyncio.Task[None] | None = None
         self._show_tasks: dict[str, asyncio.Task[ModelFacts | None]] = {}
@@ -172,8 +189,9 @@ class Facts:
         """
         current = self.loaded_model(name)
         facts = self.cached_facts(name)
-        if facts is not None and facts.context_length:
-            num_ctx = min(num_ctx, facts.context_length)  # Ollama clamps to the trained length
+        if facts is not None:  # Ollama clamps to the trained length, with its floors
+            vision = "vision" in facts.capabilities
+            num_ctx = loaded_num_ctx(num_ctx, facts.context_length, vision=vision, version=self.version)
         if current is not None and current.context_length == num_ctx:
             return False
         provisional = LoadedModel(
@@ -222,7 +240,8 @@ class Facts:
         self._logged.discard("ps_unavailable")
         models = answer.get("models") if isinstance(answer, dict) else None
         snapshot = self.gpu()
-        gpu_host = bool(snapshot and snapshot.known) or any(
+        # On a "system" host the sample is RAM and size_vram 0 is CPU inference, not a spill.
+        gpu_host = bool(snapshot and snapshot.known and snapshot.kind != "system") or any(
             isinstance(m, dict) and _int(m.get("size_vram")) > 0
             for m in (models if isinstance(models, list) else ())
         )
@@ -292,6 +311,12 @@ class Facts:
         digest = entry.get("digest") if entry else None
         return self._by_digest.get(digest) if isinstance(digest, str) else None
 
+    def model_path(self, name: str) -> str | None:
+        """The blob ``name`` runs (``blob_path``), once its facts were fetched; else None."""
+        entry = (self._tags or {}).get(canonical_model(name))
+        digest = entry.get("digest") if entry else None
+        return self._blob_paths.get(digest) if isinstance(digest, str) else None
+
     async def _fetch_facts(self, name: str) -> ModelFacts | None:
         try:
             tags = await self._current_tags(refresh=name not in (self._tags or {}))
@@ -311,6 +336,9 @@ class Facts:
             show = await asyncio.to_thread(json.loads, raw)
             facts = await asyncio.to_thread(ModelFacts.from_show, name, show, entry)
             self._by_digest[digest or name] = facts
+            path = blob_path(show) if isinstance(show, dict) else None
+            if path is not None:
+                self._blob_paths[digest or name] = path
             self._logged.discard(f"facts_failed:{name}")
             return facts
         except Exception as exc:

@@ -12,9 +12,11 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
+from policies.context import LoadedModel
 from policies.decision import Decision
 from policies.duration import format_keep_alive
 from policies.outcome import Outcome
@@ -43,6 +45,17 @@ class Decided:
     """When set, answer ``400 {"error": rejection}`` and send nothing."""
     expects_load: bool = False
     """Ollama did not hold the model at the context sent: this request (re)loads it."""
+    loaded_before: tuple[LoadedModel, ...] = ()
+    """What Ollama held when the request went out (to see what its scheduler did for it)."""
+    decision: Decision | None = None
+    """What the policies settled (None when refused)."""
+
+    def applied_to(self, body: dict[str, Any]) -> bytes | None:
+        """The decision applied to another body of the same request (a resend that changed a
+        field no policy decides, e.g. without ``think``); None: send ``body`` as it is."""
+        if self.decision is None or self.record.dry_run:
+            return None
+        return rewrite_body(dataclasses.replace(self.request, body=body), self.decision)
 
     def without_body(self) -> Decided:
         """This decision without the client's parsed body, which ``finish`` does not read: a
@@ -76,8 +89,9 @@ class Pipeline:
         """Run the rule's policies for ``request`` and say what to send."""
         governor = self.governor
         started_ts = time.time()
+        loaded_before = self.contexts.facts.loaded
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
-        policies = governor.policies_for(request.model)
+        policies = governor.policies_for(request.model, request.endpoint)
         outcome = ChainOutcome(start)
         gpu = None
         if policies:
@@ -119,7 +133,17 @@ class Pipeline:
             self.steps.since("rewrite body", rewriting)  # a large body is encoded on the loop
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
         expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
-        return Decided(request, record, body, expects_load=expects_load)
+        return Decided(
+            request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
+        )
+
+    def governs(self, model: str, endpoint: str) -> bool:
+        """Whether a rule with policies governs ``model`` on ``endpoint`` right now."""
+        return bool(self.governor.policies_for(model, endpoint))
+
+    def governs_route(self, endpoint: str) -> bool:
+        """Whether any rule with policies applies to ``endpoint`` right now."""
+        return self.governor.governs_route(endpoint)
 
     async def finish(self, decided: Decided, answer: Answer) -> GovernedRequest:
         """Record Ollama's answer: learn from it, observe what it did, publish the record."""
@@ -144,7 +168,9 @@ class Pipeline:
     ) -> tuple[GovernedRequest, Awaitable[GovernedRequest] | None]:
         """The answered record, and what must still be awaited to observe the load (or None)."""
         record = decided.record.answered(answer)
-        learned = safecall("learn", self.contexts.learn, decided.request, record, decided.expects_load)
+        learned = safecall(
+            "learn", self.contexts.learn, decided.request, record, decided.expects_load, decided.loaded_before
+        )
         if learned is None or isinstance(learned, GovernedRequest):
             return learned or record, None
         return record, learned

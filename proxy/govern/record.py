@@ -7,9 +7,10 @@ record. Its flat ``fields()`` are the documented shape of a result in the log, t
 JSON views. It holds names and numbers only: the client's body never gets here.
 
 Vocabulary, one name per concept from the body to the store: ``client_num_ctx`` is what the
-client sent, ``applied_num_ctx`` what the governor decided and sent to Ollama (the client's own
-value when nothing changed it, or in a dry run), ``loaded_num_ctx`` what Ollama then held
-(``/api/ps`` ``context_length``). The same three prefixes apply to ``keep_alive``.
+client sent, ``applied_num_ctx`` what the governor decided (and sent to Ollama, unless
+``dry_run``), ``loaded_num_ctx`` what Ollama then held (``/api/ps`` ``context_length``). The
+same prefixes apply to ``keep_alive``. ``predicted_*`` is what the governor's model of Ollama's
+scheduler expected the request to do, ``observed_*`` what Ollama did.
 """
 
 from __future__ import annotations
@@ -92,9 +93,24 @@ class Answer:
         error: str | None = None,
         ttfb_ms: float | None = None,
     ) -> Answer:
-        """The answer with the figures of ``final``, when it is a ``done: true`` object."""
-        if not final or final.get("done") is not True:
+        """The answer with the figures of ``final``: a generation's ``done: true`` object, or an
+        embedding's answer (no ``done``, the same duration fields; its tokens are all prompt)."""
+        if not final or not (
+            final.get("done") is True or ("done" not in final and "total_duration" in final)
+        ):
             return cls(status=status, completed=completed, error=error, ttfb_ms=ttfb_ms)
+        if "done" not in final:  # /api/embed: the whole time after the load went to the input
+            busy_ns = _difference(final.get("total_duration"), final.get("load_duration"))
+            return cls(
+                status=status,
+                completed=completed,
+                error=error,
+                ttfb_ms=ttfb_ms,
+                load_ms=_ms(final.get("load_duration")),
+                total_ms=_ms(final.get("total_duration")),
+                prompt_tokens=_int(final.get("prompt_eval_count")),
+                prompt_tokens_per_s=_rate(final.get("prompt_eval_count"), busy_ns),
+            )
         return cls(
             status=status,
             completed=completed,
@@ -113,7 +129,8 @@ class Answer:
     def reloaded(self) -> bool | None:
         """Whether Ollama (re)loaded the model, judged from the load time alone."""
         if self.load_ms is None:
-            return False if self.done_reason in ("stop", "length") else None
+            finished = self.done_reason in ("stop", "length") or self.total_ms is not None
+            return False if finished else None
         return self.load_ms >= RELOAD_THRESHOLD_MS
 
 
@@ -157,6 +174,12 @@ class GovernedRequest:
     spilled: bool | None = None
     loaded_num_ctx: int | None = None
     truncation_suspect: bool | None = None
+    # What Ollama's scheduler was expected to do with it, and what it did (``proxy.facts.context``):
+    # reuse, load, reload, evict or spill; and which other models it unloaded to make room.
+    predicted_action: str | None = None
+    predicted_evictions: tuple[str, ...] = ()
+    observed_action: str | None = None
+    observed_evictions: tuple[str, ...] = ()
     # The change of the applied pair this request opened, if any (set by the ledger).
     change: Transition | None = field(default=None, compare=False)
 
@@ -179,8 +202,18 @@ class GovernedRequest:
         """The flat, JSON-ready form: the documented shape of a result in logs, store and views."""
         out = {name: getattr(self, name) for name in FIELD_NAMES}
         out["changed_by"] = [change.as_dict() for change in self.changed_by]
-        out["policy_errors"] = list(self.policy_errors)
+        for name in ("policy_errors", "predicted_evictions", "observed_evictions"):
+            out[name] = list(getattr(self, name))
         return out
+
+    @property
+    def prediction_held(self) -> bool | None:
+        """Whether Ollama did what was predicted (action and evictions), or None when either is unknown."""
+        if self.predicted_action is None or self.observed_action is None:
+            return None
+        return self.predicted_action == self.observed_action and set(self.predicted_evictions) == set(
+            self.observed_evictions
+        )
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(
@@ -208,6 +241,13 @@ def _str(value: object) -> str | None:
 def _ms(value: object) -> float | None:
     number = _number(value)
     return None if number is None else round(number / NS_PER_MS, 3)
+
+
+def _difference(total: object, part: object) -> float | None:
+    whole, piece = _number(total), _number(part)
+    if whole is None:
+        return None
+    return whole - (piece or 0.0)
 
 
 def _rate(count: object, duration_ns: object) -> float | None:

@@ -184,3 +184,109 @@ def change_json(change: ChangeReport) -> dict[str, Any]:
         "eval_tokens_per_s_ratio": change.eval_tokens_per_s_ratio,
         "load_ms_ratio": change.load_ms_ratio,
     }
+
+
+@dataclass(frozen=True)
+class Surprise:
+    """A request where Ollama's scheduler did not do what the governor predicted."""
+
+    ts: float
+    model: str
+    predicted: str
+    predicted_evictions: tuple[str, ...]
+    observed: str
+    observed_evictions: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line a person reads: "predicted load beside, Ollama evicted nomic-embed-text"."""
+        return f"predicted {_action_text(self.predicted, self.predicted_evictions)}, Ollama {_did_text(self)}"
+
+
+@dataclass(frozen=True)
+class PredictionStats:
+    """How often the scheduler model predicted what Ollama did, and where it did not."""
+
+    checked: int
+    held: int
+    surprises: tuple[Surprise, ...]
+
+    @property
+    def accuracy(self) -> float | None:
+        """Held over checked, or None when nothing was checked."""
+        return self.held / self.checked if self.checked else None
+
+
+def predictions(rows: Iterable[Mapping[str, Any]], *, keep: int = 50) -> PredictionStats:
+    """The prediction figures of result rows (both predicted and observed action known); the
+    newest ``keep`` surprises, newest first."""
+    checked = held = 0
+    surprises: list[Surprise] = []
+    for row in rows:
+        predicted, observed = row.get("predicted_action"), row.get("observed_action")
+        if not predicted or not observed:
+            continue
+        checked += 1
+        predicted_evictions = tuple(row.get("predicted_evictions") or ())
+        observed_evictions = tuple(row.get("observed_evictions") or ())
+        if predicted == observed and set(predicted_evictions) == set(observed_evictions):
+            held += 1
+            continue
+        surprises.append(
+            Surprise(
+                ts=float(row.get("ts") or 0.0),
+                model=str(row.get("model")),
+                predicted=str(predicted),
+                predicted_evictions=predicted_evictions,
+                observed=str(observed),
+                observed_evictions=observed_evictions,
+            )
+        )
+    surprises.sort(key=lambda surprise: surprise.ts, reverse=True)
+    return PredictionStats(checked, held, tuple(surprises[:keep]))
+
+
+def predictions_json(stats: PredictionStats) -> dict[str, Any]:
+    """The figures as JSON (report, status page)."""
+    return {
+        "checked": stats.checked,
+        "held": stats.held,
+        "accuracy": stats.accuracy,
+        "surprises": [
+            {
+                "ts": s.ts,
+                "model": s.model,
+                "predicted": s.predicted,
+                "predicted_evictions": list(s.predicted_evictions),
+                "observed": s.observed,
+                "observed_evictions": list(s.observed_evictions),
+                "text": s.describe(),
+            }
+            for s in stats.surprises
+        ],
+    }
+
+
+_ACTION_WORDS = {
+    "reuse": "no load",
+    "load": "a load beside the others",
+    "reload": "a reload",
+    "evict": "a load after evicting",
+    "spill": "a spill to system RAM",
+}
+
+
+def _action_text(action: str, evictions: tuple[str, ...]) -> str:
+    words = _ACTION_WORDS.get(action, action)
+    return f"{words} {', '.join(evictions)}" if action == "evict" and evictions else words
+
+
+def _did_text(surprise: Surprise) -> str:
+    if surprise.observed_evictions:
+        did = f"evicted {', '.join(surprise.observed_evictions)}"
+        return did + " and spilled" if surprise.observed == "spill" else did
+    return {
+        "reuse": "loaded nothing",
+        "load": "loaded it beside the others",
+        "reload": "reloaded it",
+        "spill": "spilled it to system RAM",
+    }.get(surprise.observed, surprise.observed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fnmatch
+import json
 import re
 import sqlite3
 import time
@@ -28,11 +29,14 @@ from typing import Any
 from proxy.ledger.figures import (
     ChangeReport,
     PhaseStats,
+    PredictionStats,
     Samples,
     change_json,
     compare,
     median,
     percentile_nearest_rank,
+    predictions,
+    predictions_json,
 )
 from proxy.ledger.store import connect_readonly
 
@@ -97,6 +101,7 @@ class Report:
     dry_run_requests: int = 0
     groups: tuple[GroupStats, ...] = field(default_factory=tuple)
     changes: tuple[ChangeReport, ...] = field(default_factory=tuple)
+    predictions: PredictionStats = field(default_factory=lambda: PredictionStats(0, 0, ()))
 
 
 _VALUE_COLUMNS = (
@@ -198,7 +203,40 @@ def _build(
         )
     )
     changes = tuple(_changes(conn, models, since_ts, by_change))
-    return Report(db_path, now_ts, since_ts, model_glob, requests, dry_run_requests, groups, changes)
+    return Report(
+        db_path,
+        now_ts,
+        since_ts,
+        model_glob,
+        requests,
+        dry_run_requests,
+        groups,
+        changes,
+        _predictions(conn, models, since_ts, result_columns),
+    )
+
+
+def _predictions(
+    conn: sqlite3.Connection, models: Sequence[str], since_ts: float | None, columns: set[str]
+) -> PredictionStats:
+    """How often Ollama's scheduler did what was predicted (stores from before schema 4: none)."""
+    if "predicted_action" not in columns:
+        return PredictionStats(0, 0, ())
+    placeholders = ", ".join("?" for _ in models)
+    cursor = conn.execute(
+        "SELECT ts, model, predicted_action, predicted_evictions, observed_action, observed_evictions "
+        f"FROM results WHERE model IN ({placeholders}) AND (? IS NULL OR ts >= ?) AND dry_run = 0 "
+        "ORDER BY id",
+        [*models, since_ts, since_ts],
+    )
+    names = [column[0] for column in cursor.description]
+    rows = []
+    for values in cursor:
+        row = dict(zip(names, values, strict=True))
+        for key in ("predicted_evictions", "observed_evictions"):
+            row[key] = json.loads(row[key]) if row[key] else []
+        rows.append(row)
+    return predictions(rows)
 
 
 def _changes(
@@ -270,6 +308,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             for g in report.groups
         ],
         "changes": [change_json(c) for c in report.changes],
+        "predictions": predictions_json(report.predictions),
     }
 
 
@@ -388,4 +427,16 @@ def render_text(report: Report) -> str:
             if change.spilled:
                 row[2] += "  [spilled]"
         lines.extend(_table(header, rows, numeric=set()))
+    lines.append("")
+    stats = report.predictions
+    if stats.checked:
+        lines.append(
+            f"Ollama's scheduler did what the governor predicted for {stats.held} of {stats.checked} "
+            f"requests ({stats.accuracy:.0%}); surprises, newest first:"
+        )
+        lines.extend(f"  {_fmt_ts(s.ts)}  {s.model}: {s.describe()}" for s in stats.surprises[:20])
+        if not stats.surprises:
+            lines.append("  none")
+    else:
+        lines.append("No scheduler predictions checked yet.")
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ DB_FILENAME = "results.db"
 BOOL_COLUMNS = frozenset(
     {"reloaded", "spilled", "truncation_suspect", "dry_run", "stream", "warm", "completed"}
 )
-JSON_COLUMNS = frozenset({"changed_by", "policy_errors"})
+JSON_COLUMNS = frozenset({"changed_by", "policy_errors", "predicted_evictions", "observed_evictions"})
 
 
 def _migrate_to_v1(conn: sqlite3.Connection) -> None:
@@ -91,10 +91,17 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
 
 
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    """What Ollama's scheduler was predicted to do, and what it did."""
+    for column in ("predicted_action", "predicted_evictions", "observed_action", "observed_evictions"):
+        conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_to_v1,
     _migrate_to_v2,
     _migrate_to_v3,
+    _migrate_to_v4,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,14 +21,20 @@ from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.record import Answer
 from proxy.request.parse import parse_request
+from proxy.request.prompt import EMBED_ENDPOINTS
 from proxy.upstream.client import Upstream
 from proxy.upstream.inflight import InFlight
 from proxy.upstream.relay import error_response, relay
-from proxy.upstream.tap import FinalObjectTap
+from proxy.upstream.tap import FinalObjectTap, TailFiguresTap
 
 log = structlog.get_logger("ollama_governor.request")
 
-GOVERNED_PATHS: dict[str, Endpoint] = {"/api/generate": "generate", "/api/chat": "chat"}
+GOVERNED_PATHS: dict[str, Endpoint] = {
+    "/api/generate": "generate",
+    "/api/chat": "chat",
+    "/api/embed": "embed",
+    "/api/embeddings": "embeddings",
+}
 
 
 async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
@@ -53,7 +59,8 @@ async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[
 
 
 class GovernedHandler:
-    """Handles ``/api/generate`` and ``/api/chat``."""
+    """Handles the governed native routes: ``/api/generate``, ``/api/chat``, ``/api/embed`` and
+    ``/api/embeddings`` (embeddings load models too)."""
 
     def __init__(self, pipeline: Pipeline, upstream: Upstream, inflight: InFlight | None = None) -> None:
         self.pipeline = pipeline
@@ -104,7 +111,7 @@ class GovernedHandler:
         sent = raw if decided.body is None else decided.body
         decided = decided.without_body()
         del raw, parsed  # one copy of the body, the bytes sent, is kept while the answer streams
-        tap = FinalObjectTap()
+        tap = TailFiguresTap() if endpoint in EMBED_ENDPOINTS else FinalObjectTap()
         try:
             relayed = await relay(
                 request,

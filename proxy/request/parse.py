@@ -14,7 +14,7 @@ from typing import Any
 
 from policies.context import Endpoint
 from policies.duration import KeepAlive, keep_alive_seconds
-from proxy.request.prompt import PromptSize, measure
+from proxy.request.prompt import EMBED_ENDPOINTS, PromptSize, measure
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -106,7 +106,7 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> ClientRequest | None:
         num_ctx=num_ctx if isinstance(num_ctx, int) and num_ctx > 0 else None,
         keep_alive=keep_alive,
         num_predict=num_predict if isinstance(num_predict, int) and num_predict else None,
-        stream=body.get("stream") is not False,
+        stream=body.get("stream") is not False and endpoint not in EMBED_ENDPOINTS,
         prompt=measure(endpoint, body),
     )
 

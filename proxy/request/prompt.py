@@ -25,11 +25,26 @@ class PromptSize:
     """Tokens known without a ratio: images, template overhead, a generate ``context``."""
 
 
+EMBED_ENDPOINTS = frozenset({"embed", "embeddings", "openai.embeddings"})
+"""Routes that embed their input: no reply is generated, and each input is its own sequence."""
+GENERATE_ENDPOINTS = frozenset({"generate", "openai.completions"})
+"""Routes whose native body is ``/api/generate``'s (``prompt``); every other route sends ``messages``."""
+
+
 def measure(endpoint: str, body: dict[str, Any]) -> PromptSize:
-    """Count the characters and fixed tokens of a generate or chat body."""
+    """Count the characters and fixed tokens of a native body (generate, chat or embed).
+
+    A ``/v1`` route's body is the native one it was translated to: ``/v1/completions`` is a
+    generate body, ``/v1/embeddings`` an embed body, the others chat bodies.
+    """
     chars = 0
     fixed = 0
-    if endpoint == "generate":
+    if endpoint in EMBED_ENDPOINTS:
+        # Each input is embedded on its own, so the context must hold the longest one, not the sum.
+        raw = body.get("input") if "input" in body else body.get("prompt")
+        inputs = raw if isinstance(raw, list) else [raw]
+        chars = max((len(item) for item in inputs if isinstance(item, str)), default=0)
+    elif endpoint in GENERATE_ENDPOINTS:
         for key in ("prompt", "system", "suffix"):
             value = body.get(key)
             if isinstance(value, str):

@@ -25,11 +25,13 @@ SHUTTING_DOWN = "ollama-governor is shutting down; retry the request"
 class Flight:
     """One relay in progress: its task, Ollama's response once it has one, and why it was cut."""
 
-    __slots__ = ("cut_reason", "task", "upstream_response")
+    __slots__ = ("cut_reason", "idle_s", "task", "upstream_response")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.upstream_response: aiohttp.ClientResponse | None = None
+        self.idle_s: float | None = None
+        """The longest pause allowed inside the answer (None: no bound), once it has started."""
         self.cut_reason: str | None = None
 
     def cut(self, reason: str) -> None:

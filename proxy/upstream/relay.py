@@ -177,6 +177,78 @@ async def relay(
         return await _relay(request, upstream, flight, sent, body_length, drop_headers, tap)
 
 
+@dataclass(frozen=True, slots=True)
+class NoAnswer:
+    """Why Ollama's answer never started: the status and message to answer the client with."""
+
+    status: int
+    message: str
+
+
+async def open_upstream(
+    request: web.Request,
+    upstream: Upstream,
+    flight: Flight,
+    *,
+    method: str,
+    path_qs: str,
+    headers: CIMultiDict[str],
+    body: bytes | ClientBody | None,
+) -> aiohttp.ClientResponse | NoAnswer:
+    """Send the request and wait, within the first-byte timeout, for Ollama's answer to start.
+
+    A failure is described, never raised: 502 (unreachable), 504 (too slow), 400 or 408 (the
+    client's own body broke or stalled), 503 (the drain cut the wait). Both relays start here.
+    """
+    if flight.cut_reason is not None:
+        return NoAnswer(503, flight.cut_reason)
+    first_byte_s = upstream.first_byte_timeout_s if is_bounded(request.path) else 0.0
+    try:
+        async with asyncio.timeout(first_byte_s or None):
+            response = await upstream.send(method, path_qs, headers=headers, data=body)
+    except UpstreamUnavailable as exc:
+        if isinstance(body, ClientBody) and body.failure is not None:
+            return NoAnswer(*body.failure)  # the client's body broke, not Ollama
+        log.warning("upstream_unavailable", path=request.path, error=str(exc))
+        return NoAnswer(502, str(exc))
+    except TimeoutError:
+        error = f"upstream Ollama at {upstream.base_url} did not answer within {duration_text(first_byte_s)}"
+        log.warning("upstream_timeout", path=request.path, error=error)
+        return NoAnswer(504, error)
+    except asyncio.CancelledError:
+        if flight.cut_reason is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return NoAnswer(503, flight.cut_reason)
+    flight.upstream_response = response
+    flight.idle_s = (upstream.stream_idle_timeout_s if is_bounded(request.path) else 0.0) or None
+    return response
+
+
+class StreamBroken(Exception):
+    """Ollama's answer stopped before its end; ``str()`` is what the client and the log are told."""
+
+
+async def pieces(response: aiohttp.ClientResponse, flight: Flight) -> AsyncIterator[bytes]:
+    """Ollama's answer as it arrives, each wait bounded by the flight's stream idle timeout.
+
+    What Ollama can do to a stream (close it, break its framing, fall silent) and the drain's cut
+    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is.
+    """
+    read = response.content.readany
+    while True:
+        try:
+            async with asyncio.timeout(flight.idle_s):
+                chunk = await read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StreamBroken(_why_broken(exc, flight)) from None
+        if not chunk:
+            return
+        yield chunk
+
+
 async def _relay(
     request: web.Request,
     upstream: Upstream,
@@ -186,34 +258,13 @@ async def _relay(
     drop_headers: tuple[str, ...],
     tap: Tap | None,
 ) -> Relayed:
-    if flight.cut_reason is not None:
-        return await _refuse(request, 503, flight.cut_reason)
-    bounded = is_bounded(request.path)
-    first_byte_s = upstream.first_byte_timeout_s if bounded else 0.0
-    idle_s = (upstream.stream_idle_timeout_s if bounded else 0.0) or None
     headers = upstream_request_headers(request, body_length=body_length, drop=drop_headers)
-    try:
-        async with asyncio.timeout(first_byte_s or None):
-            upstream_response = await upstream.send(
-                request.method, request.raw_path, headers=headers, data=body
-            )
-    except UpstreamUnavailable as exc:
-        if isinstance(body, ClientBody) and body.failure is not None:
-            return await _refuse(request, *body.failure)  # the client's body broke, not Ollama
-        log.warning("upstream_unavailable", path=request.path, error=str(exc))
-        return await _refuse(request, 502, str(exc))
-    except TimeoutError:
-        error = f"upstream Ollama at {upstream.base_url} did not answer within {duration_text(first_byte_s)}"
-        log.warning("upstream_timeout", path=request.path, error=error)
-        return await _refuse(request, 504, error)
-    except asyncio.CancelledError:
-        if flight.cut_reason is None:
-            raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return await _refuse(request, 503, flight.cut_reason)
-    flight.upstream_response = upstream_response
+    opened = await open_upstream(
+        request, upstream, flight, method=request.method, path_qs=request.raw_path, headers=headers, body=body
+    )
+    if isinstance(opened, NoAnswer):
+        return await _refuse(request, opened.status, opened.message)
+    upstream_response = opened
     completed = False
     try:
         response = web.StreamResponse(
@@ -223,23 +274,18 @@ async def _relay(
         )
         await response.prepare(request)
         relayed = Relayed(response, upstream_response.status, content_type=upstream_response.content_type)
-        read = upstream_response.content.readany
-        while True:
-            try:
-                async with asyncio.timeout(idle_s):
-                    chunk = await read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                await _end_broken_stream(request, response, relayed, _why_broken(exc, flight, idle_s))
-                if flight.cut_reason is not None:
-                    relayed.status = 503
-                return relayed
-            if not chunk:
-                break
-            if relayed.first_byte_at is None:
-                relayed.first_byte_at = time.perf_counter()
-            if tap is not None:
-                tap.feed(chunk)
-            await response.write(chunk)
+        try:
+            async for chunk in pieces(upstream_response, flight):
+                if relayed.first_byte_at is None:
+                    relayed.first_byte_at = time.perf_counter()
+                if tap is not None:
+                    tap.feed(chunk)
+                await response.write(chunk)
+        except StreamBroken as broken:
+            await _end_broken_stream(request, response, relayed, str(broken))
+            if flight.cut_reason is not None:
+                relayed.status = 503
+            return relayed
         await response.write_eof()
         completed = relayed.completed = True
         return relayed
@@ -252,12 +298,12 @@ async def _relay(
             upstream_response.close()
 
 
-def _why_broken(exc: BaseException, flight: Flight, idle_s: float | None) -> str:
+def _why_broken(exc: BaseException, flight: Flight) -> str:
     """What the client and the log are told about a stream that ended early; no upstream bytes."""
     if flight.cut_reason is not None:
         return flight.cut_reason
-    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError) and idle_s:
-        return f"{BROKEN_STREAM}: no data for {duration_text(idle_s)}"
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError) and flight.idle_s:
+        return f"{BROKEN_STREAM}: no data for {duration_text(flight.idle_s)}"
     return f"{BROKEN_STREAM}: {describe_chain(exc)}"
 
 
@@ -277,7 +323,7 @@ async def _end_broken_stream(
     """End a stream whose upstream broke off, in the route's own error framing."""
     relayed.error = error
     log.warning("upstream_stream_error", path=request.path, error=error)
-    ending = _error_ending(request.path, relayed.content_type, error)
+    ending = error_ending(request.path, relayed.content_type, error)
     if ending is None:
         if request.transport is not None:
             request.transport.close()
@@ -289,7 +335,7 @@ async def _end_broken_stream(
         pass  # the client went away as well; nothing left to tell it
 
 
-def _error_ending(path: str, content_type: str, error: str) -> bytes | None:
+def error_ending(path: str, content_type: str, error: str) -> bytes | None:
     """The last bytes of a stream that broke: Ollama's error line for NDJSON, an error event for
     SSE (Anthropic's ``event: error`` on ``/v1/messages``, OpenAI's ``data: {"error": ...}``
     elsewhere, which both official SDKs raise as an API error), None for anything else."""

@@ -7,6 +7,7 @@ Only the last complete line is remembered (plus the unfinished tail), so the tap
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -63,3 +64,30 @@ class FinalObjectTap:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+
+_TAIL_FIGURE = re.compile(rb'"(total_duration|load_duration|prompt_eval_count)":(\d+)')
+TAIL_BYTES = 4096
+
+
+class TailFiguresTap:
+    """Reads an embedding answer's figures from its last bytes, where Ollama writes them.
+
+    ``/api/embed`` answers ``{"model", "embeddings": [...], "total_duration", "load_duration",
+    "prompt_eval_count"}``: the vectors can be megabytes, the figures are the last few dozen
+    bytes. Keeping only the tail costs no memory and no parse of the vectors.
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Look at one chunk of the response body."""
+        self._tail = (self._tail + chunk)[-TAIL_BYTES:]
+
+    def final_object(self) -> dict[str, Any] | None:
+        """The figures found in the tail, or None when there are none."""
+        found = {key.decode(): int(value) for key, value in _TAIL_FIGURE.findall(self._tail)}
+        return found or None

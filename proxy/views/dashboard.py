@@ -1,4 +1,19 @@
-"""The dashboard page at ``/governor/``: one self-contained HTML file, served with a strict CSP."""
+"""The dashboard page at ``/governor/``: one self-contained HTML file, served with a strict CSP.
+
+The page (``static/dashboard.html``: no CDN, no build step) reads ``/governor/status`` and
+``/governor/api/series`` every 10 s and draws, per model on one time axis, the num_ctx applied, the
+eval tokens/s and each model load, with the changes marked; beside them what is loaded, what fits
+(``status["fits"]`` when the status has it), the changes' figures and the last decisions. With
+``admin_token`` set it is opened as ``/governor/#token=<admin_token>``: the token is kept in
+sessionStorage (that tab only), removed from the address bar and sent as a bearer token. Every value
+is inserted as text, never as markup: model names come from clients.
+
+What tests can read: each plot's ``<svg class="plot">`` carries ``data-model``, ``data-metric``
+(``ctx``, ``eval``, ``load``) and ``data-points``; its tick labels sit in ``<g data-axis="x|y">``;
+change markers (``line.change-marker``) and points carry ``data-ts``, label groups
+(``g.marker-group``) ``data-count``; ``<body data-ready="1">`` marks a render (``"error"`` a first
+one that failed) and ``data-renders`` counts them.
+"""
 
 from __future__ import annotations
 

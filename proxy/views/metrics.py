@@ -112,6 +112,10 @@ class GovernorMetrics:
     * ``spills_total{model}``: loads that landed partly in system RAM (reloaded and spilled).
     * ``spilled_requests_total{model}``: requests that ran while the model was spilled.
     * ``policy_errors_total{model}``: policies that failed, timed out or returned junk.
+    * ``scheduler_actions_total{model,action}``: what Ollama's scheduler did (reuse, load, reload,
+      evict, spill), read from ``/api/ps`` before and after each request.
+    * ``predictions_total{model,outcome}``: the scheduler model's predictions, ``held`` or
+      ``surprise`` (accuracy = held / (held + surprise)).
     * ``upstream_errors_total{model,endpoint}``: Ollama unreachable (502) or a broken stream.
     * ``gpu_free_bytes{gpu}`` / ``gpu_total_bytes{gpu}``: per device, from the last GPU sample;
       absent when the GPUs are unknown (``gpu_known`` is then 0), because a made-up 0 or NaN
@@ -199,6 +203,22 @@ class GovernorMetrics:
             namespace=ns,
             registry=reg,
         )
+        actions = Counter(
+            "scheduler_actions",
+            "What Ollama's scheduler did for a request: reuse, load, reload, evict or spill",
+            ["model", "action"],
+            namespace=ns,
+            registry=reg,
+        )
+        predictions = Counter(
+            "predictions",
+            "Scheduler predictions checked against what Ollama did: held or surprise",
+            ["model", "outcome"],
+            namespace=ns,
+            registry=reg,
+        )
+        self._actions: _Children[Counter] = _Children(lambda key: actions.labels(*key))
+        self._predictions: _Children[Counter] = _Children(lambda key: predictions.labels(*key))
         self._gpu_free = Gauge(
             "gpu_free_bytes",
             "Free GPU memory per device, from the last sample",
@@ -294,6 +314,11 @@ class GovernorMetrics:
                 policy_error_count.inc(len(record.policy_errors))
             if change is not None and not change.first_seen and model != OTHER:
                 changes.inc()
+        if record.observed_action is not None:
+            self._actions[(model, record.observed_action)].inc()
+        held = record.prediction_held
+        if held is not None:
+            self._predictions[(model, "held" if held else "surprise")].inc()
 
     def set_gpu(self, snapshot: GpuSnapshot | None) -> None:
         """Publish the latest GPU sample; with no sample, or an unknown one, the per-device series

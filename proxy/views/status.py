@@ -7,6 +7,7 @@ stalls the proxy. Authentication is the middleware's (``proxy.views.auth``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -15,16 +16,19 @@ from aiohttp import hdrs, web
 
 from policies.context import GpuSnapshot, LoadedModel
 from proxy.config import Config
+from proxy.facts.memory.auto import AutoSource
 from proxy.govern.boundary import describe
 from proxy.keys import FACTS, LEDGER, MEMORY, METRICS, PIPELINE
-from proxy.ledger.figures import CHANGE_KEYS
+from proxy.ledger.figures import CHANGE_KEYS, predictions, predictions_json
 from proxy.ledger.memory import MAX_SERIES_POINTS, STATUS_CHANGES, STATUS_DECISIONS
 from proxy.ledger.report import parse_since
 from proxy.ledger.rows import POINT_FIELDS
+from proxy.views.fits import fit_inputs, fits_json
 from proxy.views.health import PREFIX
 
 DEFAULT_SERIES_WINDOW_S = 86_400.0
 SERIES_CHANGES = 500
+STATUS_SURPRISES = 20
 
 
 def summarise_config(config: Config) -> dict[str, Any]:
@@ -56,11 +60,16 @@ def _loaded_json(item: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _gpu_json(snapshot: GpuSnapshot | None) -> dict[str, Any] | None:
+def _gpu_json(snapshot: GpuSnapshot | None, configured: str) -> dict[str, Any] | None:
+    """The memory sample: ``source`` is the one that read it (what ``auto`` chose),
+    ``configured_source`` the running ``[gpu] source`` (``auto`` or a name), ``kind`` what memory
+    it is (``GpuSnapshot.kind``)."""
     if snapshot is None:
         return None
     return {
         "source": snapshot.source,
+        "configured_source": configured,
+        "kind": snapshot.kind,
         "known": snapshot.known,
         "free_bytes": snapshot.free_bytes,
         "total_bytes": snapshot.total_bytes,
@@ -101,20 +110,29 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """The config, what Ollama has loaded, the last decisions and the recent changes."""
+    """The config, the memory, what Ollama has loaded, what fits, the last decisions and the
+    recent changes."""
     app = request.app
     ledger, facts = app[LEDGER], app[FACTS]
-    snapshot = app[MEMORY].snapshot
+    memory = app[MEMORY]
+    # The source running now: [gpu] applies at restart, so a reloaded config may name another.
+    configured = "auto" if isinstance(memory.source, AutoSource) else memory.source.name
     error = facts.ps_error
+    decisions = await ledger.backend.decisions(STATUS_DECISIONS)
+    snapshot = memory.snapshot
+    # What fits now (docs/plan.md): the scheduler model's arithmetic, in a worker thread.
+    fits = await asyncio.to_thread(fits_json, fit_inputs(facts, snapshot, decisions))
     return web.json_response(
         {
             "generated_ts": time.time(),
             "config": summarise_config(app[PIPELINE].governor.config),
-            "gpu": _gpu_json(snapshot),
+            "gpu": _gpu_json(snapshot, configured),
             "loaded": [_loaded_json(model) for model in facts.loaded],
             "loaded_error": None if error is None else describe(error),
             "results_source": ledger.backend.name,
-            "decisions": await ledger.backend.decisions(STATUS_DECISIONS),
+            "decisions": decisions,
+            "predictions": predictions_json(predictions(decisions, keep=STATUS_SURPRISES)),
+            "fits": fits,
             "changes": await ledger.backend.changes(limit=STATUS_CHANGES),
         },
         headers={hdrs.CACHE_CONTROL: "no-store"},

@@ -19,7 +19,7 @@ from tests.fakeollama.native import fake_tool_calls
 from tests.fakeollama.openai import SSE_KEEPALIVE_HEADERS
 from tests.fakeollama.options import content_text
 from tests.fakeollama.records import RunnerRequest
-from tests.fakeollama.wire import PLAIN_JSON_CT, ApiError, dumps, hex_id, json_response
+from tests.fakeollama.wire import PLAIN_JSON_CT, ApiError, dumps, go_type_name, hex_id, json_response
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
@@ -58,9 +58,22 @@ class MessagesRenderer:
         if g.state.get("started"):
             return []
         g.state["started"] = True
-        return [self._event("message_start", {"type": "message_start", "message": {
-            "id": self.message_id, "type": "message", "role": "assistant", "model": g.req_model,
-            "content": [], "usage": {"input_tokens": self.estimated_input, "output_tokens": 0}}})]
+        return [
+            self._event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": self.message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": g.req_model,
+                        "content": [],
+                        "usage": {"input_tokens": self.estimated_input, "output_tokens": 0},
+                    },
+                },
+            )
+        ]
 
     def chunk(self, g: Gen, i: int) -> list[bytes]:
         out = self._start(g)
@@ -68,10 +81,26 @@ class MessagesRenderer:
             return out
         if not g.state.get("text"):
             g.state["text"] = True
-            out.append(self._event("content_block_start", {"type": "content_block_start", "index": 0,
-                                                           "content_block": {"type": "text", "text": ""}}))
-        out.append(self._event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                       "delta": {"type": "text_delta", "text": g.pieces[i]}}))
+            out.append(
+                self._event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+        out.append(
+            self._event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": g.pieces[i]},
+                },
+            )
+        )
         return out
 
     def tail(self, g: Gen) -> list[bytes]:
@@ -81,30 +110,63 @@ class MessagesRenderer:
             out.append(self._event("content_block_stop", {"type": "content_block_stop", "index": 0}))
             index = 1
         for call in g.tool_calls:
-            out += [self._event("content_block_start", {"type": "content_block_start", "index": index,
-                                                        "content_block": {"type": "tool_use", "id": call["id"],
-                                                                          "name": call["name"], "input": {}}}),
-                    self._event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                        "delta": {"type": "input_json_delta",
-                                                                  "partial_json": dumps(call["arguments"])}}),
-                    self._event("content_block_stop", {"type": "content_block_stop", "index": index})]
+            out += [
+                self._event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": call["id"],
+                            "name": call["name"],
+                            "input": {},
+                        },
+                    },
+                ),
+                self._event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": dumps(call["arguments"])},
+                    },
+                ),
+                self._event("content_block_stop", {"type": "content_block_stop", "index": index}),
+            ]
             index += 1
-        return [*out,
-                self._event("message_delta", {"type": "message_delta",
-                                              "delta": {"stop_reason": self._stop_reason(g)},
-                                              "usage": {"input_tokens": g.prompt_tokens,
-                                                        "output_tokens": g.n_tokens}}),
-                self._event("message_stop", {"type": "message_stop"})]
+        return [
+            *out,
+            self._event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": self._stop_reason(g)},
+                    "usage": {"input_tokens": g.prompt_tokens, "output_tokens": g.n_tokens},
+                },
+            ),
+            self._event("message_stop", {"type": "message_stop"}),
+        ]
 
     def body(self, g: Gen) -> web.StreamResponse:
         content: list[dict[str, Any]] = [{"type": "text", "text": g.text}] if g.text else []
-        content += [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]}
-                    for c in g.tool_calls]
-        return json_response({"id": self.message_id, "type": "message", "role": "assistant",
-                              "model": g.req_model, "content": content or None,
-                              "stop_reason": self._stop_reason(g),
-                              "usage": {"input_tokens": g.prompt_tokens, "output_tokens": g.n_tokens}},
-                             content_type=PLAIN_JSON_CT, newline=True)
+        content += [
+            {"type": "tool_use", "id": c["id"], "name": c["name"], "input": c["arguments"]}
+            for c in g.tool_calls
+        ]
+        return json_response(
+            {
+                "id": self.message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": g.req_model,
+                "content": content or None,
+                "stop_reason": self._stop_reason(g),
+                "usage": {"input_tokens": g.prompt_tokens, "output_tokens": g.n_tokens},
+            },
+            content_type=PLAIN_JSON_CT,
+            newline=True,
+        )
 
 
 def message_parts(body: dict[str, Any], *, vision: bool) -> list[tuple[str, int]]:
@@ -122,10 +184,19 @@ def message_parts(body: dict[str, Any], *, vision: bool) -> list[tuple[str, int]
             images = sum(1 for b in content if isinstance(b, dict) and b.get("type") == "image")
             results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
             parts.append((role, tokens_of(content_text(content)) + (IMAGE_TOKENS * images if vision else 0)))
-            parts += [("tool", tokens_of(content_text(b.get("content")) if isinstance(b.get("content"), list)
-                                         else str(b.get("content", "")))) for b in results]
+            parts += [
+                (
+                    "tool",
+                    tokens_of(
+                        content_text(b.get("content"))
+                        if isinstance(b.get("content"), list)
+                        else str(b.get("content", ""))
+                    ),
+                )
+                for b in results
+            ]
         else:
-            raise ApiError(400, f"invalid message content type: {type(content).__name__}", from_writer=False)
+            raise ApiError(400, f"invalid message content type: {go_type_name(content)}", from_writer=False)
     return parts
 
 
@@ -133,17 +204,31 @@ class AnthropicRoutes:
     """The /v1/messages handler; FakeOllama provides the helpers annotated."""
 
     if TYPE_CHECKING:
+
         async def _compat_body(self, request: web.Request) -> dict[str, Any]: ...
 
         def _compat_model(self, body: dict[str, Any]) -> tuple[str, FakeModel]: ...
 
-        def _runner_request(self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None,
-                            shift: Any = None) -> RunnerRequest: ...
+        def _runner_request(
+            self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None, shift: Any = None
+        ) -> RunnerRequest: ...
 
-        def _new_gen(self, flavour: str, renderer: Renderer, path: str, req_model: str,
-                     runner: RunnerRequest, parts: list[tuple[str, int]], num_predict: Any, stream: bool,
-                     t0: int, *, stop: list[str] | None = None, json_format: bool = False,
-                     tool_calls: list[dict[str, Any]] | None = None) -> Gen: ...
+        def _new_gen(
+            self,
+            flavour: str,
+            renderer: Renderer,
+            path: str,
+            req_model: str,
+            runner: RunnerRequest,
+            parts: list[tuple[str, int]],
+            num_predict: Any,
+            stream: bool,
+            t0: int,
+            *,
+            stop: list[str] | None = None,
+            json_format: bool = False,
+            tool_calls: list[dict[str, Any]] | None = None,
+        ) -> Gen: ...
 
         async def _run(self, request: web.Request, g: Gen) -> web.StreamResponse: ...
 
@@ -165,10 +250,19 @@ class AnthropicRoutes:
         tool_calls = fake_tool_calls(tools, parts[-1][0] if parts else "user")
         stops = body.get("stop_sequences")
         renderer = MessagesRenderer(hex_id("msg"), estimate_input_tokens(body))
-        g = self._new_gen("messages", renderer, request.path, req_model, self._runner_request(model, {}, None),
-                          parts, max_tokens, body.get("stream") is True, t0,
-                          stop=[s for s in stops if isinstance(s, str)] if isinstance(stops, list) else [],
-                          tool_calls=tool_calls)
+        g = self._new_gen(
+            "messages",
+            renderer,
+            request.path,
+            req_model,
+            self._runner_request(model, {}, None),
+            parts,
+            max_tokens,
+            body.get("stream") is True,
+            t0,
+            stop=[s for s in stops if isinstance(s, str)] if isinstance(stops, list) else [],
+            tool_calls=tool_calls,
+        )
         if tool_calls:
             g.pieces = []
         return await self._run(request, g)

@@ -9,6 +9,7 @@ Each route supplies a Renderer that turns the generation into its wire format.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,11 @@ from tests.fakeollama.wire import ApiError, dumps
 PROMPT_TOKENS_PER_STEP = 512  # prompt eval: one token-delay per ubatch of prompt tokens
 IMAGE_TOKENS = 768  # what server/prompt.go counts per image when fitting chat history
 DEFAULT_NUM_KEEP = 4
-PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the model; "
-                   "shorten the prompt, adjust the context length in settings, or use a model with a "
-                   "longer context length")
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; "
+    "shorten the prompt, adjust the context length in settings, or use a model with a "
+    "longer context length"
+)
 
 
 class Renderer(Protocol):
@@ -83,10 +86,14 @@ class Gen:
 
     def metrics(self) -> dict[str, int]:
         """Ollama's final-chunk durations and counts, zero values left out as Go does."""
-        metrics = {"total_duration": time.monotonic_ns() - self.t0 + self.sim_extra_ns,
-                   "load_duration": self.load_ns, "prompt_eval_count": self.prompt_tokens,
-                   "prompt_eval_duration": self.prompt_ns, "eval_count": self.n_tokens,
-                   "eval_duration": self.eval_ns}
+        metrics = {
+            "total_duration": time.monotonic_ns() - self.t0 + self.sim_extra_ns,
+            "load_duration": self.load_ns,
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": self.prompt_ns,
+            "eval_count": self.n_tokens,
+            "eval_duration": self.eval_ns,
+        }
         return {k: v for k, v in metrics.items() if v}
 
 
@@ -150,16 +157,27 @@ class EngineMixin:
     _oa_counter: int
 
     if TYPE_CHECKING:
-        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState:
-            ...
 
-        def _release(self, state: LoadedState) -> None:
-            ...
+        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState: ...
 
-    def _new_gen(self, flavour: str, renderer: Renderer, path: str, req_model: str, runner: RunnerRequest,
-                 parts: list[tuple[str, int]], num_predict: Any, stream: bool, t0: int, *,
-                 stop: list[str] | None = None, json_format: bool = False,
-                 tool_calls: list[dict[str, Any]] | None = None) -> Gen:
+        def _release(self, state: LoadedState) -> None: ...
+
+    def _new_gen(
+        self,
+        flavour: str,
+        renderer: Renderer,
+        path: str,
+        req_model: str,
+        runner: RunnerRequest,
+        parts: list[tuple[str, int]],
+        num_predict: Any,
+        stream: bool,
+        t0: int,
+        *,
+        stop: list[str] | None = None,
+        json_format: bool = False,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> Gen:
         """A generation of ``reply_tokens`` tokens (fewer with num_predict: done_reason length)."""
         n, reason = self.reply_tokens, "stop"
         if isinstance(num_predict, int) and 0 <= num_predict <= self.reply_tokens:
@@ -168,9 +186,23 @@ class EngineMixin:
         if stopped:
             n, reason = len(pieces), "stop"
         self._oa_counter += 1
-        g = Gen(flavour, renderer, path, req_model, runner.model, runner, parts, n, reason, stream, t0,
-                pieces=pieces, tool_calls=tool_calls or [], oid=str(self._oa_counter),
-                created=int(time.time()))
+        g = Gen(
+            flavour,
+            renderer,
+            path,
+            req_model,
+            runner.model,
+            runner,
+            parts,
+            n,
+            reason,
+            stream,
+            t0,
+            pieces=pieces,
+            tool_calls=tool_calls or [],
+            oid=str(self._oa_counter),
+            created=int(time.time()),
+        )
         prompt_tokens = max(1, sum(t for _, t in parts))
         if self.modern:
             g.orig_prompt_tokens = prompt_tokens + (1 if runner.model.add_bos else 0)
@@ -207,10 +239,16 @@ class EngineMixin:
         tokens = max(1, sum(t for _, t in parts)) + bos
         if not g.truncate:
             if tokens >= num_ctx:
-                detail = {"error": {"code": 400, "message": f"request ({tokens} tokens) exceeds the "
-                                    f"available context size ({num_ctx} tokens), try increasing it",
-                                    "type": "exceed_context_size_error", "n_prompt_tokens": tokens,
-                                    "n_ctx": num_ctx}}
+                detail = {
+                    "error": {
+                        "code": 400,
+                        "message": f"request ({tokens} tokens) exceeds the "
+                        f"available context size ({num_ctx} tokens), try increasing it",
+                        "type": "exceed_context_size_error",
+                        "n_prompt_tokens": tokens,
+                        "n_ctx": num_ctx,
+                    }
+                }
                 raise ApiError(400, dumps(detail))
         elif num_ctx > 1 and tokens > num_ctx - 1:
             if not state.context_shift:
@@ -256,8 +294,17 @@ class EngineMixin:
             g.load_ns = max(g.load_ns, 1_000_000)
             if self.modern:
                 self._fit_prompt(g, state)
-            self.completions.append(Completion(request.path, state.name, state.num_ctx, state.spilled,
-                                               g.truncated, g.prompt_tokens))
+            completion = Completion(
+                request.path,
+                state.name,
+                state.num_ctx,
+                state.spilled,
+                g.truncated,
+                g.prompt_tokens,
+                g.load_ns,
+            )
+            index = len(self.completions)
+            self.completions.append(completion)
             t_slot = time.monotonic_ns()
             async with state.slots:
                 wall = time.monotonic_ns() - t_slot
@@ -283,6 +330,9 @@ class EngineMixin:
                 wall = time.monotonic_ns() - t
                 g.eval_ns = max(self.sim.compressed_ns(wall, delay * g.n_tokens), 1)
                 g.sim_extra_ns += g.eval_ns - wall
+                self.completions[index] = dataclasses.replace(
+                    completion, eval_tokens=g.n_tokens, eval_ns=g.eval_ns
+                )
                 if resp is None:
                     return g.renderer.body(g)
                 for piece in g.renderer.tail(g):

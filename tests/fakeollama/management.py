@@ -27,8 +27,16 @@ from tests.fakeollama.wire import (
 
 BLOB_DIR = "/usr/share/ollama/.ollama/models/blobs"
 _DIGEST_CHARS = frozenset("0123456789abcdef")
-_QUANT_TYPES = {"Q4_K_M": "Q4_K", "Q4_K_S": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K", "Q8_0": "Q8_0",
-                "F16": "F16", "BF16": "BF16", "F32": "F32"}
+_QUANT_TYPES = {
+    "Q4_K_M": "Q4_K",
+    "Q4_K_S": "Q4_K",
+    "Q5_K_M": "Q5_K",
+    "Q6_K": "Q6_K",
+    "Q8_0": "Q8_0",
+    "F16": "F16",
+    "BF16": "BF16",
+    "F32": "F32",
+}
 
 
 def tensors(m: FakeModel) -> list[dict[str, Any]]:
@@ -43,15 +51,25 @@ def tensors(m: FakeModel) -> list[dict[str, Any]]:
     ffn = int(max(ffn) if isinstance(ffn, list) else ffn)
     vocab = m.vocab_size or int(m.info("vocab_size", 32000) or 32000)
     q = _QUANT_TYPES.get(m.quantization_level, "Q4_K")
-    out = [{"name": "output_norm.weight", "type": "F32", "shape": [emb]},
-           {"name": "token_embd.weight", "type": q, "shape": [emb, vocab]}]
+    out = [
+        {"name": "output_norm.weight", "type": "F32", "shape": [emb]},
+        {"name": "token_embd.weight", "type": q, "shape": [emb, vocab]},
+    ]
     for il in range(int(m.info("block_count", 0))):
-        out += [{"name": f"blk.{il}.{n}", "type": t, "shape": s} for n, t, s in (
-            ("attn_k.weight", q, [emb, kv * hd]), ("attn_norm.weight", "F32", [emb]),
-            ("attn_output.weight", q, [heads * hd, emb]), ("attn_q.weight", q, [emb, heads * hd]),
-            ("attn_v.weight", q, [emb, kv * hd]), ("ffn_down.weight", q, [ffn, emb]),
-            ("ffn_gate.weight", q, [emb, ffn]), ("ffn_norm.weight", "F32", [emb]),
-            ("ffn_up.weight", q, [emb, ffn]))]
+        out += [
+            {"name": f"blk.{il}.{n}", "type": t, "shape": s}
+            for n, t, s in (
+                ("attn_k.weight", q, [emb, kv * hd]),
+                ("attn_norm.weight", "F32", [emb]),
+                ("attn_output.weight", q, [heads * hd, emb]),
+                ("attn_q.weight", q, [emb, heads * hd]),
+                ("attn_v.weight", q, [emb, kv * hd]),
+                ("ffn_down.weight", q, [ffn, emb]),
+                ("ffn_gate.weight", q, [emb, ffn]),
+                ("ffn_norm.weight", "F32", [emb]),
+                ("ffn_up.weight", q, [emb, ffn]),
+            )
+        ]
     return out
 
 
@@ -67,6 +85,7 @@ class ManagementRoutes:
     _modified: dict[str, int]
 
     if TYPE_CHECKING:
+
         async def _body(self, request: web.Request) -> dict[str, Any]: ...
 
         def _model(self, body: dict[str, Any], key: str = "model") -> tuple[str, FakeModel]: ...
@@ -95,9 +114,14 @@ class ManagementRoutes:
         return json_response({"cloud": {"disabled": True, "source": "env"}})
 
     def _details(self, m: FakeModel, *, tags: bool = False) -> dict[str, Any]:
-        d: dict[str, Any] = {"parent_model": "", "format": "gguf", "family": m.family,
-                             "families": [m.family], "parameter_size": m.parameter_size,
-                             "quantization_level": m.quantization_level}
+        d: dict[str, Any] = {
+            "parent_model": "",
+            "format": "gguf",
+            "family": m.family,
+            "families": [m.family],
+            "parameter_size": m.parameter_size,
+            "quantization_level": m.quantization_level,
+        }
         if tags and self._at_least_030():
             d["context_length"] = m.context_length
             d["embedding_length"] = int(m.info("embedding_length", 0))
@@ -106,9 +130,14 @@ class ManagementRoutes:
     async def _tags(self, request: web.Request) -> web.StreamResponse:
         out = []
         for full, m in sorted(self.models.items(), key=lambda kv: -self._modified[kv[0]]):
-            e: dict[str, Any] = {"name": full, "model": full, "modified_at": ts(self._modified[full]),
-                                 "size": m.weights_bytes, "digest": m.digest,
-                                 "details": self._details(m, tags=True)}
+            e: dict[str, Any] = {
+                "name": full,
+                "model": full,
+                "modified_at": ts(self._modified[full]),
+                "size": m.weights_bytes,
+                "digest": m.digest,
+                "details": self._details(m, tags=True),
+            }
             if self._at_least_030():
                 e["capabilities"] = list(m.capabilities)
             out.append(e)
@@ -116,10 +145,23 @@ class ManagementRoutes:
 
     async def _ps(self, request: web.Request) -> web.StreamResponse:
         states = sorted(self.loaded().values(), key=lambda s: -(s.expires_at_ns // 10**9))
-        return json_response({"models": [
-            {"name": s.name, "model": s.name, "size": s.size, "digest": s.model.digest,
-             "details": self._details(s.model), "expires_at": ts(s.expires_at_ns),
-             "size_vram": s.size_vram, "context_length": s.num_ctx} for s in states]})
+        return json_response(
+            {
+                "models": [
+                    {
+                        "name": s.name,
+                        "model": s.name,
+                        "size": s.size,
+                        "digest": s.model.digest,
+                        "details": self._details(s.model),
+                        "expires_at": ts(s.expires_at_ns),
+                        "size_vram": s.size_vram,
+                        "context_length": s.num_ctx,
+                    }
+                    for s in states
+                ]
+            }
+        )
 
     async def _show(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -129,14 +171,19 @@ class ManagementRoutes:
             raise ApiError(404, f"model '{full_name(str(name)) if self._at_least_030() else name}' not found")
         verbose = bool(body.get("verbose"))
         # getModelData: without verbose the GGUF reader skips every array (JSON null, as recorded)
-        info = {k: (None if isinstance(v, list) and v and not verbose else v)
-                for k, v in m.model_info.items() if k not in ("general.name", "tokenizer.chat_template")}
+        info = {
+            k: (None if isinstance(v, list) and v and not verbose else v)
+            for k, v in m.model_info.items()
+            if k not in ("general.name", "tokenizer.chat_template")
+        }
         params = parse_params(m.parameters)
         layer = m.blob if self.modern else m.digest
-        modelfile = (f'# Modelfile generated by "ollama show"\n# To build a new Modelfile based on this,'
-                     f" replace FROM with:\n# FROM {m.full_name}\n\nFROM {BLOB_DIR}/"
-                     f'sha256-{layer}\nTEMPLATE """{m.template}"""\n'
-                     + "".join(f"PARAMETER {k} {v}\n" for k, vs in params.items() for v in vs))
+        modelfile = (
+            f'# Modelfile generated by "ollama show"\n# To build a new Modelfile based on this,'
+            f" replace FROM with:\n# FROM {m.full_name}\n\nFROM {BLOB_DIR}/"
+            f'sha256-{layer}\nTEMPLATE """{m.template}"""\n'
+            + "".join(f"PARAMETER {k} {v}\n" for k, vs in params.items() for v in vs)
+        )
         out: dict[str, Any] = {"modelfile": modelfile}
         if m.parameters:
             out["parameters"] = m.parameters
@@ -146,8 +193,9 @@ class ManagementRoutes:
         out.update(capabilities=list(m.capabilities), modified_at=ts(self._modified[m.full_name]))
         return json_response(out)
 
-    async def _status_stream(self, request: web.Request, body: dict[str, Any],
-                             statuses: list[dict[str, Any]], error: str | None) -> web.StreamResponse:
+    async def _status_stream(
+        self, request: web.Request, body: dict[str, Any], statuses: list[dict[str, Any]], error: str | None
+    ) -> web.StreamResponse:
         """Progress as NDJSON (stream absent = true); an error after the start is one more line."""
         if body.get("stream") is False:
             if error is not None:
@@ -165,16 +213,28 @@ class ManagementRoutes:
         name = str(body.get("model") or body.get("name") or "")
         m = self._find(name) or self.registry.get(full_name(name))
         if m is None:
-            return await self._status_stream(request, body, [{"status": "pulling manifest"}],
-                                             "pull model manifest: file does not exist")
+            return await self._status_stream(
+                request, body, [{"status": "pulling manifest"}], "pull model manifest: file does not exist"
+            )
         self._add_model(m)
         w = m.weights_bytes
-        return await self._status_stream(request, body, [
-            {"status": "pulling manifest"},
-            {"status": f"pulling {m.digest[:12]}", "digest": f"sha256:{m.digest}", "total": w,
-             "completed": w},
-            {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
-            {"status": "success"}], None)
+        return await self._status_stream(
+            request,
+            body,
+            [
+                {"status": "pulling manifest"},
+                {
+                    "status": f"pulling {m.digest[:12]}",
+                    "digest": f"sha256:{m.digest}",
+                    "total": w,
+                    "completed": w,
+                },
+                {"status": "verifying sha256 digest"},
+                {"status": "writing manifest"},
+                {"status": "success"},
+            ],
+            None,
+        )
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
         """Derived models: ``from`` an existing model plus ``parameters`` (e.g. num_ctx); the
@@ -187,8 +247,12 @@ class ManagementRoutes:
         base = self._find(str(body.get("from") or ""))
         if base is None and not files:
             if body.get("from"):
-                return await self._status_stream(request, body, [{"status": "pulling manifest"}],
-                                                 "pull model manifest: file does not exist")
+                return await self._status_stream(
+                    request,
+                    body,
+                    [{"status": "pulling manifest"}],
+                    "pull model manifest: file does not exist",
+                )
             raise ApiError(400, "neither 'from' or 'files' was specified")
         for digest in files.values() if isinstance(files, dict) else []:
             if str(digest).replace("-", ":") not in self.blobs:
@@ -197,12 +261,24 @@ class ManagementRoutes:
         params = parse_params(base.parameters)
         for k, v in (body.get("parameters") or {}).items():
             params[k] = list(v) if isinstance(v, list) else [v]
-        new = replace(base, name=name, digest=hashlib.sha256(name.encode()).hexdigest(),
-                      parameters=param_lines(params), template=str(body.get("template") or base.template))
+        new = replace(
+            base,
+            name=name,
+            digest=hashlib.sha256(name.encode()).hexdigest(),
+            parameters=param_lines(params),
+            template=str(body.get("template") or base.template),
+        )
         self._add_model(new)
-        return await self._status_stream(request, body, [
-            {"status": f"using existing layer sha256:{base.digest}"},
-            {"status": "writing manifest"}, {"status": "success"}], None)
+        return await self._status_stream(
+            request,
+            body,
+            [
+                {"status": f"using existing layer sha256:{base.digest}"},
+                {"status": "writing manifest"},
+                {"status": "success"},
+            ],
+            None,
+        )
 
     async def _copy(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -229,7 +305,9 @@ class ManagementRoutes:
         """Stream the upload through sha256, counting bytes as they come; never buffer it."""
         digest = request.match_info["digest"]
         hexpart = digest[7:]
-        if not (digest[:7] in ("sha256:", "sha256-") and len(hexpart) == 64 and set(hexpart) <= _DIGEST_CHARS):
+        if not (
+            digest[:7] in ("sha256:", "sha256-") and len(hexpart) == 64 and set(hexpart) <= _DIGEST_CHARS
+        ):
             raise ApiError(400, "invalid digest format")
         digest = digest.replace("-", ":")
         if digest in self.blobs:

@@ -49,8 +49,9 @@ def swa_layers(model: FakeModel) -> list[bool]:
     return [window is not None and model.arch == "gemma3" and il % 6 != 5 for il in range(n_layer)]
 
 
-def kv_by_kind(model: FakeModel, num_ctx: int, *, parallel: int, n_ubatch: int,
-               cache_type: str) -> tuple[int, int]:
+def kv_by_kind(
+    model: FakeModel, num_ctx: int, *, parallel: int, n_ubatch: int, cache_type: str
+) -> tuple[int, int]:
     """(full-attention KV bytes, sliding-window KV bytes) as llama.cpp allocates them (facts §3a).
 
     ``num_ctx`` is per sequence and already clamped; cells are pad256'd, KV is per sequence.
@@ -133,8 +134,9 @@ def _batch_fits(batch: int, predicted: int, available: int) -> bool:
     return batch_surcharge(batch) <= threshold - predicted
 
 
-def automatic_batch(ctx_total: int, predicted: int, available: int, *, cuda_without_fa: bool = False,
-                    small_gpu: bool = False) -> int:
+def automatic_batch(
+    ctx_total: int, predicted: int, available: int, *, cuda_without_fa: bool = False, small_gpu: bool = False
+) -> int:
     """sched.go automaticGenerationBatch: by context tier, stepped down until the estimate fits."""
     if cuda_without_fa:
         return BATCH_CONSTRAINED if ctx_total > 4096 and small_gpu else BATCH_DEFAULT
@@ -181,10 +183,14 @@ class Footprint:
         return self.total - self.hidden_kv
 
 
-def footprint(model: FakeModel, num_ctx: int, *, parallel: int, n_ubatch: int,
-              cache_type: str) -> Footprint:
+def footprint(model: FakeModel, num_ctx: int, *, parallel: int, n_ubatch: int, cache_type: str) -> Footprint:
     """The 0.33 runner's buffers for a clamped per-sequence ``num_ctx``."""
     full, swa = kv_by_kind(model, num_ctx, parallel=parallel, n_ubatch=n_ubatch, cache_type=cache_type)
     weights = model.model_buffer_bytes or model.weights_bytes
-    return Footprint(weights, full, swa, compute_bytes(model, num_ctx, parallel=parallel, n_ubatch=n_ubatch),
-                     output_bytes(model, parallel=parallel))
+    return Footprint(
+        weights,
+        full,
+        swa,
+        compute_bytes(model, num_ctx, parallel=parallel, n_ubatch=n_ubatch),
+        output_bytes(model, parallel=parallel),
+    )

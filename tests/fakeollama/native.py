@@ -64,9 +64,10 @@ class NativeRenderer:
     def _message(self, text: str, g: Gen, *, with_tools: bool) -> dict[str, Any]:
         msg: dict[str, Any] = {"role": "assistant", "content": text}
         if with_tools and g.tool_calls:
-            msg["tool_calls"] = [{"id": c["id"], "function": {"index": i, "name": c["name"],
-                                                              "arguments": c["arguments"]}}
-                                 for i, c in enumerate(g.tool_calls)]
+            msg["tool_calls"] = [
+                {"id": c["id"], "function": {"index": i, "name": c["name"], "arguments": c["arguments"]}}
+                for i, c in enumerate(g.tool_calls)
+            ]
         return msg
 
     def chunk(self, g: Gen, i: int) -> list[bytes]:
@@ -114,47 +115,49 @@ class NativeRoutes:
     fail_next: list[tuple[int, str]]
 
     if TYPE_CHECKING:
+
         def _at_least_030(self) -> bool: ...
 
-        async def _body(self, request: web.Request) -> dict[str, Any]:
-            ...
+        async def _body(self, request: web.Request) -> dict[str, Any]: ...
 
-        def _model(self, body: dict[str, Any], key: str = "model") -> tuple[str, FakeModel]:
-            ...
+        def _model(self, body: dict[str, Any], key: str = "model") -> tuple[str, FakeModel]: ...
 
-        def _find(self, name: str) -> FakeModel | None:
-            ...
+        def _find(self, name: str) -> FakeModel | None: ...
 
-        def _keep_alive(self, body: dict[str, Any]) -> int | None:
-            ...
+        def _keep_alive(self, body: dict[str, Any]) -> int | None: ...
 
-        def _options(self, body: dict[str, Any]) -> dict[str, Any]:
-            ...
+        def _options(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
-        def _merged(self, model: FakeModel, opts: dict[str, Any]) -> dict[str, Any]:
-            ...
+        def _merged(self, model: FakeModel, opts: dict[str, Any]) -> dict[str, Any]: ...
 
-        def _runner_request(self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None,
-                            shift: Any = None) -> RunnerRequest:
-            ...
+        def _runner_request(
+            self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None, shift: Any = None
+        ) -> RunnerRequest: ...
 
-        def _new_gen(self, flavour: str, renderer: Renderer, path: str, req_model: str, runner: RunnerRequest,
-                     parts: list[tuple[str, int]], num_predict: Any, stream: bool, t0: int, *,
-                     stop: list[str] | None = None, json_format: bool = False,
-                     tool_calls: list[dict[str, Any]] | None = None) -> Gen:
-            ...
+        def _new_gen(
+            self,
+            flavour: str,
+            renderer: Renderer,
+            path: str,
+            req_model: str,
+            runner: RunnerRequest,
+            parts: list[tuple[str, int]],
+            num_predict: Any,
+            stream: bool,
+            t0: int,
+            *,
+            stop: list[str] | None = None,
+            json_format: bool = False,
+            tool_calls: list[dict[str, Any]] | None = None,
+        ) -> Gen: ...
 
-        async def _run(self, request: web.Request, g: Gen) -> web.StreamResponse:
-            ...
+        async def _run(self, request: web.Request, g: Gen) -> web.StreamResponse: ...
 
-        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState:
-            ...
+        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState: ...
 
-        def _release(self, state: LoadedState) -> None:
-            ...
+        def _release(self, state: LoadedState) -> None: ...
 
-        def _unload_model(self, model: FakeModel) -> None:
-            ...
+        def _unload_model(self, model: FakeModel) -> None: ...
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         return await self._native(request, "generate")
@@ -184,26 +187,43 @@ class NativeRoutes:
             empty = not body.get("prompt")
         else:
             msgs = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-            parts = [(str(m.get("role", "user")), tokens_of(content_text(m.get("content")))
-                      + (IMAGE_TOKENS * len(m.get("images") or []) if vision else 0)) for m in msgs]
+            parts = [
+                (
+                    str(m.get("role", "user")),
+                    tokens_of(content_text(m.get("content")))
+                    + (IMAGE_TOKENS * len(m.get("images") or []) if vision else 0),
+                )
+                for m in msgs
+            ]
             empty = not msgs
         if empty:
             return await self._preload(flavour, req_model, model, runner, keep_alive)
         merged = self._merged(model, opts)
         stop = merged.get("stop") or []
         tool_calls = fake_tool_calls(body.get("tools"), parts[-1][0]) if flavour == "chat" else []
-        g = self._new_gen(flavour, NativeRenderer(self.modern), request.path, req_model, runner, parts,
-                          opts.get("num_predict"), body.get("stream") is not False, t0,
-                          stop=[str(s) for s in stop] if isinstance(stop, list) else [str(stop)],
-                          json_format=body.get("format") not in (None, ""), tool_calls=tool_calls)
+        g = self._new_gen(
+            flavour,
+            NativeRenderer(self.modern),
+            request.path,
+            req_model,
+            runner,
+            parts,
+            opts.get("num_predict"),
+            body.get("stream") is not False,
+            t0,
+            stop=[str(s) for s in stop] if isinstance(stop, list) else [str(stop)],
+            json_format=body.get("format") not in (None, ""),
+            tool_calls=tool_calls,
+        )
         if tool_calls:
             g.pieces = []
         g.truncate = body.get("truncate") is not False
         g.num_keep = int(merged.get("num_keep", g.num_keep))
         return await self._run(request, g)
 
-    async def _preload(self, flavour: str, req_model: str, model: FakeModel, runner: RunnerRequest,
-                       keep_alive: int | None) -> web.StreamResponse:
+    async def _preload(
+        self, flavour: str, req_model: str, model: FakeModel, runner: RunnerRequest, keep_alive: int | None
+    ) -> web.StreamResponse:
         """Empty prompt/messages: load (done_reason load) or, with keep_alive 0, unload now."""
         if keep_alive == 0:
             self._unload_model(model)
@@ -231,8 +251,10 @@ class NativeRoutes:
                 raise ApiError(404, f'model "{name}" not found, try pulling it first')
         req_model, model = self._model(body)
         if "embedding" not in model.capabilities and not self.modern:
-            raise ApiError(501, EMBEDDINGS_UNSUPPORTED if self._at_least_030()
-                           else "this model does not support embeddings")
+            raise ApiError(
+                501,
+                EMBEDDINGS_UNSUPPORTED if self._at_least_030() else "this model does not support embeddings",
+            )
         opts = self._options(body)
         runner = self._runner_request(model, opts, keep_alive)
         raw = body.get("prompt", "") if legacy else body.get("input", "")
@@ -258,7 +280,12 @@ class NativeRoutes:
         if legacy:
             return json_response({"embedding": vecs[0]})
         tokens = sum(min(c, state.num_ctx) for c in counts) if self.modern else sum(counts)
-        return json_response({"model": req_model, "embeddings": vecs,
-                              "total_duration": time.monotonic_ns() - t0 + sim_extra_ns,
-                              "load_duration": load_ns, "prompt_eval_count": tokens})
-
+        return json_response(
+            {
+                "model": req_model,
+                "embeddings": vecs,
+                "total_duration": time.monotonic_ns() - t0 + sim_extra_ns,
+                "load_duration": load_ns,
+                "prompt_eval_count": tokens,
+            }
+        )

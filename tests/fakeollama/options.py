@@ -13,10 +13,24 @@ from tests.fakeollama.models import FakeModel
 from tests.fakeollama.records import RunnerOptions, RunnerRequest
 from tests.fakeollama.wire import FOREVER_NS, ApiError, GiB, go_int, parse_go_duration, parse_params
 
-_INT_OPTS = frozenset({"num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx",
-                       "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict"})
-_FLOAT_OPTS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
-                         "presence_penalty", "frequency_penalty"})
+_INT_OPTS = frozenset(
+    {
+        "num_keep",
+        "seed",
+        "num_predict",
+        "top_k",
+        "repeat_last_n",
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "num_thread",
+        "draft_num_predict",
+    }
+)
+_FLOAT_OPTS = frozenset(
+    {"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+)
 _BOOL_OPTS = frozenset({"use_mmap", "numa", "penalize_newline"})
 VISION_MIN_CTX = 2048
 
@@ -80,6 +94,7 @@ class OptionsMixin:
         return out
 
     if TYPE_CHECKING:
+
         def clamp_ctx(self, model: FakeModel, num_ctx: int) -> int: ...
 
     def _num_ctx(self, model: FakeModel, opts: dict[str, Any]) -> int:
@@ -97,17 +112,22 @@ class OptionsMixin:
     @staticmethod
     def _merged(model: FakeModel, opts: dict[str, Any]) -> dict[str, Any]:
         """Modelfile PARAMETERs overridden by the request's options (defaults < Modelfile < request)."""
-        merged: dict[str, Any] = {k: (v if k == "stop" else v[-1])
-                                  for k, v in parse_params(model.parameters).items()}
+        merged: dict[str, Any] = {
+            k: (v if k == "stop" else v[-1]) for k, v in parse_params(model.parameters).items()
+        }
         merged.update(opts)
         return merged
 
-    def _runner_request(self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None,
-                        shift: Any = None) -> RunnerRequest:
+    def _runner_request(
+        self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None, shift: Any = None
+    ) -> RunnerRequest:
         """What the request asks the scheduler for (sched.go getRunner's LlmRequest)."""
         merged = self._merged(model, opts)
-        auto_ctx = ("num_ctx" not in opts and model.num_ctx_param is None
-                    and (not self.modern or self.context_length_env is None))
+        auto_ctx = (
+            "num_ctx" not in opts
+            and model.num_ctx_param is None
+            and (not self.modern or self.context_length_env is None)
+        )
         num_batch = merged.get("num_batch")
         main_gpu, use_mmap = merged.get("main_gpu"), merged.get("use_mmap")
         options = RunnerOptions(
@@ -117,6 +137,7 @@ class OptionsMixin:
             main_gpu=None if main_gpu is None else int(main_gpu),
             use_mmap=None if use_mmap is None else bool(use_mmap),
             num_thread=int(merged.get("num_thread", 0)),
-            draft_num_predict=int(merged.get("draft_num_predict", 0)))
+            draft_num_predict=int(merged.get("draft_num_predict", 0)),
+        )
         context_shift = bool(shift) if isinstance(shift, bool) else model.arch != "deepseek2"
         return RunnerRequest(model, options, auto_ctx, num_batch is None, keep_alive, context_shift)

@@ -122,7 +122,8 @@ class Eviction:
 
 @dataclass(frozen=True)
 class Completion:
-    """One generation as the fake ran it: what a client cannot read from the response alone."""
+    """One generation as the fake ran it: what a client cannot read from the response alone (an
+    OpenAI- or Anthropic-style reply carries no durations)."""
 
     path: str
     model: str
@@ -130,3 +131,9 @@ class Completion:
     spilled: bool
     truncated: bool
     prompt_tokens: int
+    load_ns: int = 0
+    """The load (or the wait for one) as the final chunk reports ``load_duration``."""
+    eval_tokens: int = 0
+    eval_ns: int = 0
+    """Tokens generated and the time they took (``eval_count``, ``eval_duration``); 0 until the
+    generation finished, and for one that was cancelled."""

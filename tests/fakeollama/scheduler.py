@@ -34,8 +34,9 @@ from tests.fakeollama.records import (
 from tests.fakeollama.simtime import LoadTiming, SimTime
 from tests.fakeollama.wire import DEFAULT_KEEP_ALIVE_NS, FOREVER_NS, ApiError, GiB, parse_go_duration
 
-SINGLE_PARALLEL_ARCHS = frozenset({"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe",
-                                   "qwen3next", "lfm2", "lfm2moe"})
+SINGLE_PARALLEL_ARCHS = frozenset(
+    {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe"}
+)
 """model.SingleParallelArchitectures (plus every ``nemotron_h*``): always one parallel slot."""
 DEFAULT_MODELS_PER_GPU = 3
 OOM_MESSAGE = "llama-server reported out-of-memory during startup: cudaMalloc failed: out of memory"
@@ -123,8 +124,11 @@ class SchedulerMixin:
         """
         num_ctx = self.clamp_ctx(model, num_ctx)
         p = self.parallel_for(model)
-        ub = n_ubatch if n_ubatch is not None else (
-            self.plan(model, num_ctx).num_batch if self.modern else self.n_ubatch)
+        ub = (
+            n_ubatch
+            if n_ubatch is not None
+            else (self.plan(model, num_ctx).num_batch if self.modern else self.n_ubatch)
+        )
         full, swa = memory.kv_by_kind(model, num_ctx, parallel=p, n_ubatch=ub, cache_type=self.kv_cache_type)
         return full + swa
 
@@ -145,8 +149,9 @@ class SchedulerMixin:
         ctx = self.clamp_ctx(model, num_ctx)
         return memory.ollama_estimate(model, ctx, self.parallel_for(model))
 
-    def plan(self, model: FakeModel, num_ctx: int, *, num_batch: int | None = None,
-             available: int | None = None) -> LoadPlan:
+    def plan(
+        self, model: FakeModel, num_ctx: int, *, num_batch: int | None = None, available: int | None = None
+    ) -> LoadPlan:
         """How 0.33 launches ``model`` at ``num_ctx`` with ``available`` VRAM (default: all of it).
 
         ``num_batch`` None is Ollama's automatic batch: by context tier, stepped down while the
@@ -163,9 +168,12 @@ class SchedulerMixin:
         else:
             avail = (self.vram_bytes or 0) if available is None else available
             batch = memory.automatic_batch(
-                ctx * p, predicted, avail if self.vram_bytes is not None else 0,
+                ctx * p,
+                predicted,
+                avail if self.vram_bytes is not None else 0,
                 cuda_without_fa=self.vram_bytes is not None and not self.flash_attention,
-                small_gpu=self.vram_bytes is not None and self.vram_bytes <= 8 * GiB)
+                small_gpu=self.vram_bytes is not None and self.vram_bytes <= 8 * GiB,
+            )
         fp = memory.footprint(model, ctx, parallel=p, n_ubatch=batch, cache_type=self.kv_cache_type)
         surcharge = memory.batch_surcharge(batch) if completion else 0
         return LoadPlan(ctx, p, batch, fp, predicted, surcharge)
@@ -263,8 +271,9 @@ class SchedulerMixin:
             self._unload(min(idle, key=lambda s: s.last_used_ns))
         return True
 
-    async def _acquire_legacy(self, model: FakeModel, num_ctx: int, keep_alive: int | None,
-                              timing: LoadTiming | None) -> LoadedState:
+    async def _acquire_legacy(
+        self, model: FakeModel, num_ctx: int, keep_alive: int | None, timing: LoadTiming | None
+    ) -> LoadedState:
         key = self._key(model)
         async with self._sched:
             while True:
@@ -285,15 +294,41 @@ class SchedulerMixin:
                 size_vram = 0 if free is None else min(size, max(free, 0))
                 spilled = free is not None and size_vram < size
                 ka = self.default_keep_alive_ns if keep_alive is None else keep_alive
-                state = LoadedState(model, model.full_name, num_ctx, size, size_vram, spilled, ka,
-                                    time.time_ns() + ka, asyncio.Semaphore(self.parallel_for(model)),
-                                    refcount=1, last_used_ns=time.monotonic_ns(), key=key,
-                                    parallel=self.parallel_for(model), num_batch=self.n_ubatch,
-                                    footprint_bytes=size, footprint_vram_bytes=size_vram, loading=True)
+                state = LoadedState(
+                    model,
+                    model.full_name,
+                    num_ctx,
+                    size,
+                    size_vram,
+                    spilled,
+                    ka,
+                    time.time_ns() + ka,
+                    asyncio.Semaphore(self.parallel_for(model)),
+                    refcount=1,
+                    last_used_ns=time.monotonic_ns(),
+                    key=key,
+                    parallel=self.parallel_for(model),
+                    num_batch=self.n_ubatch,
+                    footprint_bytes=size,
+                    footprint_vram_bytes=size_vram,
+                    loading=True,
+                )
                 self._loaded[key] = state
                 self.loads.append((model.full_name, num_ctx))
-                self.load_events.append(LoadEvent(model.full_name, num_ctx, state.parallel, self.n_ubatch,
-                                                  size, size_vram, size, spilled, (), "load"))
+                self.load_events.append(
+                    LoadEvent(
+                        model.full_name,
+                        num_ctx,
+                        state.parallel,
+                        self.n_ubatch,
+                        size,
+                        size_vram,
+                        size,
+                        spilled,
+                        (),
+                        "load",
+                    )
+                )
                 await self._sleep_load(model, state, timing)
                 break
         if keep_alive is not None:
@@ -322,8 +357,7 @@ class SchedulerMixin:
 
     def _runner_to_unload(self) -> LoadedState | None:
         """sched.go findRunnerToUnload: shortest keep_alive first, then blob path; idle ones first."""
-        runners = sorted(self._loaded.values(),
-                         key=lambda s: (s.keep_alive_ns % 2**64, f"sha256-{s.key}"))
+        runners = sorted(self._loaded.values(), key=lambda s: (s.keep_alive_ns % 2**64, f"sha256-{s.key}"))
         idle = [s for s in runners if s.refcount == 0 and not s.loading]
         return idle[0] if idle else (runners[0] if runners else None)
 
@@ -335,8 +369,16 @@ class SchedulerMixin:
                 return
             await self._wait_change()
 
-    async def _evict(self, victim: LoadedState, for_model: str, reason: str, evicted: list[str], *,
-                     predicted: int = 0, available: int = 0) -> None:
+    async def _evict(
+        self,
+        victim: LoadedState,
+        for_model: str,
+        reason: str,
+        evicted: list[str],
+        *,
+        predicted: int = 0,
+        available: int = 0,
+    ) -> None:
         self.evictions.append(Eviction(victim.name, for_model, reason, predicted, available))
         evicted.append(victim.name)
         await self._drain_and_unload(victim)
@@ -370,15 +412,30 @@ class SchedulerMixin:
                         continue
                 opts = req.options
                 free = self.free_vram_bytes()
-                plan = self.plan(model, opts.num_ctx, available=free,
-                                 num_batch=None if req.num_batch_auto else opts.num_batch)
+                plan = self.plan(
+                    model,
+                    opts.num_ctx,
+                    available=free,
+                    num_batch=None if req.num_batch_auto else opts.num_batch,
+                )
                 partial = 0 < opts.num_gpu < int(model.info("block_count", 0)) + 1
-                if self._loaded and free is not None and opts.num_gpu != 0 and not partial \
-                        and plan.predicted_load > max(free, 0) * 80 // 100:
+                if (
+                    self._loaded
+                    and free is not None
+                    and opts.num_gpu != 0
+                    and not partial
+                    and plan.predicted_load > max(free, 0) * 80 // 100
+                ):
                     victim = self._runner_to_unload()
                     if victim is not None:
-                        await self._evict(victim, name, "fit", evicted, predicted=plan.predicted_load,
-                                          available=max(free, 0))
+                        await self._evict(
+                            victim,
+                            name,
+                            "fit",
+                            evicted,
+                            predicted=plan.predicted_load,
+                            available=max(free, 0),
+                        )
                         continue
                 vram, oom = self._placement(model, plan, opts)
                 if oom or self.fail_next_loads > 0:
@@ -419,24 +476,61 @@ class SchedulerMixin:
             oom = True
         return vram, oom
 
-    def _start_runner(self, req: RunnerRequest, plan: LoadPlan, vram: int, reason: str,
-                      changed: tuple[str, ...], evicted: tuple[str, ...]) -> LoadedState:
+    def _start_runner(
+        self,
+        req: RunnerRequest,
+        plan: LoadPlan,
+        vram: int,
+        reason: str,
+        changed: tuple[str, ...],
+        evicted: tuple[str, ...],
+    ) -> LoadedState:
         model, fp = req.model, plan.footprint
         spilled = self.vram_bytes is not None and vram < fp.total
         size = fp.reported
         size_vram = vram - (fp.hidden_kv * vram // fp.total if fp.total else 0)
         ka = self.default_keep_alive_ns if req.keep_alive_ns is None else req.keep_alive_ns
         opts = replace(req.options, num_ctx=plan.num_ctx, num_batch=plan.num_batch)
-        state = LoadedState(model, model.full_name, plan.num_ctx, size, size_vram, spilled, ka,
-                            time.time_ns() + ka, asyncio.Semaphore(plan.parallel), refcount=1,
-                            last_used_ns=time.monotonic_ns(), key=self._key(model), parallel=plan.parallel,
-                            num_batch=plan.num_batch, options=opts, num_ctx_auto=req.num_ctx_auto,
-                            num_batch_auto=req.num_batch_auto, context_shift=req.context_shift,
-                            footprint_bytes=fp.total, footprint_vram_bytes=vram, loading=True)
+        state = LoadedState(
+            model,
+            model.full_name,
+            plan.num_ctx,
+            size,
+            size_vram,
+            spilled,
+            ka,
+            time.time_ns() + ka,
+            asyncio.Semaphore(plan.parallel),
+            refcount=1,
+            last_used_ns=time.monotonic_ns(),
+            key=self._key(model),
+            parallel=plan.parallel,
+            num_batch=plan.num_batch,
+            options=opts,
+            num_ctx_auto=req.num_ctx_auto,
+            num_batch_auto=req.num_batch_auto,
+            context_shift=req.context_shift,
+            footprint_bytes=fp.total,
+            footprint_vram_bytes=vram,
+            loading=True,
+        )
         self._loaded[state.key] = state
         self.loads.append((model.full_name, plan.num_ctx))
-        self.load_events.append(LoadEvent(model.full_name, plan.num_ctx, plan.parallel, plan.num_batch,
-                                          size, size_vram, fp.total, spilled, evicted, reason, changed))
+        self.load_events.append(
+            LoadEvent(
+                model.full_name,
+                plan.num_ctx,
+                plan.parallel,
+                plan.num_batch,
+                size,
+                size_vram,
+                fp.total,
+                spilled,
+                evicted,
+                reason,
+                changed,
+            )
+        )
         return state
 
 

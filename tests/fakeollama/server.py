@@ -26,29 +26,53 @@ from tests.fakeollama.options import OptionsMixin, vram_tier_num_ctx
 from tests.fakeollama.records import Completion, Eviction, LoadedState, LoadEvent, Recorded
 from tests.fakeollama.scheduler import SchedulerMixin, default_keep_alive
 from tests.fakeollama.simtime import SimTime
-from tests.fakeollama.wire import ApiError, GiB, error_response, full_name, parse_json_body, version_tuple
+from tests.fakeollama.wire import (
+    SSE_ERROR_HEADERS,
+    ApiError,
+    GiB,
+    error_response,
+    full_name,
+    parse_json_body,
+    version_tuple,
+)
 
 N_UBATCH = 512
 LEGACY_DEFAULT_NUM_CTX = 4096
 DEFAULT_VERSION = "0.33.0-rc2"
 
 
-class FakeOllama(SchedulerMixin, EngineMixin, OptionsMixin, NativeRoutes, OpenAIRoutes, AnthropicRoutes,
-                 ManagementRoutes):
+class FakeOllama(
+    SchedulerMixin, EngineMixin, OptionsMixin, NativeRoutes, OpenAIRoutes, AnthropicRoutes, ManagementRoutes
+):
     """Fake Ollama: build it, serve ``.app``, then assert on requests/loads/evictions/etc.
 
     ``version`` picks the behaviour: "0.33" or newer follows Ollama 0.33.0-rc2 (see the package
     docstring), anything older the fake's earlier model of 0.32 and before.
     """
 
-    def __init__(self, *, models: Sequence[FakeModel] | None = None, version: str = DEFAULT_VERSION,
-                 vram_bytes: int | None = None, num_parallel: int = 1, default_num_ctx: int | None = None,
-                 context_length_env: int | None = None, gpu_overhead_bytes: int = 0,
-                 max_loaded_models: int = 0, fit_target_bytes: int | None = None,
-                 ram_bytes: int | None = None, kv_cache_type: str = "f16", flash_attention: bool = True,
-                 keep_alive_env: str | float | None = None, token_delay_s: float = 0.0,
-                 spill_slowdown: float = 10.0, load_delay_s: float = 0.0, reply_tokens: int = 8,
-                 load_bytes_per_s: float | None = None, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        models: Sequence[FakeModel] | None = None,
+        version: str = DEFAULT_VERSION,
+        vram_bytes: int | None = None,
+        num_parallel: int = 1,
+        default_num_ctx: int | None = None,
+        context_length_env: int | None = None,
+        gpu_overhead_bytes: int = 0,
+        max_loaded_models: int = 0,
+        fit_target_bytes: int | None = None,
+        ram_bytes: int | None = None,
+        kv_cache_type: str = "f16",
+        flash_attention: bool = True,
+        keep_alive_env: str | float | None = None,
+        token_delay_s: float = 0.0,
+        spill_slowdown: float = 10.0,
+        load_delay_s: float = 0.0,
+        reply_tokens: int = 8,
+        load_bytes_per_s: float | None = None,
+        time_scale: float = 1.0,
+    ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         if load_bytes_per_s is not None and load_bytes_per_s <= 0:
@@ -137,12 +161,22 @@ class FakeOllama(SchedulerMixin, EngineMixin, OptionsMixin, NativeRoutes, OpenAI
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
             is_blob_post = request.method == "POST" and request.path.startswith("/api/blobs/")
             body = b"" if is_blob_post else await request.read()
-            self.requests.append(Recorded(request.method, request.path, request.rel_url.raw_query_string,
-                                          CIMultiDict(request.headers), body))
+            self.requests.append(
+                Recorded(
+                    request.method,
+                    request.path,
+                    request.rel_url.raw_query_string,
+                    CIMultiDict(request.headers),
+                    body,
+                )
+            )
             try:
                 return await handler(request)
             except ApiError as e:
-                return error_response(request.path, e, modern=self.modern)
+                response = error_response(request.path, e, modern=self.modern)
+                if e.from_writer and request.get(SSE_ERROR_HEADERS):
+                    response.headers.update({"Cache-Control": "no-cache", "Connection": "keep-alive"})
+                return response
 
         app = web.Application(middlewares=[record], client_max_size=1 << 30)
         r = app.router

@@ -26,8 +26,16 @@ PLAIN_JSON_CT = "application/json"
 """What the OpenAI/Anthropic response writers set (their bodies end with a newline)."""
 GO_MIN_INT64 = -(2**63)
 
-_GO_UNITS_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9,
-                "m": 60 * 10**9, "h": 3600 * 10**9}
+_GO_UNITS_NS = {
+    "ns": 1,
+    "us": 10**3,
+    "µs": 10**3,
+    "μs": 10**3,
+    "ms": 10**6,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNIT_AT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([^\d.]+)")
 _LITERALS = ("true", "false", "null")
@@ -36,8 +44,13 @@ _LITERALS = ("true", "false", "null")
 def dumps(obj: Any) -> str:
     """Compact JSON escaped like Go's json.Marshal (<, >, & as \\u003c...), as Ollama sends it."""
     s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        s.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def ts(ns: int) -> str:
@@ -74,8 +87,9 @@ def parse_go_duration(text: str) -> int:
                 raise ValueError(f"time: missing unit in duration {json.dumps(text)}")
             bad = _GO_UNIT_AT.match(s, pos)
             if bad is not None:  # "5 minutes": the unit runs to the next digit
-                raise ValueError(f"time: unknown unit {json.dumps(bad.group(2))} in duration "
-                                 f"{json.dumps(text)}")
+                raise ValueError(
+                    f"time: unknown unit {json.dumps(bad.group(2))} in duration {json.dumps(text)}"
+                )
             raise ValueError(f"time: invalid duration {json.dumps(text)}")
         total += float(m.group(1)) * _GO_UNITS_NS[m.group(2)]
         pos = m.end()
@@ -148,6 +162,62 @@ def parse_json_body(raw: bytes) -> Any:
         raise ApiError(400, _go_json_error(text, e)) from e
 
 
+def go_type_name(value: Any) -> str:
+    """Go's ``%T`` of a JSON value decoded into ``any`` (every number is a float64)."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int | float):
+        return "float64"
+    return "[]interface {}" if isinstance(value, list) else "map[string]interface {}"
+
+
+SSE_ERROR_HEADERS = web.RequestKey("sse_error_headers", bool)
+"""Set on a streamed /v1/messages or /v1/responses request: their middlewares set the event-stream
+``Cache-Control`` and ``Connection`` headers before the handler runs, so its errors carry them."""
+
+_JSON_KINDS: dict[type, str] = {
+    str: "string",
+    bool: "bool",
+    int: "number",
+    float: "number",
+    list: "array",
+    dict: "object",
+}
+_GO_ACCEPTS: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+}
+
+
+def check_go_fields(body: dict[str, Any], struct_name: str, fields: dict[str, str]) -> None:
+    """encoding/json's first ``UnmarshalTypeError`` for the top-level fields of a Go struct:
+    ``fields`` maps a json name to its Go type (``int``, ``float64``, ``[]openai.Message``)."""
+    for key, value in body.items():
+        go_type = fields.get(key)
+        if go_type is None or value is None:
+            continue
+        base = "float" if go_type.startswith("float") else go_type
+        accepted = (list,) if go_type.startswith("[]") else _GO_ACCEPTS.get(base, (object,))
+        fits = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+        if base == "int" and isinstance(value, float):
+            fits = False
+        if not fits:
+            kind = _JSON_KINDS.get(type(value), "value")
+            if kind == "number" and base == "int":
+                kind = f"number {value}"
+            raise ApiError(
+                400,
+                f"json: cannot unmarshal {kind} into Go struct field {struct_name}.{key} of type {go_type}",
+                from_writer=False,
+            )
+
+
 def _go_json_error(text: str, err: ValueError) -> str:
     if isinstance(err, json.JSONDecodeError):
         pos = err.pos
@@ -182,28 +252,44 @@ class ApiError(Exception):
         self.status, self.message, self.from_writer = status, message, from_writer
 
 
-def json_response(obj: Any, status: int = 200, content_type: str = JSON_CT, *,
-                  newline: bool = False) -> web.Response:
+def json_response(
+    obj: Any, status: int = 200, content_type: str = JSON_CT, *, newline: bool = False
+) -> web.Response:
     """A JSON body with Content-Length, encoded the way Go's encoding/json does."""
     body = dumps(obj) + ("\n" if newline else "")
     return web.Response(status=status, body=body.encode(), headers={"Content-Type": content_type})
 
 
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
-                    503: "overloaded_error", 529: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def error_response(path: str, err: ApiError, *, modern: bool) -> web.Response:
     """Ollama's error body for ``path``: native, OpenAI or Anthropic shape (facts §1 Errors)."""
     if path.startswith("/v1/messages") and modern:
-        body = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"),
-                                           "message": err.message}, "request_id": hex_id("req")}
+        body = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message},
+            "request_id": hex_id("req"),
+        }
         return _compat_error(body, err)
     if path.startswith("/v1/"):
-        body = {"error": {"message": err.message, "type": _OPENAI_TYPES.get(err.status, "api_error"),
-                          "param": None, "code": None}}
+        body = {
+            "error": {
+                "message": err.message,
+                "type": _OPENAI_TYPES.get(err.status, "api_error"),
+                "param": None,
+                "code": None,
+            }
+        }
         if not modern:
             return json_response(body, err.status, PLAIN_JSON_CT)
         return _compat_error(body, err)

@@ -14,7 +14,7 @@ class NoGpuSource:
         self.reason = reason
 
     async def read(self) -> GpuSnapshot:
-        return GpuSnapshot(source=self.name, error=self.reason)
+        return GpuSnapshot(source=self.name, kind="unknown", error=self.reason)
 
     async def close(self) -> None:
         return None

@@ -56,6 +56,10 @@ class NvmlSource:
     async def close(self) -> None:
         await asyncio.to_thread(self.close_blocking)
 
+    async def probe(self) -> None:
+        """Raise ``Unavailable`` unless NVML initialises and finds the selected GPUs; logs nothing."""
+        await asyncio.to_thread(self.open_blocking)
+
     def read_blocking(self) -> GpuSnapshot:
         """One read of every selected GPU; blocks for NVML, so call it off the event loop."""
         with self._lock:
@@ -63,9 +67,9 @@ class NvmlSource:
                 devices = self._read_devices()
             except Unavailable as exc:
                 self._failures.failed(str(exc))
-                return GpuSnapshot(source=self.name, error=str(exc))
+                return GpuSnapshot(source=self.name, kind="gpu", error=str(exc))
             self._failures.succeeded()
-            return GpuSnapshot(source=self.name, devices=devices)
+            return GpuSnapshot(source=self.name, kind="gpu", devices=devices)
 
     def open_blocking(self) -> None:
         """Initialise NVML and resolve the selected GPUs; raises ``Unavailable`` with the reason."""

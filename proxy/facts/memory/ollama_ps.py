@@ -50,13 +50,13 @@ class OllamaPsSource:
 
     async def read(self) -> GpuSnapshot:
         try:
-            used_bytes = _sum_size_vram(await self.read_ps(), self.hidden_bytes)
+            used_bytes = sum_size_vram(await self.read_ps(), self.hidden_bytes)
         except Exception as exc:
-            error = f"GET /api/ps from Ollama failed: {_describe(exc)}"
+            error = f"GET /api/ps from Ollama failed: {describe_failure(exc)}"
             self._failures.failed(error)
-            return GpuSnapshot(source=self.name, error=error)
+            return GpuSnapshot(source=self.name, kind="gpu", error=error)
         self._failures.succeeded()
-        return GpuSnapshot(source=self.name, devices=self._spread(used_bytes))
+        return GpuSnapshot(source=self.name, kind="gpu", devices=self._spread(used_bytes))
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -80,9 +80,9 @@ class OllamaPsSource:
         return tuple(devices)
 
 
-def _sum_size_vram(answer: object, hidden_bytes: HiddenBytes) -> int:
-    """Bytes of VRAM held by every loaded model, what ``size_vram`` leaves out included; ValueError
-    when the answer is not ``/api/ps``'s."""
+def sum_size_vram(answer: object, hidden_bytes: HiddenBytes = _nothing_hidden) -> int:
+    """Bytes of GPU memory held by every loaded model, what ``size_vram`` leaves out included
+    (``hidden_bytes``); ValueError when the answer is not ``/api/ps``'s."""
     models = answer.get("models") if isinstance(answer, dict) else None
     if not isinstance(models, list):
         raise ValueError("the answer has no 'models' list")
@@ -95,7 +95,8 @@ def _sum_size_vram(answer: object, hidden_bytes: HiddenBytes) -> int:
     return total_bytes
 
 
-def _describe(exc: BaseException) -> str:
+def describe_failure(exc: BaseException) -> str:
+    """Why a read of ``/api/ps`` failed, in a few words (an HTTP status or the exception's text)."""
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status} {exc.message}".strip()
     return str(exc) or type(exc).__name__

@@ -71,7 +71,7 @@ class GpuSampler:
                     log.error("gpu_read_failed", source=self.source.name, error=repr(exc), exc_info=True)
                 self._read_failing = True
                 error = f"{self.source.name} read failed: {exc!r}"
-                snapshot = GpuSnapshot(source=self.source.name, error=error)
+                snapshot = GpuSnapshot(source=self.source.name, error=error, kind=self._snapshot.kind)
             else:
                 if self._read_failing:
                     log.info("gpu_recovered", source=self.source.name)

@@ -21,11 +21,13 @@ class MemorySource(Protocol):
 
     @property
     def name(self) -> str:
-        """The source's name (``nvml``, ``ollama``, ``none``...): copied into ``GpuSnapshot.source``."""
+        """The source's name (``nvml``, ``amdgpu``, ``apple``, ``system``, ``ollama``, ``none``; ``auto``
+        until it has chosen, then the chosen one's): copied into ``GpuSnapshot.source``."""
         ...
 
     async def read(self) -> GpuSnapshot:
-        """The memory as of now (``taken_at`` and ``reserve_bytes`` are the sampler's to set)."""
+        """The memory as of now, with its ``kind`` (``taken_at`` and ``reserve_bytes`` are the
+        sampler's to set)."""
         ...
 
     async def close(self) -> None:

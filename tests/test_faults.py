@@ -658,6 +658,50 @@ class TestUpstreamFaults:
         assert (record.completed, record.eval_tokens) == (True, 4)
 
 
+class TestTranslatedRoutes:
+    """The /v1 routes, translated to native calls, are bounded the same way, in their own shape."""
+
+    async def test_no_answer_is_504_in_openai_shape(
+        self, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
+        """An upstream that never answers a translated chat: 504 as an OpenAI error, recorded."""
+        records: list[GovernedRequest] = []
+        async with hostile_upstream(_never_answers) as upstream:
+            proxy = await start_proxy(
+                upstream.url, limits(first_byte_timeout="300ms") + STATIC_2048, sinks=[records.append]
+            )
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(proxy.url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 504
+                error = (await response.json())["error"]
+            await settled(proxy)
+        assert error["message"].endswith("did not answer within 300ms") and error["type"] == "api_error"
+        assert [(r.status, r.completed) for r in records] == [(504, False)]
+
+    async def test_a_stall_mid_stream_ends_the_translated_stream(
+        self, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
+        """A translated stream whose native answer falls silent is ended and recorded incomplete."""
+
+        async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            line = b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n'
+            writer.write(NDJSON_HEAD + chunk(line))
+            await writer.drain()
+            await asyncio.sleep(3600)
+
+        records: list[GovernedRequest] = []
+        async with hostile_upstream(stalls) as upstream:
+            config = limits(stream_idle_timeout="300ms") + STATIC_2048
+            proxy = await start_proxy(upstream.url, config, sinks=[records.append])
+            body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(proxy.url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 200
+                await response.read()
+            await settled(proxy)
+        [record] = records
+        assert (record.completed, record.error) == (False, "upstream closed the stream: no data for 300ms")
+
+
 async def _start_later(start_fake: StartFake, port: int) -> None:
     await asyncio.sleep(0.3)  # the fault: Ollama is down for a moment
     await start_fake(port=port, version="0.33.0-rc2")

@@ -37,6 +37,7 @@ from policies.memory import GIB
 from proxy.app import create_app, make_runner
 from proxy.config import parse_config
 from proxy.facts.memory import MemorySource, NoGpuSource, NvmlSource
+from proxy.govern.record import GovernedRequest
 from proxy.govern.rules import Governor
 from proxy.keys import MEMORY, PIPELINE
 from tests.fake_nvml import following
@@ -46,6 +47,7 @@ from tests.fake_ollama import (
     gemma3_4b,
     gemma3_27b,
     gemma3_270m,
+    lfm2_1_2b,
     llama3_1_8b,
     nomic_embed_text,
 )
@@ -161,6 +163,10 @@ class SideResult(TypedDict):
     truncated_prompts: int
     prompt_tokens_evaluated: int
     evictions: int
+    predicted: int
+    """Governed requests whose scheduler action was both predicted and observed (0 without)."""
+    predicted_right: int
+    """Of those, the ones where Ollama did what was predicted (action and evicted models)."""
     wall_s: float
 
 
@@ -293,6 +299,60 @@ def scenarios(*, smoke: bool) -> list[Scenario]:
             policies=None,
             governor_note="no config file (the built-in rule)",
         ),
+        Scenario(
+            key="i",
+            title="two chat models alternate, each asks 32768, parallel 2",
+            models=(llama3_1_8b, gemma3_4b),
+            vram_bytes=24 * GIB,
+            num_parallel=2,
+            rounds=tuple(
+                (Ask(i % 2, SHORT_PROMPT, 32768, "chat", ("llama3.1:8b", "gemma3:4b")[i % 2]),)
+                for i in range(2 * alternations)
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        Scenario(
+            key="j",
+            title="gemma3:27b asks 131072 beside a small helper",
+            models=(gemma3_27b, gemma3_270m),
+            vram_bytes=24 * GIB,
+            num_parallel=1,
+            rounds=tuple(
+                step
+                for _ in range(alternations)
+                for step in (
+                    (Ask(0, SHORT_PROMPT, ctx_ask, "chat"),),
+                    (Ask(1, SHORT_PROMPT, None, "generate", "gemma3-270m:latest"),),
+                )
+            ),
+            policies=None,
+            governor_note="no config file (the built-in rule)",
+        ),
+        *(
+            Scenario(
+                key=key,
+                title=f"three models round-robin, no num_ctx, parallel 2, {gib} GiB",
+                models=(llama3_1_8b, gemma3_4b, lfm2_1_2b),
+                vram_bytes=gib * GIB,
+                num_parallel=2,
+                rounds=tuple(
+                    (
+                        Ask(
+                            i % 3,
+                            SHORT_PROMPT,
+                            None,
+                            "chat",
+                            ("llama3.1:8b", "gemma3:4b", "lfm2:1.2b")[i % 3],
+                        ),
+                    )
+                    for i in range(3 * alternations)
+                ),
+                policies=None,
+                governor_note="no config file (the built-in rule)",
+            )
+            for key, gib in (("k", 48), ("l", 24))
+        ),
     ]
 
 
@@ -383,7 +443,9 @@ async def _run_script(url: str, model: str, scenario: Scenario) -> list[Reply]:
     return replies
 
 
-def _side_result(fake: FakeOllama, replies: Sequence[Reply], wall_s: float) -> SideResult:
+def _side_result(
+    fake: FakeOllama, replies: Sequence[Reply], wall_s: float, records: Sequence[GovernedRequest] = ()
+) -> SideResult:
     """The figures of one run. A generation's come from what the fake ran (the same numbers its
     final chunk reports, and the only source for OpenAI- and Anthropic-style replies, which carry
     no durations); an embedding's from the client's reply."""
@@ -401,6 +463,8 @@ def _side_result(fake: FakeOllama, replies: Sequence[Reply], wall_s: float) -> S
         prompt_tokens_evaluated=sum(c.prompt_tokens for c in runs)
         + sum(r.prompt_eval_count or 0 for r in embeds),
         evictions=len(fake.evictions),
+        predicted=len(checked := [r.prediction_held for r in records if r.prediction_held is not None]),
+        predicted_right=sum(checked),
         wall_s=wall_s,
     )
 
@@ -419,6 +483,7 @@ async def run_side(scenario: Scenario, *, governed: bool, time_scale: float = TI
     model = scenario.model
     fake_runner, url = await _serve(fake.app)
     proxy_runner: web.AppRunner | None = None
+    records: list[GovernedRequest] = []
     try:
         if governed:
             document: dict[str, Any] = {
@@ -429,7 +494,9 @@ async def run_side(scenario: Scenario, *, governed: bool, time_scale: float = TI
             if scenario.policies is not None:
                 document["rules"] = [{"models": ["*"], "policies": [dict(p) for p in scenario.policies]}]
             config = parse_config(document, source=f"bench scenario {scenario.key}")
-            app = create_app(Governor.build(config), memory_source=_memory_source(fake))
+            app = create_app(
+                Governor.build(config), memory_source=_memory_source(fake), sinks=[records.append]
+            )
             proxy_runner, url = await _serve(app)
             await app[MEMORY].refresh()
         started = time.perf_counter()
@@ -442,7 +509,7 @@ async def run_side(scenario: Scenario, *, governed: bool, time_scale: float = TI
         if proxy_runner is not None:
             await proxy_runner.cleanup()
         await fake_runner.cleanup()
-    return _side_result(fake, replies, wall_s)
+    return _side_result(fake, replies, wall_s, records)
 
 
 async def run_async(smoke: bool) -> dict[str, Any]:
@@ -506,6 +573,7 @@ def render(result: dict[str, Any]) -> str:
         "truncated",
         "prompt tok",
         "evicted",
+        "predicted",
         "wall s",
     ]
     rows: list[list[str]] = []
@@ -525,10 +593,11 @@ def render(result: dict[str, Any]) -> str:
                     str(side["truncated_prompts"]),
                     f"{side['prompt_tokens_evaluated']:,}",
                     str(side["evictions"]),
+                    f"{side['predicted_right']}/{side['predicted']}" if side["predicted"] else "-",
                     f"{side['wall_s']:.2f}",
                 ]
             )
-    numeric = {2, 3, 5, 6, 7, 8, 9, 10, 11}
+    numeric = {2, 3, 5, 6, 7, 8, 9, 10, 11, 12}
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -546,7 +615,8 @@ def render(result: dict[str, Any]) -> str:
         "as Ollama reports it); eval tok/s: median of eval_count/eval_duration; spilled: requests "
         "that ran on a model partly in system RAM; truncated: prompts Ollama cut to num_ctx; "
         "prompt tok: prompt tokens Ollama evaluated (all requests); evicted: models Ollama unloaded "
-        "to make room; "
+        "to make room; predicted: governed requests where Ollama's scheduler did what the "
+        "governor predicted (action and evicted models), of those with both; "
         f"wall s: real time of the run ({result['time_scale']:g}x compressed).",
         "",
         str(result["note"]),

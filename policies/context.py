@@ -15,6 +15,7 @@ from policies.duration import KeepAlive
 if TYPE_CHECKING:
     from policies.memory import Calibration
     from policies.model import ModelFacts
+    from policies.scheduler import OllamaServer, Resident
 
 Endpoint = Literal[
     "generate",
@@ -197,6 +198,9 @@ class Context:
         kv_cache_type: ``OLLAMA_KV_CACHE_TYPE`` as configured (f16, q8_0, q4_0).
         flash_attention: False when ``OLLAMA_FLASH_ATTENTION=0`` (configured): the attention
             scores then take memory, and a quantised V cache cannot be used.
+        residents: every runner Ollama holds, with what the scheduler model
+            (``policies.scheduler``) needs of each: facts, blob, the keep_alive it was last sent.
+        server: how the Ollama server runs, for the scheduler model; None when not known.
         calibration: the correction learnt from this model's past loads (same digest, parallel,
             cache type and version), or None; pass it to the ``policies.memory`` estimates so
             they match what Ollama really allocates.
@@ -220,4 +224,6 @@ class Context:
     num_parallel: int = 1
     kv_cache_type: str = "f16"
     flash_attention: bool = True
+    residents: tuple[Resident, ...] = ()
+    server: OllamaServer | None = None
     calibration: Calibration | None = None

@@ -10,9 +10,11 @@ host whose memory the governor cannot read.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from bisect import bisect_right
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
@@ -29,6 +31,7 @@ from policies.memory import (
 )
 from policies.model import ModelFacts
 from policies.outcome import Outcome
+from policies.scheduler import Budget, Candidate, Prediction, predict
 
 OnOverflow = Literal["spill", "reject", "truncate"]
 """What to do when the prompt needs more context than fits in free GPU memory."""
@@ -42,7 +45,12 @@ TRUNCATE: Final = Outcome.TRUNCATE
 REJECT: Final = Outcome.REJECT
 UNKNOWN: Final = Outcome.UNKNOWN
 
-OUTCOMES: Final[frozenset[str]] = frozenset({STICKY, REFIT, OVERFLOW, TRUNCATE, REJECT, UNKNOWN})
+WORKING_SET: Final = Outcome.WORKING_SET
+EVICTS: Final = Outcome.EVICTS
+
+OUTCOMES: Final[frozenset[str]] = frozenset(
+    {STICKY, REFIT, OVERFLOW, TRUNCATE, REJECT, UNKNOWN, WORKING_SET, EVICTS}
+)
 """The outcomes ``headroom`` attaches to its decisions (``Decision.outcome``)."""
 
 EMBEDDING_ENDPOINTS: Final[frozenset[str]] = frozenset({"embed", "embeddings", "openai.embeddings"})
@@ -141,6 +149,8 @@ class Headroom:
         on_overflow: OnOverflow = "spill",
         fill: bool = False,
         max_reply_tokens: int = 8192,
+        protect: Sequence[str] = (),
+        weights: Mapping[str, float] | None = None,
     ) -> None:
         _check_int("min_ctx", min_ctx, minimum=1)
         if max_ctx is not None:
@@ -163,6 +173,18 @@ class Headroom:
         self.on_overflow: OnOverflow = on_overflow
         self.fill = fill
         self.max_reply_tokens = max_reply_tokens
+        if isinstance(protect, str) or not all(isinstance(p, str) and p.strip() for p in protect):
+            raise ValueError(
+                f"headroom: protect must be a list of model globs such as ['nomic-*'], not {protect!r}"
+            )
+        self.protect = tuple(_canonical(p) for p in protect)
+        weights = dict(weights or {})
+        for pattern, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                raise ValueError(
+                    f"headroom: weights[{pattern!r}] must be a number of 0 or more, not {weight!r}"
+                )
+        self.weights = tuple((_canonical(p), float(w)) for p, w in weights.items())
         self._fits: OrderedDict[_FitKey, _Intervals] = OrderedDict()
 
     async def __call__(self, ctx: Context, decision: Decision) -> Decision:
@@ -239,11 +261,20 @@ class Headroom:
         limit = fit or 0
         if need <= limit:
             chosen = min(limit if self.fill and asked is None else wanted, limit)
+            placed = self._place(ctx, model, need, chosen)
+            if placed is not None and placed.num_ctx != chosen:
+                return decision.replace(
+                    num_ctx=placed.num_ctx,
+                    outcome=placed.outcome,
+                    reason=f"headroom[{placed.outcome}]: {figures}{refit_text}; {placed.why}; "
+                    f"using {placed.num_ctx}",
+                )
             tag = f"[{REFIT}]" if spilled else ""
+            evicts = f"; {placed.why}" if placed is not None and placed.outcome == EVICTS else ""
             return decision.replace(
                 num_ctx=chosen,
-                outcome=REFIT if spilled else None,
-                reason=f"headroom{tag}: {figures}{refit_text}; using {chosen}",
+                outcome=EVICTS if evicts else (REFIT if spilled else None),
+                reason=f"headroom{tag}: {figures}{refit_text}{evicts}; using {chosen}",
             )
 
         capped = fit is not None and fit == ceiling  # the cap binds, not memory
@@ -275,6 +306,89 @@ class Headroom:
             outcome=OVERFLOW,
             reason=f"headroom[{OVERFLOW}]: {figures}{refit_text}; using {chosen}, {consequence}",
         )
+
+    def _place(self, ctx: Context, model: ModelFacts, need: int, chosen: int) -> _Placement | None:
+        """Among the contexts from ``chosen`` down to ``need``, the largest at which Ollama's
+        scheduler (``policies.scheduler``) unloads no more than it must and does not spill.
+
+        Ollama unloads in one order whatever the size, so a larger context unloads a superset:
+        what it must unload is what *need* unloads, and a binary search finds the largest context
+        that unloads no more (by ``weights``; a protected, pinned or heavier model counts first).
+        None without the scheduler's inputs, when ``chosen`` unloads nothing, or when even
+        *need* spills."""
+        server, gpu = ctx.server, ctx.gpu
+        if server is None or gpu is None or not gpu.known or not ctx.residents:
+            return None
+        budget = Budget.from_snapshot(gpu)
+        weight = self._weight(ctx.model_name)
+
+        def outcome(num_ctx: int) -> tuple[Prediction, tuple[bool, float]] | None:
+            candidate = Candidate(model, num_ctx, calibration=ctx.calibration)
+            prediction = predict(candidate, ctx.residents, budget, server)
+            if prediction.action == "spill":
+                return None
+            evicted = prediction.evicted_names
+            refused = any(not self._evictable(ctx, name, weight) for name in evicted)
+            return prediction, (refused, sum(self._weight(name) for name in evicted))
+
+        try:
+            at_chosen = outcome(chosen)
+            if at_chosen is not None and not at_chosen[0].evicted:
+                return None
+            contexts = _descending(chosen, need, self.step)
+            at_need = outcome(contexts[-1])
+            if at_need is None:
+                return None
+            least = at_need[1]
+            low, high = 0, len(contexts) - 1  # contexts[high] is acceptable; find the first that is
+            while low < high:
+                middle = (low + high) // 2
+                found = outcome(contexts[middle])
+                if found is not None and found[1] <= least:
+                    high = middle
+                else:
+                    low = middle + 1
+            num_ctx = contexts[high]
+            placed = outcome(num_ctx) if high < len(contexts) - 1 else at_need
+        except ValueError:
+            return None
+        assert placed is not None
+        evicted = placed[0].evicted_names
+        if not evicted:
+            kept = ", ".join(
+                r.name for r in ctx.residents if _canonical(r.name) != _canonical(ctx.model_name)
+            )
+            did = (
+                "would spill to the CPU"
+                if at_chosen is None
+                else f"would unload {', '.join(at_chosen[0].evicted_names)}"
+            )
+            keeps = f"keeps {kept} loaded" if kept else "fits on the GPU"
+            return _Placement(num_ctx, WORKING_SET, f"{chosen} {did}; {num_ctx} {keeps}")
+        why = f"Ollama will unload {', '.join(evicted)} for it"
+        refused = [name for name in evicted if not self._evictable(ctx, name, weight)]
+        if refused:
+            why += f": even {need} does not fit beside {', '.join(refused)}"
+        return _Placement(num_ctx, EVICTS, why)
+
+    def _weight(self, model_name: str) -> float:
+        """How much this model matters when not all fit (``weights``; 1 unless a glob says)."""
+        name = _canonical(model_name)
+        for pattern, weight in self.weights:
+            if fnmatch.fnmatchcase(name, pattern):
+                return weight
+        return 1.0
+
+    def _evictable(self, ctx: Context, name: str, weight: float) -> bool:
+        """Whether this request may make Ollama unload ``name``: not protected, not pinned
+        (kept forever), and no more important than the model asking."""
+        key = _canonical(name)
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in self.protect):
+            return False
+        resident = next((r for r in ctx.residents if _canonical(r.name) == key), None)
+        if resident is not None and resident.keep_alive_s is not None and math.isinf(resident.keep_alive_s):
+            return False
+        return self._weight(name) <= weight
 
     def _need(self, ctx: Context, ceiling: int | None) -> tuple[int, str]:
         """What the prompt and the reply need, in ``step`` buckets, and how to say it."""
@@ -395,6 +509,26 @@ def _gpu_count(ctx: Context) -> int:
     """GPUs a load may be split over (each keeps a compute buffer): every device of a GPU host."""
     gpu = ctx.gpu
     return len(gpu.devices) if gpu is not None and gpu.kind == "gpu" and gpu.devices else 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """A context chosen to keep other models loaded (or to say whom Ollama will unload)."""
+
+    num_ctx: int
+    outcome: str
+    why: str
+
+
+def _descending(top: int, bottom: int, step: int) -> list[int]:
+    """``top``, the multiples of ``step`` below it, and ``bottom``: the contexts ``_place`` weighs."""
+    below = range(top - (top % step or step), bottom, -step)
+    return list(dict.fromkeys([top, *below, bottom])) if bottom < top else [top]
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().lower()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def _unreported(ctx: Context, model: ModelFacts, num_ctx: int, parallel: int) -> int:

@@ -26,6 +26,11 @@ class Outcome(StrEnum):
     UNKNOWN = "unknown"
     """``headroom``: no memory budget (or no model size): decided on need, sticky and no
     truncation only, nothing capped by memory."""
+    WORKING_SET = "working_set"
+    """``headroom``: a smaller context (still enough) was sent so Ollama keeps the other loaded
+    models instead of unloading one."""
+    EVICTS = "evicts"
+    """``headroom``: Ollama will unload another (less important) model for this one."""
     PIN = "pin"
     """``keep_alive``: the model is pinned in memory (keep_alive -1)."""
     PRESSURE = "pressure"

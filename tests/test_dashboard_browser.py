@@ -520,6 +520,46 @@ class TestDashboardLayout:
         absent = await page.evaluate("renderFits({}); document.getElementById('fits').innerText")
         assert absent.strip() == "not available"
 
+    async def test_predictions_panel(self, page: Page, dashboard: Running) -> None:
+        """The accuracy in words and each surprise as text (model names never as markup)."""
+        assert await page.open(f"{dashboard.url}/governor/#token={TOKEN}", width=DESKTOP_WIDTH) == "1"
+        predictions = {
+            "checked": 8,
+            "held": 7,
+            "accuracy": 0.875,
+            "surprises": [
+                {
+                    "ts": 1_700_000_000,
+                    "model": "<img src=x>",
+                    "predicted": "load",
+                    "observed": "evict",
+                    "text": "predicted load beside the others, Ollama unloaded nomic-embed-text:latest",
+                }
+            ],
+        }
+        shown = await page.evaluate(
+            f"renderPredictions({{predictions: {json.dumps(predictions)}}}); "
+            "({text: document.getElementById('predictions').innerText, "
+            "images: document.querySelectorAll('#predictions img').length})"
+        )
+        assert shown["images"] == 0
+        for expected in (
+            "7 of 8 predictions held (88 %)",
+            "<img src=x>",
+            "Ollama unloaded nomic-embed-text:latest",
+        ):
+            assert expected in shown["text"]
+        none = {"checked": 0, "held": 0, "accuracy": None, "surprises": []}
+        empty = await page.evaluate(
+            f"renderPredictions({{predictions: {json.dumps(none)}}}); document.getElementById('predictions').innerText"
+        )
+        assert "nothing both predicted and observed yet" in empty and "no surprises" in empty
+        absent = await page.evaluate(
+            "renderPredictions({}); document.getElementById('predictions').innerText"
+        )
+        assert absent.strip() == "not available"
+        assert page.exceptions() == []
+
     async def test_memory_in_words(self, page: Page, dashboard: Running) -> None:
         """The header says what memory the host has, in words, for each kind of memory source."""
         assert await page.open(f"{dashboard.url}/governor/#token={TOKEN}", width=DESKTOP_WIDTH) == "1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -13,11 +15,15 @@ from policies.memory import (
     GIB,
     Calibration,
     effective_parallel,
+    estimate,
     estimate_bytes,
     format_bytes,
     largest_fitting_ctx,
 )
+from policies.scheduler import Budget, Candidate, OllamaServer, Resident, predict
 from tests.builders import ctx, facts, gpu, loaded, start, unknown_gpu, with_model
+from tests.test_memory import gemma3_270m, llama31_8b
+from tests.test_scheduler import resident, tiny
 
 
 def decide(context: Context, **options: Any) -> Decision:
@@ -644,7 +650,16 @@ class TestOutcome:
 
     def test_every_outcome_is_a_token(self) -> None:
         """The documented tokens are exactly the outcomes."""
-        assert set(OUTCOMES) == {"sticky", "refit", "overflow", "truncate", "reject", "unknown"}
+        assert set(OUTCOMES) == {
+            "sticky",
+            "refit",
+            "overflow",
+            "truncate",
+            "reject",
+            "unknown",
+            "working_set",
+            "evicts",
+        }
 
     def test_format_bytes_matches_reason_figures(self) -> None:
         """Reasons use memory.format_bytes, so figures read the same across the proxy."""
@@ -662,3 +677,161 @@ class TestReplyCap:
         """max_reply_tokens raises or lowers the cap."""
         context = ctx(client_num_ctx=None, prompt_tokens=50_000, num_predict=32_000, gpu=None)
         assert decide(context, max_reply_tokens=32_000).num_ctx == 83968
+
+
+class TestWorkingSet:
+    """Step 6: Ollama's scheduler (``policies.scheduler``) is asked what each context does to the
+    other loaded models; a context that keeps them all (and does not spill) wins over a larger one."""
+
+    HELPERS = (
+        resident(tiny("a"), 8192, keep_alive_s=600),
+        resident(tiny("b"), 8192, keep_alive_s=60),  # the shorter keep_alive: Ollama unloads it first
+    )
+
+    def beside(self, *residents: Resident, total_gib: float, **overrides: Any) -> Context:
+        """llama3.1:8b asked for ``client_num_ctx`` with ``residents`` loaded on one GPU."""
+        held = sum(estimate(r.facts, 8192).total_bytes for r in residents if r.facts is not None)
+        values: dict[str, Any] = {
+            "model": llama31_8b(),
+            "model_name": "llama3.1:8b",
+            "body": {"model": "llama3.1:8b"},
+            "client_num_ctx": 65536,
+            "prompt_tokens": 48000,
+            "gpu": gpu(free_gib=total_gib - held / GIB, total_gib=total_gib, reserve_gib=0.5),
+            "residents": residents,
+            "server": OllamaServer(),
+        }
+        values.update(overrides)
+        return ctx(**values)
+
+    def unloads(self, context: Context, num_ctx: int) -> tuple[str, ...]:
+        """Whom Ollama unloads to load this context's model at ``num_ctx``."""
+        assert context.model is not None and context.gpu is not None
+        budget = Budget.from_snapshot(context.gpu)
+        return predict(
+            Candidate(context.model, num_ctx), context.residents, budget, OllamaServer()
+        ).evicted_names
+
+    def test_a_smaller_context_keeps_the_embedding_model_loaded(self) -> None:
+        """131072 would make Ollama unload the embedding model; a smaller context that still holds
+        the prompt keeps it, and the reason says both."""
+        embedder = resident(gemma3_270m(), 8192)
+        context = self.beside(embedder, total_gib=24.0, client_num_ctx=131072, prompt_tokens=3000)
+        assert self.unloads(context, 131072) == ("gemma3-270m:latest",)
+        decision = decide(context)
+        assert decision.outcome == "working_set"
+        assert decision.num_ctx is not None and 4096 <= decision.num_ctx < 131072
+        assert self.unloads(context, decision.num_ctx) == ()
+        assert self.unloads(context, decision.num_ctx + 2048) != ()  # the largest that keeps it
+        assert "131072 would unload gemma3-270m:latest" in decision.reasons[0]
+        assert f"{decision.num_ctx} keeps gemma3-270m:latest loaded" in decision.reasons[0]
+
+    def test_without_the_servers_facts_the_scheduler_is_not_asked(self) -> None:
+        """No ``server`` (the governor could not read Ollama): the decision is step 5's alone."""
+        embedder = resident(gemma3_270m(), 8192)
+        context = self.beside(embedder, total_gib=24.0, client_num_ctx=131072, prompt_tokens=3000)
+        assert decide(dataclasses.replace(context, server=None)).num_ctx == 131072
+
+    def test_nothing_else_loaded_changes_nothing(self) -> None:
+        """With no other runner there is nobody to unload: the same decision as without the twin."""
+        context = self.beside(total_gib=16.0)
+        assert decide(context) == decide(dataclasses.replace(context, server=None))
+
+    def test_when_all_cannot_stay_the_fewest_are_unloaded(self) -> None:
+        """On 16 GiB no context that holds 48000 prompt tokens keeps both helpers; the largest
+        that unloads only one wins over the larger one that unloads both."""
+        context = self.beside(*self.HELPERS, total_gib=16.0)
+        decision = decide(context)
+        assert decision.outcome == "evicts"
+        assert decision.num_ctx is not None and decision.num_ctx >= 49152
+        assert self.unloads(context, decision.num_ctx) == ("b:latest",)
+        assert self.unloads(context, decision.num_ctx + 2048) == ("b:latest", "a:latest")
+        assert "Ollama will unload b:latest for it" in decision.reasons[0]
+
+    def test_a_weight_of_zero_lets_a_model_go_for_a_larger_context(self) -> None:
+        """``weights = {"a" = 0}``: unloading ``a`` costs nothing, so the largest context wins."""
+        context = self.beside(*self.HELPERS, total_gib=16.0)
+        decision = decide(context, weights={"a": 0, "b": 0})
+        assert self.unloads(context, 57344) == ("b:latest", "a:latest")
+        assert (decision.num_ctx, decision.outcome) == (57344, "evicts")
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            {"protect": ["a*"], "weights": {"a": 0, "b": 0}},
+            {"weights": {"a": 2, "b": 0}},
+            {"weights": {"llama3.1:*": 0.5, "a": 0.75, "b": 0}},
+        ],
+        ids=["protected", "heavier", "heavier-than-the-asker"],
+    )
+    def test_a_model_that_may_not_be_unloaded_is_kept_where_any_context_allows(
+        self, options: dict[str, Any]
+    ) -> None:
+        """With both helpers free to go, 57344 (both unloaded) would win; a protected helper, or
+        one weighing more than the model asking, is kept by the largest context that keeps it."""
+        context = self.beside(*self.HELPERS, total_gib=16.0)
+        decision = decide(context, **options)
+        assert decision.num_ctx is not None and decision.num_ctx < 57344
+        assert self.unloads(context, decision.num_ctx) == ("b:latest",)
+        assert self.unloads(context, decision.num_ctx + 2048) == ("b:latest", "a:latest")
+
+    def test_a_pinned_model_is_not_unloaded_for_a_larger_context(self) -> None:
+        """A runner kept forever (keep_alive -1) counts as protected."""
+        pinned = dataclasses.replace(self.HELPERS[0], keep_alive_s=math.inf)
+        context = self.beside(pinned, self.HELPERS[1], total_gib=16.0)
+        decision = decide(context, weights={"a": 0, "b": 0})
+        assert decision.num_ctx is not None and decision.num_ctx < 57344
+        assert self.unloads(context, decision.num_ctx) == ("b:latest",)
+
+    def test_when_even_the_need_unloads_a_protected_model_the_reason_says_so(self) -> None:
+        """A prompt of 56000 tokens needs a context at which Ollama unloads both; nothing smaller
+        helps, so the context is the need's and the reason names the protected model."""
+        context = self.beside(*self.HELPERS, total_gib=16.0, prompt_tokens=56000)
+        decision = decide(context, protect=["a"])
+        assert (decision.num_ctx, decision.outcome) == (57344, "evicts")
+        assert (
+            "Ollama will unload b:latest, a:latest for it: even 57344 does not fit beside a:latest"
+            in (decision.reasons[0])
+        )
+
+    def test_when_every_context_unloads_a_heavier_model_the_fewest_go(self) -> None:
+        """The asker weighs less than both helpers: no context is allowed, so the one unloading
+        the least is sent and the reason names who should have stayed."""
+        context = self.beside(*self.HELPERS, total_gib=16.0)
+        decision = decide(context, weights={"llama3.1:*": 0.5})
+        assert decision.num_ctx is not None and self.unloads(context, decision.num_ctx) == ("b:latest",)
+        assert decision.reasons[0].endswith(
+            f"Ollama will unload b:latest for it: even 49152 does not fit beside b:latest; "
+            f"using {decision.num_ctx}"
+        )
+
+    def test_a_context_that_would_spill_is_never_chosen(self) -> None:
+        """Whatever the weights, a spilling context loses to any that fits."""
+        context = self.beside(*self.HELPERS, total_gib=16.0)
+        decision = decide(context, weights={"a": 0, "b": 0})
+        assert context.model is not None and context.gpu is not None
+        budget = Budget.from_snapshot(context.gpu)
+        assert decision.num_ctx is not None
+        prediction = predict(Candidate(context.model, decision.num_ctx), context.residents, budget)
+        assert prediction.action != "spill"
+
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [
+            (
+                {"protect": "nomic-*"},
+                "headroom: protect must be a list of model globs such as ['nomic-*'], not 'nomic-*'",
+            ),
+            (
+                {"protect": [""]},
+                "headroom: protect must be a list of model globs such as ['nomic-*'], not ['']",
+            ),
+            ({"weights": {"a": -1}}, "headroom: weights['a'] must be a number of 0 or more, not -1"),
+            ({"weights": {"a": True}}, "headroom: weights['a'] must be a number of 0 or more, not True"),
+        ],
+    )
+    def test_bad_priorities_are_refused(self, options: dict[str, Any], message: str) -> None:
+        """Each bad ``protect`` or ``weights`` raises ValueError with one exact message."""
+        with pytest.raises(ValueError) as raised:
+            Headroom(**options)
+        assert str(raised.value) == message

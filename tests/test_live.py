@@ -525,7 +525,7 @@ class TestLiveRoutes:
         assert "unsafe-inline" not in csp
         for external in ('src="http', 'href="http', 'src="//', 'href="//', "@import", "url("):
             assert external not in html
-        assert len(html.splitlines()) <= 400
+        assert len(html.splitlines()) <= 420  # one readable file; raised from 400 for the predictions panel
 
 
 # --- admin authentication ----------------------------------------------------------------------------

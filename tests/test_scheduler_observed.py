@@ -7,9 +7,16 @@ from typing import Any
 from policies.memory import GIB
 from proxy.facts.memory import NvmlSource
 from proxy.govern.record import GovernedRequest
-from tests.conftest import OllamaClients, StartFake, StartProxy, settled
+from tests.conftest import PASS_THROUGH, OllamaClients, StartFake, StartProxy, settled
 from tests.fake_nvml import following
-from tests.fake_ollama import gemma3_4b, gemma3_27b, llama3_1_8b
+from tests.fake_ollama import gemma3_4b, gemma3_27b, llama3_1_8b, nomic_embed_text
+
+KEEPS_THE_CLIENTS_CONTEXT = """
+[[rules]]
+models = ["*"]
+policies = [{ use = "static", keep_alive = "5m" }]
+"""
+"""Governed (so the scheduler's action is predicted) without changing the context the client asks."""
 
 
 async def observe(
@@ -17,13 +24,17 @@ async def observe(
     start_proxy: StartProxy,
     ollama_client: OllamaClients,
     steps: list[tuple[str, int]],
+    *,
+    config: str = PASS_THROUGH,
     **fake: Any,
 ) -> list[GovernedRequest]:
-    """Send ``(model, num_ctx)`` requests through a pass-through governor; return their records."""
+    """Send ``(model, num_ctx)`` requests through a governor (by default a pass-through one);
+    return their records."""
     upstream = await start_fake(**fake)
     recorded: list[GovernedRequest] = []
     proxy = await start_proxy(
         upstream.url,  # type: ignore[attr-defined]
+        config,
         memory_source=NvmlSource(nvml=following(upstream)),
         sinks=[recorded.append],
     )
@@ -81,3 +92,88 @@ class TestObservedAction:
             models=[gemma3_27b()],
         )
         assert (records[0].observed_action, records[0].spilled) == ("spill", True)
+
+
+class TestPredictedAction:
+    """Each governed request carries what the scheduler model predicted before it went out; on the
+    fake, which follows 0.33's scheduler, the prediction holds for every kind of action."""
+
+    async def test_load_reuse_reload_are_predicted(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        records = await observe(
+            start_fake,
+            start_proxy,
+            ollama_client,
+            [("gemma3:4b", 4096), ("gemma3:4b", 4096), ("gemma3:4b", 8192)],
+            config=KEEPS_THE_CLIENTS_CONTEXT,
+            vram_bytes=24 * GIB,
+            models=[gemma3_4b()],
+        )
+        assert [r.predicted_action for r in records] == ["load", "reuse", "reload"]
+        assert [r.prediction_held for r in records] == [True, True, True]
+
+    async def test_an_eviction_is_predicted_with_the_model_it_unloads(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        records = await observe(
+            start_fake,
+            start_proxy,
+            ollama_client,
+            [("gemma3:4b", 4096), ("llama3.1:8b", 8192)],
+            config=KEEPS_THE_CLIENTS_CONTEXT,
+            vram_bytes=8 * GIB,
+            models=[gemma3_4b(), llama3_1_8b()],
+        )
+        last = records[-1]
+        assert (last.predicted_action, last.predicted_evictions) == ("evict", ("gemma3:4b",))
+        assert last.prediction_held is True
+
+    async def test_a_spill_is_predicted(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        records = await observe(
+            start_fake,
+            start_proxy,
+            ollama_client,
+            [("gemma3:27b", 4096)],
+            config=KEEPS_THE_CLIENTS_CONTEXT,
+            vram_bytes=8 * GIB,
+            models=[gemma3_27b()],
+        )
+        assert (records[0].predicted_action, records[0].prediction_held) == ("spill", True)
+
+    async def test_a_pass_through_request_predicts_nothing(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        """No policy ran, so no facts were gathered for it: nothing is predicted, nothing is slowed."""
+        records = await observe(
+            start_fake,
+            start_proxy,
+            ollama_client,
+            [("gemma3:4b", 4096)],
+            vram_bytes=24 * GIB,
+            models=[gemma3_4b()],
+        )
+        assert (records[0].predicted_action, records[0].observed_action) == (None, "load")
+
+    async def test_an_embedding_models_first_load_is_a_load(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        """An embedding answer has no done_reason; its 200 still completes the load it caused."""
+        upstream = await start_fake(vram_bytes=8 * GIB, models=[nomic_embed_text()])
+        recorded: list[GovernedRequest] = []
+        proxy = await start_proxy(
+            upstream.url,  # type: ignore[attr-defined]
+            KEEPS_THE_CLIENTS_CONTEXT,
+            memory_source=NvmlSource(nvml=following(upstream)),
+            sinks=[recorded.append],
+        )
+        client = ollama_client(proxy.url)
+        for _ in range(2):
+            await client.embed(model="nomic-embed-text", input="a question")
+            await settled(proxy)
+        assert [(r.predicted_action, r.observed_action, r.reloaded) for r in recorded] == [
+            ("load", "load", True),
+            ("reuse", "reuse", False),
+        ]

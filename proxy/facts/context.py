@@ -15,15 +15,19 @@ from datetime import UTC, datetime
 import structlog
 
 from policies.context import Context, FrozenJSON, GpuSnapshot, LoadedModel
+from policies.duration import KeepAlive, keep_alive_seconds
 from policies.memory import Calibration
 from policies.model import ModelFacts, uses_llama_server
 from policies.ollama import default_num_ctx
+from policies.scheduler import Budget, Candidate, Prediction, Resident, predict
 from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
+from proxy.facts.scheduling import ollama_server, residents
 from proxy.facts.tokens import TokenEstimator
 from proxy.govern.record import GovernedRequest
 from proxy.names import canonical_model
 from proxy.request.parse import ClientRequest
+from proxy.request.prompt import EMBED_ENDPOINTS
 
 log = structlog.get_logger("ollama_governor.facts")
 
@@ -38,6 +42,9 @@ def _expired(model: LoadedModel, now: datetime) -> bool:
         return False
     return expires <= now
 
+
+MAX_REMEMBERED_MODELS = 1024
+"""Model names come from clients: what is remembered per model stays bounded."""
 
 TRUNCATION_FILL = 0.95
 """A prompt that fills this much of the context may have been cut by Ollama without a word."""
@@ -70,6 +77,7 @@ def governed_context(
     all_loaded: tuple[LoadedModel, ...],
     prompt_tokens: int | None,
     calibration: Calibration | None,
+    residents: tuple[Resident, ...] = (),
 ) -> Context:
     """``base`` (what the request tells) with the gathered facts: the one place a policy's Context
     is completed, for the proxy's requests and for ``plan``'s what-if alike."""
@@ -85,6 +93,8 @@ def governed_context(
         num_parallel=settings.num_parallel,
         kv_cache_type=settings.kv_cache_type,
         flash_attention=settings.flash_attention != "off",
+        residents=residents,
+        server=ollama_server(settings, version),
         calibration=calibration,
     )
 
@@ -124,6 +134,9 @@ class ContextFactory:
         self.facts = facts
         self.gpu = gpu
         self.tokens = tokens or TokenEstimator()
+        self.sent_keep_alive: dict[str, float] = {}
+        """The keep_alive (seconds) the governor last sent each model: Ollama keeps it on the runner,
+        and its eviction order sorts by it, but ``/api/ps`` does not show it."""
 
     async def build(
         self,
@@ -146,6 +159,7 @@ class ContextFactory:
             all_loaded=facts.loaded,
             prompt_tokens=self.estimate_tokens(request),
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
+            residents=residents(facts, self.sent_keep_alive),
         )
 
     def default_num_ctx(self, model: ModelFacts | None, gpu: GpuSnapshot | None) -> int:
@@ -156,18 +170,59 @@ class ContextFactory:
         """The prompt's tokens as estimated now (before this answer teaches the ratio)."""
         return self.tokens.estimate(request.model, request.prompt)
 
-    def expect_load(self, request: ClientRequest, num_ctx: int | None) -> bool:
-        """Note the context Ollama is about to hold the model at; True when that is a (re)load.
+    def _note_keep_alive(self, model: str, keep_alive: KeepAlive) -> None:
+        try:
+            seconds = keep_alive_seconds(keep_alive)
+        except ValueError:  # a client's own bad value, forwarded as is: Ollama answers it
+            return
+        self.sent_keep_alive.pop(model, None)
+        self.sent_keep_alive[model] = seconds
+        if len(self.sent_keep_alive) > MAX_REMEMBERED_MODELS:
+            del self.sent_keep_alive[next(iter(self.sent_keep_alive))]
+
+    def expect_load(
+        self, request: ClientRequest, num_ctx: int | None, keep_alive: KeepAlive | None = None
+    ) -> bool:
+        """Note the context Ollama is about to hold the model at, and the keep_alive it will keep
+        on the runner; True when that is a (re)load.
 
         A request that sends no ``num_ctx`` gets the model's default context (Ollama reloads a
         model loaded at another one), as far as the model's facts are known.
         """
+        if keep_alive is not None:
+            self._note_keep_alive(canonical_model(request.model), keep_alive)
         if num_ctx is None:
             model = self.facts.cached_facts(request.model)
             if model is None:
                 return False
             num_ctx = self.default_num_ctx(model, self.gpu())
         return self.facts.expect_loaded(request.model, num_ctx)
+
+    def predict(self, ctx: Context, num_ctx: int | None, keep_alive: KeepAlive | None) -> Prediction | None:
+        """What Ollama's scheduler will do with the request as sent (``policies.scheduler``), to be
+        checked against what it did; None without the model's facts or the server's."""
+        model, server = ctx.model, ctx.server
+        if model is None or server is None:
+            return None
+        auto = num_ctx is None and model.modelfile_num_ctx is None and not self.facts.settings.context_length
+        if num_ctx is None:
+            num_ctx = ctx.default_num_ctx or self.default_num_ctx(model, ctx.gpu)
+        try:
+            keep_alive_s = None if keep_alive is None else keep_alive_seconds(keep_alive)
+        except ValueError:
+            keep_alive_s = None
+        candidate = Candidate(
+            model,
+            num_ctx,
+            num_ctx_auto=auto,
+            keep_alive_s=keep_alive_s,
+            model_path=self.facts.model_path(ctx.model_name),
+            calibration=ctx.calibration,
+        )
+        try:
+            return predict(candidate, ctx.residents, Budget.from_snapshot(ctx.gpu), server)
+        except ValueError:  # facts too thin to size the load (IncompleteModelFacts)
+            return None
 
     def learn(
         self,
@@ -179,9 +234,11 @@ class ContextFactory:
         """Learn from the answer; after a load, the awaitable waits for the ``/api/ps`` read the
         record's observations need. ``loaded_before`` is what Ollama held when the request went
         out, to see what the scheduler unloaded for it."""
-        if expected_load and record.status == 200 and record.done_reason:
+        answered = bool(record.done_reason) or request.endpoint in EMBED_ENDPOINTS
+        if expected_load and record.status == 200 and answered:
             # Ollama held the model at another context (or not at all) when this went out: a
-            # fast load, e.g. a small model from the page cache, is still a load.
+            # fast load, e.g. a small model from the page cache, is still a load. (An embedding
+            # has no done_reason: its 200 is the whole answer.)
             record = dataclasses.replace(record, reloaded=True)
         if isinstance(record.prompt_tokens, int) and record.status == 200:
             self.tokens.learn(

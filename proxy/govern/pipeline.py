@@ -93,7 +93,7 @@ class Pipeline:
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
         policies = governor.policies_for(request.model, request.endpoint)
         outcome = ChainOutcome(start)
-        gpu = None
+        gpu = ctx = None
         if policies:
             ctx = await safe_await(
                 "facts",
@@ -132,7 +132,18 @@ class Pipeline:
         if self.steps is not None:
             self.steps.since("rewrite body", rewriting)  # a large body is encoded on the loop
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
-        expects_load = safecall("expect load", self.contexts.expect_load, request, sent_num_ctx) is True
+        sent_keep_alive = request.keep_alive if body is None else decision.keep_alive
+        expects_load = (
+            safecall("expect load", self.contexts.expect_load, request, sent_num_ctx, sent_keep_alive) is True
+        )
+        if ctx is not None:
+            prediction = safecall("predict", self.contexts.predict, ctx, sent_num_ctx, sent_keep_alive)
+            if prediction is not None:
+                record = dataclasses.replace(
+                    record,
+                    predicted_action=prediction.action,
+                    predicted_evictions=prediction.evicted_names,
+                )
         return Decided(
             request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
         )

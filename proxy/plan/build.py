@@ -241,6 +241,7 @@ def headroom_choice(
         all_loaded=tuple(resident.loaded for resident in residents),
         prompt_tokens=inputs.prompt_tokens,
         calibration=model.calibration,
+        residents=tuple(residents),
     )
     decision = model.headroom.decide(ctx, Decision())
     prediction = None

@@ -3,7 +3,8 @@
 The page (``static/dashboard.html``: no CDN, no build step) reads ``/governor/status`` and
 ``/governor/api/series`` every 10 s and draws, per model on one time axis, the num_ctx applied, the
 eval tokens/s and each model load, with the changes marked; beside them what is loaded, what fits
-(``status["fits"]`` when the status has it), the changes' figures and the last decisions. With
+(``status["fits"]`` when the status has it), the changes' figures, how often Ollama's scheduler did
+what was predicted (``status["predictions"]``, with every surprise) and the last decisions. With
 ``admin_token`` set it is opened as ``/governor/#token=<admin_token>``: the token is kept in
 sessionStorage (that tab only), removed from the address bar and sent as a bearer token. Every value
 is inserted as text, never as markup: model names come from clients.

@@ -1,8 +1,9 @@
-"""``python -m bench [overhead|scenarios|all] [--smoke] [--json PATH] [--loop asyncio|uvloop|both]``
+"""``python -m bench [overhead|scenarios|faults|all] [--smoke] [--json PATH] [--loop asyncio|uvloop|both]``
 
 Prints the tables and writes every figure, with the machine they came from, as JSON
 (``bench/results/latest.json`` unless ``--json`` says otherwise). ``--smoke`` runs every code
-path with tiny counts in seconds; its figures mean nothing.
+path with tiny counts in seconds; its figures mean nothing. ``faults`` (not part of ``all``)
+throws hostile clients, upstreams and inputs at a served governor under load (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -90,9 +91,21 @@ def _scenarios(smoke: bool, markdown: bool) -> dict[str, Any]:
     return result
 
 
+def _faults(smoke: bool, markdown: bool) -> dict[str, Any]:
+    import tempfile
+
+    from bench import faults
+
+    _progress("faults")
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as workdir:
+        result: dict[str, Any] = faults.run(smoke, Path(workdir))
+    print(faults.render(result, markdown=markdown))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("what", nargs="?", choices=("overhead", "scenarios", "all"), default="all")
+    parser.add_argument("what", nargs="?", choices=("overhead", "scenarios", "faults", "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="tiny counts: check that it works, in seconds")
     parser.add_argument(
         "--json",
@@ -118,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("scenarios", "all"):
         results["scenarios"] = _scenarios(args.smoke, args.markdown)
         failed = "error" in results["scenarios"]
+    if args.what == "faults":
+        results["faults"] = _faults(args.smoke, args.markdown)
+        failed = not results["faults"]["summary"]["passed"]
     results["duration_s"] = round(time.monotonic() - started, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

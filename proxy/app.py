@@ -3,7 +3,8 @@
 Each component has its own ``web.AppKey`` (``proxy.keys``) and its own ``cleanup_ctx``, so it
 is created at start-up and released at shutdown in reverse order: the upstream session, the
 facts poller (the one reader of ``/api/ps``), the memory sampler, the ledger, the pipeline and
-the warm-up. Handlers read the components from ``request.app``; nothing lives in globals.
+the warm-up, plus the loop stall monitor. Handlers read the components from ``request.app``;
+nothing lives in globals.
 """
 
 from __future__ import annotations
@@ -17,20 +18,23 @@ import structlog
 from aiohttp import web
 
 from policies.context import GpuSnapshot
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, LimitsSettings
 from proxy.facts.context import ContextFactory
 from proxy.facts.memory import build_sampler, build_source
 from proxy.facts.memory.source import MemorySource
 from proxy.facts.ollama import Facts
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.rules import Governor
-from proxy.keys import CONTEXTS, FACTS, LEDGER, MEMORY, METRICS, PIPELINE, UPSTREAM
+from proxy.govern.stall import StallMonitor
+from proxy.keys import CONTEXTS, FACTS, INFLIGHT, LEDGER, LIMITS, MEMORY, METRICS, PIPELINE, STALLS, UPSTREAM
 from proxy.ledger.ledger import Backend, Ledger, Sink
 from proxy.ledger.memory import MemoryBackend
 from proxy.ledger.store import DB_FILENAME, ResultStore
 from proxy.request.compat import COMPAT_PATHS, CompatHandler
+from proxy.request.guard import error_middleware
 from proxy.request.handler import GOVERNED_PATHS, GovernedHandler
 from proxy.upstream.client import Upstream
+from proxy.upstream.inflight import InFlight
 from proxy.upstream.relay import relay
 from proxy.views.auth import admin_auth_middleware
 from proxy.views.dashboard import dashboard_routes
@@ -44,7 +48,7 @@ log = structlog.get_logger("ollama_governor.app")
 INVALIDATING_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
 """Requests that can change which model a name means: model facts are re-read after them."""
 
-RESTART_ONLY = ("listen_host", "listen_port", "upstream", "gpu", "ollama", "store", "state_dir")
+RESTART_ONLY = ("listen_host", "listen_port", "upstream", "gpu", "ollama", "store", "state_dir", "limits")
 """Config fields that shape running machinery: a reload keeps the running values."""
 
 ConfigLoader = Callable[[], Config]
@@ -67,13 +71,27 @@ def create_app(
     """
     config = governor.config
     app = web.Application(handler_args={"max_field_size": 65536})
+    app.middlewares.append(error_middleware)
     app.middlewares.append(admin_auth_middleware(lambda: app[PIPELINE].governor.config.admin_token))
     app[METRICS] = GovernorMetrics()
+    app[LIMITS] = config.limits
+    app[INFLIGHT] = InFlight()
     if load_config is not None:
         app[CONFIG_LOADER] = load_config
 
+    async def stall_ctx(app: web.Application) -> AsyncIterator[None]:
+        monitor = app[STALLS] = StallMonitor()
+        monitor.start()
+        yield
+        await monitor.stop()
+
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        upstream = app[UPSTREAM] = Upstream(config.upstream)
+        limits = config.limits
+        upstream = app[UPSTREAM] = Upstream(
+            config.upstream,
+            first_byte_timeout_s=limits.first_byte_timeout_s,
+            stream_idle_timeout_s=limits.stream_idle_timeout_s,
+        )
         upstream.open()
         yield
         await upstream.close()
@@ -100,14 +118,14 @@ def create_app(
     async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         ledger = app[LEDGER] = Ledger(backend or _open_backend(config), [app[METRICS].observe, *sinks])
         yield
-        await ledger.aclose()
+        await ledger.aclose(shutdown_step_s(config))
 
     async def pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         sampler = app[MEMORY]
         contexts = app[CONTEXTS] = ContextFactory(app[FACTS], lambda: sampler.snapshot)
-        pipeline = app[PIPELINE] = Pipeline(governor, contexts, app[LEDGER])
+        pipeline = app[PIPELINE] = Pipeline(governor, contexts, app[LEDGER], app[STALLS].steps)
         yield
-        await pipeline.drain()
+        await pipeline.drain(shutdown_step_s(config))
 
     async def warm_ctx(app: web.Application) -> AsyncIterator[None]:
         task = None
@@ -119,18 +137,28 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app.cleanup_ctx.extend([upstream_ctx, facts_ctx, memory_ctx, ledger_ctx, pipeline_ctx, warm_ctx])
+    app.cleanup_ctx.extend(
+        [stall_ctx, upstream_ctx, facts_ctx, memory_ctx, ledger_ctx, pipeline_ctx, warm_ctx]
+    )
 
     async def governed(request: web.Request) -> web.StreamResponse:
-        return await GovernedHandler(request.app[PIPELINE], request.app[UPSTREAM])(request)
+        app = request.app
+        return await GovernedHandler(app[PIPELINE], app[UPSTREAM], app[INFLIGHT])(request)
 
     async def translated(request: web.Request) -> web.StreamResponse:
         app = request.app
-        return await CompatHandler(app[PIPELINE], app[UPSTREAM], app[FACTS])(request)
+        return await CompatHandler(app[PIPELINE], app[UPSTREAM], app[FACTS], app[INFLIGHT])(request)
 
     async def passthrough(request: web.Request) -> web.StreamResponse:
         body = request.content if request.body_exists else None
-        relayed = await relay(request, request.app[UPSTREAM], body=body)
+        app = request.app
+        relayed = await relay(
+            request,
+            app[UPSTREAM],
+            body=body,
+            inflight=app[INFLIGHT],
+            body_timeout_s=app[LIMITS].body_timeout_s,
+        )
         if request.path in INVALIDATING_PATHS and relayed.status < 400:
             request.app[FACTS].invalidate()
         return relayed.response
@@ -185,6 +213,7 @@ def reload(app: web.Application) -> bool:
             ("[ollama]", old.ollama, config.ollama),
             ("[store]", old.store, config.store),
             ("state_dir", old.state_dir, config.state_dir),
+            ("[limits]", old.limits, config.limits),
         )
         if before != after
     ]
@@ -198,7 +227,37 @@ def reload(app: web.Application) -> bool:
     return True
 
 
+SHUTDOWN_TAIL_S = 3.0
+"""Of ``drain_timeout``, what is kept for the steps after the drain (the runner's shutdown, the
+last results, the store's commit), so the whole stop stays within it."""
+
+
+def shutdown_tail_s(config: Config) -> float:
+    """The part of ``drain_timeout`` kept for what comes after the drain."""
+    return min(SHUTDOWN_TAIL_S, config.limits.drain_timeout_s / 2)
+
+
+def shutdown_step_s(config: Config) -> float:
+    """How long each of the five steps after the drain may take: the cut streams' grace,
+    aiohttp's shutdown, the results still being observed, the store's commit, and the tasks and
+    threads that are left."""
+    return shutdown_tail_s(config) / 5
+
+
 def make_runner(app: web.Application, *, shutdown_timeout_s: float = 15.0) -> web.AppRunner:
     """The runner ``serve`` and the tests share: handlers are cancelled when the client goes
-    away, which closes the upstream request so Ollama stops generating."""
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout_s)
+    away, which closes the upstream request so Ollama stops generating.
+
+    aiohttp's own keep-alive timer is the header timeout (``[limits] header_timeout``): it closes
+    a connection that has not sent a complete request head that long after it opened or after
+    its last response, so an idle or trickling (slowloris) connection cannot stay open.
+    """
+    limits = app.get(LIMITS)
+    header_timeout_s = limits.header_timeout_s if limits is not None else LimitsSettings().header_timeout_s
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout_s,
+        keepalive_timeout=header_timeout_s,
+    )

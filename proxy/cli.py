@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 from policies.memory import format_bytes
 from proxy import __version__
 from proxy.config import Config, ConfigError, load_config, parse_listen, parse_upstream
+from proxy.config.reader import duration_text
 from proxy.config.settings import DEFAULT_MEMINFO_PATH, DEFAULT_SYSFS_ROOT
 from proxy.govern.rules import Governor
 from proxy.ledger.store import default_state_dir
@@ -151,6 +152,18 @@ def describe(governor: Governor) -> str:
         + (f", sysfs_root {gpu.sysfs_root}" if gpu.sysfs_root != DEFAULT_SYSFS_ROOT else "")
         + (f", meminfo_path {gpu.meminfo_path}" if gpu.meminfo_path != DEFAULT_MEMINFO_PATH else "")
     )
+    limits = config.limits
+    bounds = ", ".join(
+        f"{name} {duration_text(seconds)}"
+        for name, seconds in (
+            ("header", limits.header_timeout_s),
+            ("body", limits.body_timeout_s),
+            ("first byte", limits.first_byte_timeout_s),
+            ("stream idle", limits.stream_idle_timeout_s),
+            ("drain", limits.drain_timeout_s),
+        )
+    )
+    lines.append(f"limits: {bounds}, governed bodies up to {format_bytes(limits.max_governed_body_bytes)}")
     if config.warm:
         lines.append(f"warm at start: {', '.join(config.warm)}")
     if not governor.rules:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.config import LimitsSettings
 from proxy.facts.context import ContextFactory
 from proxy.facts.memory.sampler import GpuSampler
 from proxy.facts.ollama import Facts
 from proxy.govern.pipeline import Pipeline
+from proxy.govern.stall import StallMonitor
 from proxy.ledger.ledger import Ledger
 from proxy.upstream.client import Upstream
+from proxy.upstream.inflight import InFlight
 from proxy.views.metrics import GovernorMetrics
 
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -23,3 +26,8 @@ CONTEXTS = web.AppKey("contexts", ContextFactory)
 METRICS = web.AppKey("metrics", GovernorMetrics)
 LEDGER = web.AppKey("ledger", Ledger)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+LIMITS = web.AppKey("limits", LimitsSettings)
+"""The running ``[limits]`` (fixed at start: the runner's header timeout is set from them)."""
+INFLIGHT = web.AppKey("inflight", InFlight)
+"""The relays in progress; its ``draining`` flag is true from the stop signal on."""
+STALLS = web.AppKey("stalls", StallMonitor)

@@ -96,3 +96,27 @@ class TestBenchSmoke:
         """The scenario section has numbers and the machine is described."""
         assert _numbers(smoke["scenarios"]) and "error" not in smoke["scenarios"]
         assert smoke["machine"]["python"] and smoke["machine"]["cores"]
+
+
+class TestFaultsSmoke:
+    """``python -m bench faults --smoke`` runs every fault and reports each one."""
+
+    @pytest.mark.timeout(180)
+    def test_every_fault_is_tried_and_held(self, tmp_path: Any) -> None:
+        """Each fault has a row; the run ends with the drain, nothing lost and no secret logged."""
+        out = tmp_path / "faults.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "bench", "faults", "--smoke", "--json", str(out)],
+            cwd=ROOT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=170,
+            check=False,
+        )
+        result = json.loads(out.read_text())["faults"]
+        failed = [row for row in result["rows"] if not row["passed"]]
+        assert failed == [], done.stdout[-3000:]
+        kinds = {row["kind"] for row in result["rows"]}
+        assert {"bad input", "client", "policy", "upstream", "load", "shutdown", "whole run"} <= kinds
+        assert result["summary"]["nothing_lost"] and result["summary"]["secrets_leaked"] == []
+        assert done.returncode == 0

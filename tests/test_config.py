@@ -159,3 +159,67 @@ class TestErrors:
         """A --config path that does not exist is reported as such."""
         with pytest.raises(ConfigError, match=r"nope\.toml: no such file$"):
             load_config(tmp_path / "nope.toml")
+
+
+class TestLimits:
+    """``[limits]``: every bound on a wait or a body, typed, with one message per mistake."""
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        """Without the table the documented defaults apply."""
+        limits = load_config(write(tmp_path, "")).limits
+        assert (
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.first_byte_timeout_s,
+            limits.stream_idle_timeout_s,
+            limits.drain_timeout_s,
+            limits.max_governed_body_bytes,
+        ) == (60.0, 60.0, 600.0, 300.0, 20.0, 16 * 1024 * 1024)
+
+    def test_every_key(self, tmp_path: Path) -> None:
+        """Durations are Go-style strings or seconds; the body limit a size; 0 turns a timeout off."""
+        text = """
+        [limits]
+        header_timeout = "5s"
+        body_timeout = 0
+        first_byte_timeout = "15m"
+        stream_idle_timeout = 90
+        drain_timeout = "12s"
+        max_governed_body = "4MiB"
+        """
+        limits = load_config(write(tmp_path, text)).limits
+        assert (
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.first_byte_timeout_s,
+            limits.stream_idle_timeout_s,
+            limits.drain_timeout_s,
+            limits.max_governed_body_bytes,
+        ) == (5.0, 0.0, 900.0, 90.0, 12.0, 4 * 1024 * 1024)
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            (
+                '[limits]\nheader_timeout = "0s"',
+                "limits.header_timeout: expected a duration above zero such as \"30s\", got '0s'",
+            ),
+            (
+                "[limits]\ndrain_timeout = 0",
+                'limits.drain_timeout: expected a duration above zero such as "30s", got 0',
+            ),
+            (
+                '[limits]\nbody_timeout = "-1s"',
+                "limits.body_timeout: expected a duration of zero or more, got '-1s'",
+            ),
+            ('[limits]\nfirst_byte_timeout = "soon"', "limits.first_byte_timeout: invalid duration 'soon'"),
+            (
+                '[limits]\nmax_governed_body = "1KiB"',
+                "limits.max_governed_body: expected at least 64KiB, got '1KiB'; bigger bodies are relayed ungoverned",
+            ),
+            ("[limits]\nmax_body = 1", "unknown key 'max_body' in [limits]"),
+        ],
+    )
+    def test_each_mistake_has_one_message(self, tmp_path: Path, text: str, expected: str) -> None:
+        """A bad limit names the file, the key and the reason."""
+        assert error_for(tmp_path, text) == expected

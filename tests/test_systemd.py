@@ -309,3 +309,14 @@ def test_config_example_parses() -> None:
     assert governor.config.upstream == "http://127.0.0.1:11434"
     assert governor.rules[-1].config.models == ("*",), "the last rule should be the catch-all"
     assert [p.name for p in governor.rules[0].policies] == ["headroom", "keep_alive"]
+
+
+def test_stop_timeout_leaves_room_for_the_drain() -> None:
+    """systemd's TimeoutStopSec stays a few seconds above the shipped config's drain bound, so
+    SIGTERM's drain ends before SIGKILL could cut it short."""
+    from proxy.config import load_config
+
+    unit = parse_unit(UNIT.read_text())
+    stop = effective(unit, "Service", "TimeoutStopSec")
+    assert stop is not None and re.fullmatch(r"\d+s", stop), stop
+    assert int(stop[:-1]) >= load_config(CONFIG_EXAMPLE).limits.drain_timeout_s + 5

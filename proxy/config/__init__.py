@@ -13,7 +13,7 @@ from proxy.config.config import (
     parse_upstream,
 )
 from proxy.config.reader import ConfigError, Table
-from proxy.config.settings import GpuSettings, OllamaSettings, StoreSettings
+from proxy.config.settings import GpuSettings, LimitsSettings, OllamaSettings, StoreSettings
 
 __all__ = [
     "CONFIG_ENV",
@@ -22,6 +22,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "GpuSettings",
+    "LimitsSettings",
     "OllamaSettings",
     "PolicySpec",
     "RuleConfig",

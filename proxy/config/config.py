@@ -20,9 +20,11 @@ from policies.context import Endpoint
 from proxy.config.reader import ConfigError, Table, as_bool, as_model_list, as_seconds, as_str, kind, one_of
 from proxy.config.settings import (
     GpuSettings,
+    LimitsSettings,
     OllamaSettings,
     StoreSettings,
     parse_gpu_section,
+    parse_limits_section,
     parse_ollama_section,
     parse_store_section,
 )
@@ -86,6 +88,7 @@ class Config:
     gpu: GpuSettings = field(default_factory=GpuSettings)
     ollama: OllamaSettings = field(default_factory=OllamaSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     @property
     def listen(self) -> str:
@@ -263,6 +266,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
         gpu=parse_gpu_section(section("gpu")),
         ollama=ollama,
         store=parse_store_section(section("store")),
+        limits=parse_limits_section(section("limits")),
     )
     top.finish()
     return config

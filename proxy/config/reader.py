@@ -114,6 +114,17 @@ def as_seconds(value: object) -> float:
     return seconds
 
 
+def duration_text(seconds: float) -> str:
+    """``10m``, ``90s``, ``1.5s``, ``250ms``: a timeout as an operator wrote it (``0`` is off)."""
+    if seconds == 0:
+        return "off"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
+
+
 def as_model_list(value: object) -> tuple[str, ...]:
     """A list of model names."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):

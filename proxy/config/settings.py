@@ -1,4 +1,4 @@
-"""The typed config sections: ``[gpu]``, ``[ollama]`` and ``[store]``.
+"""The typed config sections: ``[gpu]``, ``[ollama]``, ``[store]`` and ``[limits]``.
 
 Each section is a frozen dataclass parsed here, in the config layer, so that the modules that
 use a setting import it from here and the config never imports them.
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from policies.duration import keep_alive_seconds
-from policies.memory import GIB
+from policies.memory import GIB, MIB
 from policies.model import parse_version
 from proxy.config.reader import (
     Table,
@@ -249,6 +249,72 @@ def parse_store_section(table: Table) -> StoreSettings:
         max_rows=table.get("max_rows", as_positive_int, 1_000_000),
         flush_interval_s=table.get("flush_interval", as_seconds, 1.0),
         enabled=table.get("enabled", _as_enabled, True),
+    )
+    table.finish()
+    return settings
+
+
+DEFAULT_MAX_GOVERNED_BODY_BYTES = 16 * MIB
+"""Bodies larger than this (many big images) are relayed as they are, streaming, ungoverned."""
+MIN_GOVERNED_BODY_BYTES = 64 * 1024
+"""A smaller limit would leave ordinary chats ungoverned."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """``[limits]``: how long a client or Ollama may take, how big a governed body may be, and
+    how long a stop may wait for streams in flight. Each bound turns a stuck peer into a clear
+    error instead of a connection held forever.
+
+    TOML keys: ``header_timeout``, ``body_timeout``, ``first_byte_timeout``,
+    ``stream_idle_timeout``, ``drain_timeout``, ``max_governed_body``. A timeout of 0 turns it
+    off, except ``header_timeout`` and ``drain_timeout``, which must be above 0.
+    """
+
+    header_timeout_s: float = 60.0
+    """A connection must send a request's complete head within this, counted from when it opened
+    or its previous response ended; an idle keep-alive connection is closed after it too."""
+    body_timeout_s: float = 60.0
+    """The longest pause while a client sends a governed body (the governor reads it whole)."""
+    first_byte_timeout_s: float = 600.0
+    """How long Ollama may take to start its answer: a model load, and for ``stream: false``
+    the whole generation. Past it the client gets 504."""
+    stream_idle_timeout_s: float = 300.0
+    """The longest pause between two pieces of Ollama's answer; past it the stream is ended with
+    Ollama's error line."""
+    drain_timeout_s: float = 20.0
+    """On SIGTERM, streams in flight get this long to finish before they are cut; the process
+    exits within it. Keep it below systemd's ``TimeoutStopSec`` (30 s in the shipped unit)."""
+    max_governed_body_bytes: int = DEFAULT_MAX_GOVERNED_BODY_BYTES
+    """A larger generate or chat body is relayed as it is, streaming and ungoverned; never refused."""
+
+
+def _as_positive_seconds(value: object) -> float:
+    seconds = as_seconds(value)
+    if seconds <= 0:
+        raise ValueError(f'expected a duration above zero such as "30s", got {value!r}')
+    return seconds
+
+
+def _as_body_limit(value: object) -> int:
+    size = as_size(value)
+    if size < MIN_GOVERNED_BODY_BYTES:
+        raise ValueError(f"expected at least 64KiB, got {value!r}; bigger bodies are relayed ungoverned")
+    return size
+
+
+def parse_limits_section(table: Table) -> LimitsSettings:
+    """Validate ``[limits]``."""
+    defaults = LimitsSettings()
+    settings = LimitsSettings(
+        header_timeout_s=table.get("header_timeout", _as_positive_seconds, defaults.header_timeout_s),
+        body_timeout_s=table.get("body_timeout", as_seconds, defaults.body_timeout_s),
+        first_byte_timeout_s=table.get("first_byte_timeout", as_seconds, defaults.first_byte_timeout_s),
+        stream_idle_timeout_s=table.get("stream_idle_timeout", as_seconds, defaults.stream_idle_timeout_s),
+        drain_timeout_s=table.get("drain_timeout", _as_positive_seconds, defaults.drain_timeout_s),
+        max_governed_body_bytes=table.get(
+            "max_governed_body", _as_body_limit, defaults.max_governed_body_bytes
+        ),
     )
     table.finish()
     return settings

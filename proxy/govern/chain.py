@@ -22,6 +22,7 @@ from policies.decision import Decision
 from proxy.govern.boundary import being_cancelled, describe, trimmed_traceback
 from proxy.govern.loader import LoadedPolicy
 from proxy.govern.record import PolicyChange
+from proxy.govern.stall import StepLog
 
 log = structlog.get_logger("ollama_governor.chain")
 
@@ -45,14 +46,22 @@ class _Failed(Exception):
 
 
 async def run_chain(
-    policies: Sequence[LoadedPolicy], ctx: Context, decision: Decision, timeout_s: float
+    policies: Sequence[LoadedPolicy],
+    ctx: Context,
+    decision: Decision,
+    timeout_s: float,
+    steps: StepLog | None = None,
 ) -> ChainOutcome:
-    """Fold ``decision`` through ``policies``; stop early when one rejects the request."""
+    """Fold ``decision`` through ``policies``; stop early when one rejects the request.
+
+    A policy step that holds the event loop is noted in ``steps``, where the stall monitor
+    (``proxy.govern.stall``) finds the name of what held it.
+    """
     changes: list[PolicyChange] = []
     errors: list[str] = []
     for policy in policies:
         try:
-            result = await _run(policy, ctx, decision, timeout_s)
+            result = await _run(policy, ctx, decision, timeout_s, steps)
         except _Failed as failed:
             errors.append(f"{policy.name}: {failed}")
             continue
@@ -65,10 +74,12 @@ async def run_chain(
     return ChainOutcome(decision, tuple(changes), tuple(errors))
 
 
-async def _run(policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_s: float) -> Decision:
+async def _run(
+    policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_s: float, steps: StepLog | None
+) -> Decision:
     """One policy behind the boundary; raises ``_Failed`` (already logged) when it fails."""
     try:
-        result = await _call(policy, ctx, decision, timeout_s)
+        result = await _call(policy, ctx, decision, timeout_s, steps)
     except _Failed as failed:
         _log_failure(policy.name, ctx, str(failed), None)
         raise
@@ -85,7 +96,9 @@ async def _run(policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_s
     return result
 
 
-async def _call(policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_s: float) -> object:
+async def _call(
+    policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_s: float, steps: StepLog | None
+) -> object:
     """Call the policy, bounding it by ``timeout_s`` however it behaves.
 
     Most policies never suspend, so their first step runs directly, without a timer or a task
@@ -95,7 +108,8 @@ async def _call(policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_
     cancellation cannot hold the request. A ``threaded`` policy runs in a worker thread.
     """
     if policy.threaded:
-        return await _bounded(asyncio.ensure_future(asyncio.to_thread(policy.call, ctx, decision)), timeout_s)
+        thread = asyncio.ensure_future(asyncio.to_thread(policy.call, ctx, decision))
+        return await _bounded(thread, timeout_s, policy.name)
     started = time.perf_counter()
     try:
         result: object = policy.call(ctx, decision)
@@ -109,15 +123,19 @@ async def _call(policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_
             else:
                 result = _Resumed(coro, pending)
     finally:
-        _check_blocking(policy, ctx, time.perf_counter() - started, timeout_s)
+        _check_blocking(policy, ctx, time.perf_counter() - started, timeout_s, steps)
     if isinstance(result, _Resumed) or inspect.isawaitable(result):
-        return await _bounded(asyncio.ensure_future(result), timeout_s)
+        return await _bounded(asyncio.ensure_future(result), timeout_s, policy.name)
     return result
 
 
-def _check_blocking(policy: LoadedPolicy, ctx: Context, held_s: float, timeout_s: float) -> None:
+def _check_blocking(
+    policy: LoadedPolicy, ctx: Context, held_s: float, timeout_s: float, steps: StepLog | None
+) -> None:
     if held_s < BLOCKING_LOG_S:
         return
+    if steps is not None:
+        steps.note(f"policy {policy.name}", held_s)
     log.warning(
         "policy_blocked_loop",
         policy=policy.name,
@@ -131,8 +149,11 @@ def _check_blocking(policy: LoadedPolicy, ctx: Context, held_s: float, timeout_s
         )
 
 
-async def _bounded(task: asyncio.Future[Any], timeout_s: float) -> object:
-    """The task's result within ``timeout_s``; past it the task is cancelled and left behind."""
+async def _bounded(task: asyncio.Future[Any], timeout_s: float, name: str) -> object:
+    """The task's result within ``timeout_s``; past it the task is cancelled and left behind,
+    named for its policy (the shutdown names what refuses to stop)."""
+    if isinstance(task, asyncio.Task):
+        task.set_name(f"policy {name}")
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout_s or None)
     except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from proxy.govern.boundary import safe_await, safecall
 from proxy.govern.chain import ChainOutcome, run_chain
 from proxy.govern.record import Answer, GovernedRequest
 from proxy.govern.rules import Governor
+from proxy.govern.stall import StepLog
 from proxy.ledger.ledger import Ledger
 from proxy.request.parse import ClientRequest
 from proxy.request.rewrite import rewrite_body
@@ -56,15 +57,24 @@ class Decided:
             return None
         return rewrite_body(dataclasses.replace(self.request, body=body), self.decision)
 
+    def without_body(self) -> Decided:
+        """This decision without the client's parsed body, which ``finish`` does not read: a
+        large body then costs its bytes once, not three times, while the answer streams."""
+        return dataclasses.replace(self, request=dataclasses.replace(self.request, body={}))
+
 
 class Pipeline:
     """Decides and records governed requests. ``governor`` is swapped whole on reload; a request
     in flight keeps the one it started with."""
 
-    def __init__(self, governor: Governor, contexts: ContextFactory, ledger: Ledger) -> None:
+    def __init__(
+        self, governor: Governor, contexts: ContextFactory, ledger: Ledger, steps: StepLog | None = None
+    ) -> None:
         self.governor = governor
         self.contexts = contexts
         self.ledger = ledger
+        self.steps = steps
+        """Where the chain notes the policy steps that held the loop (read by the stall monitor)."""
         self._pending: set[asyncio.Task[GovernedRequest]] = set()
 
     async def decide(
@@ -93,7 +103,7 @@ class Pipeline:
             if ctx is None:  # facts are best effort; the request goes on with what it tells
                 ctx = request_context(request, client=client, headers=headers)
             gpu = ctx.gpu
-            outcome = await run_chain(policies, ctx, start, governor.config.policy_timeout_s)
+            outcome = await run_chain(policies, ctx, start, governor.config.policy_timeout_s, self.steps)
             _warn(request, outcome)
         decision = outcome.decision
         dry_run = governor.config.dry_run
@@ -117,7 +127,10 @@ class Pipeline:
         )
         if decision.rejection is not None:
             return Decided(request, record, None, rejection=decision.rejection)
+        rewriting = time.perf_counter()
         body = None if dry_run else rewrite_body(request, decision)
+        if self.steps is not None:
+            self.steps.since("rewrite body", rewriting)  # a large body is encoded on the loop
         sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
         sent_keep_alive = request.keep_alive if body is None else decision.keep_alive
         expects_load = (
@@ -176,7 +189,11 @@ class Pipeline:
     async def _record_later(
         self, later: Awaitable[GovernedRequest], fallback: GovernedRequest
     ) -> GovernedRequest:
-        record = await safe_await("observe", later, model=fallback.model) or fallback
+        try:
+            record = await safe_await("observe", later, model=fallback.model) or fallback
+        except asyncio.CancelledError:
+            self.ledger.record(fallback)  # shutdown cut the observation short: keep the result
+            raise
         return self.ledger.record(record)
 
     def abandon(self, decided: Decided, status: int, error: str) -> GovernedRequest:
@@ -189,10 +206,17 @@ class Pipeline:
         """Record a request a policy refused (the client gets a 400; nothing was sent)."""
         return self.ledger.record(dataclasses.replace(decided.record, status=400))
 
-    async def drain(self) -> None:
-        """Record every result still waiting for facts (at shutdown)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Record every result still waiting for facts (at shutdown); past ``timeout_s`` the
+        observations are cut short and each result is recorded with what it had."""
+        if not self._pending:
+            return
+        pending = list(self._pending)
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def _warn(request: ClientRequest, outcome: ChainOutcome) -> None:

@@ -56,8 +56,8 @@ class Backend(Protocol):
         """Plot points, oldest first."""
         ...
 
-    async def aclose(self) -> None:
-        """Commit what is queued and release the backend."""
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Commit what is queued and release the backend, waiting at most ``timeout_s``."""
         ...
 
 
@@ -88,6 +88,6 @@ class Ledger:
             safecall(f"sink {getattr(sink, '__qualname__', repr(sink))}", sink, record, model=record.model)
         return record
 
-    async def aclose(self) -> None:
-        """Commit and close the backend."""
-        await self.backend.aclose()
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        """Commit and close the backend, waiting at most ``timeout_s`` (a stop has a deadline)."""
+        await self.backend.aclose(timeout_s)

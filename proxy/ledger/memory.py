@@ -109,5 +109,5 @@ class MemoryBackend:
         ][-limit:]
         return [point_of(decision) for decision in chosen]
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout_s: float | None = None) -> None:
         """Nothing to release."""

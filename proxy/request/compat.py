@@ -21,13 +21,16 @@ from aiohttp import web
 
 from policies.context import Endpoint
 from proxy.compat import ROUTES, CompatError, CompatRoute, NativeRequest, Unsupported
+from proxy.config.reader import duration_text
 from proxy.facts.ollama import Facts
+from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Decided, Pipeline
 from proxy.govern.record import Answer
-from proxy.request.handler import MAX_GOVERNED_BODY_BYTES, read_limited
+from proxy.request.handler import read_limited
 from proxy.request.parse import parse_request
 from proxy.upstream.client import Upstream
-from proxy.upstream.relay import relay
+from proxy.upstream.inflight import InFlight
+from proxy.upstream.relay import error_response, relay
 from proxy.upstream.translate import error_reply, native_error_body, relay_translated
 
 log = structlog.get_logger("ollama_governor.request")
@@ -49,16 +52,27 @@ class CompatHandler:
     """Governs ``POST`` on the five translated ``/v1`` routes (everything else under ``/v1``,
     ``/v1/models`` included, is relayed as it is)."""
 
-    def __init__(self, pipeline: Pipeline, upstream: Upstream, facts: Facts) -> None:
+    def __init__(
+        self, pipeline: Pipeline, upstream: Upstream, facts: Facts, inflight: InFlight | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.upstream = upstream
         self.facts = facts
+        self.inflight = inflight
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Govern one request and answer it in its route's shape."""
         started = time.perf_counter()
         route, endpoint = ROUTES[request.path], COMPAT_PATHS[request.path]
-        raw, whole = await read_limited(request, MAX_GOVERNED_BODY_BYTES)
+        limits = self.pipeline.governor.config.limits
+        try:
+            async with asyncio.timeout(limits.body_timeout_s or None):
+                raw, whole = await read_limited(request, limits.max_governed_body_bytes)
+        except TimeoutError:
+            waited = duration_text(limits.body_timeout_s)
+            response = error_response(408, f"the request body did not arrive within {waited}")
+            response.force_close()
+            return response
         if not whole:
             return await self._untouched(request, raw, whole, "body too large to govern")
         if not self.pipeline.governs_route(endpoint):
@@ -81,11 +95,19 @@ class CompatHandler:
         parsed = parse_request(endpoint, native_bytes)
         if parsed is None:
             return await self._untouched(request, raw, whole, "the translated body is not governable")
-        decided = await self.pipeline.decide(parsed, client=request.remote, headers=request.headers)
+        # Governing fails open: if deciding breaks (a bug of ours), the request goes as sent.
+        decided = await safe_await(
+            "decide",
+            self.pipeline.decide(parsed, client=request.remote, headers=request.headers),
+            model=parsed.model,
+        )
+        if decided is None:
+            return await self._untouched(request, raw, whole)
         if decided.rejection is not None:
             self.pipeline.refuse(decided)
             return error_reply(route.error_from_native(400, native_error_body(decided.rejection), native))
-        return await self._relay(request, route, native, native_bytes, decided, started)
+        del raw, parsed
+        return await self._relay(request, route, native, native_bytes, decided.without_body(), started)
 
     async def _relay(
         self,
@@ -107,10 +129,14 @@ class CompatHandler:
                 native,
                 native_bytes if decided.body is None else decided.body,
                 resend=resend,
+                inflight=self.inflight,
             )
         except (asyncio.CancelledError, ConnectionError):
             # The client went away; Ollama's own word for that is 499. Still one result.
             self.pipeline.abandon(decided, 499, "client disconnected")
+            raise
+        except Exception as exc:  # a bug of ours while relaying: still one result, then the guard
+            self.pipeline.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
             raise
         first = translated.first_byte_at
         answer = Answer.of(
@@ -140,7 +166,11 @@ class CompatHandler:
         if reason is not None:
             log.info("not_governed", reason=reason, path=request.path)
         body: bytes | AsyncIterator[bytes] = raw if whole else _prefixed(raw, request.content)
-        return (await relay(request, self.upstream, body=body)).response  # type: ignore[arg-type]
+        limits = self.pipeline.governor.config.limits
+        relayed = await relay(
+            request, self.upstream, body=body, inflight=self.inflight, body_timeout_s=limits.body_timeout_s
+        )
+        return relayed.response
 
 
 async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:

@@ -16,11 +16,14 @@ import structlog
 from aiohttp import hdrs, web
 
 from policies.context import Endpoint
+from proxy.config.reader import duration_text
+from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.record import Answer
 from proxy.request.parse import parse_request
 from proxy.request.prompt import EMBED_ENDPOINTS
 from proxy.upstream.client import Upstream
+from proxy.upstream.inflight import InFlight
 from proxy.upstream.relay import error_response, relay
 from proxy.upstream.tap import FinalObjectTap, TailFiguresTap
 
@@ -32,8 +35,6 @@ GOVERNED_PATHS: dict[str, Endpoint] = {
     "/api/embed": "embed",
     "/api/embeddings": "embeddings",
 }
-MAX_GOVERNED_BODY_BYTES = 128 * 1024 * 1024
-"""Bodies larger than this (many big images) are streamed through ungoverned, never refused."""
 
 
 async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
@@ -61,39 +62,72 @@ class GovernedHandler:
     """Handles the governed native routes: ``/api/generate``, ``/api/chat``, ``/api/embed`` and
     ``/api/embeddings`` (embeddings load models too)."""
 
-    def __init__(self, pipeline: Pipeline, upstream: Upstream) -> None:
+    def __init__(self, pipeline: Pipeline, upstream: Upstream, inflight: InFlight | None = None) -> None:
         self.pipeline = pipeline
         self.upstream = upstream
+        self.inflight = inflight
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Govern one request and relay its answer."""
         started = time.perf_counter()
         endpoint = GOVERNED_PATHS[request.path]
-        raw, whole = await read_limited(request, MAX_GOVERNED_BODY_BYTES)
+        limits = self.pipeline.governor.config.limits
+        try:
+            async with asyncio.timeout(limits.body_timeout_s or None):
+                raw, whole = await read_limited(request, limits.max_governed_body_bytes)
+        except TimeoutError:
+            waited = duration_text(limits.body_timeout_s)
+            response = error_response(408, f"the request body did not arrive within {waited}")
+            response.force_close()
+            return response
         if not whole:
             log.warning("not_governed", reason="body too large to govern", path=request.path)
             body = _prefixed(raw, request.content)
-            return (await relay(request, self.upstream, body=body)).response  # type: ignore[arg-type]
+            relayed = await relay(
+                request,
+                self.upstream,
+                body=body,
+                inflight=self.inflight,
+                body_timeout_s=limits.body_timeout_s,
+            )
+            return relayed.response
+        parsing = time.perf_counter()
         parsed = parse_request(endpoint, raw)
+        if self.pipeline.steps is not None:
+            self.pipeline.steps.since("parse body", parsing)  # a large body is parsed on the loop
         if parsed is None:
-            return (await relay(request, self.upstream, body=raw)).response
-        decided = await self.pipeline.decide(parsed, client=request.remote, headers=request.headers)
+            return (await relay(request, self.upstream, body=raw, inflight=self.inflight)).response
+        # Governing fails open: if deciding breaks (a bug of ours), the request goes as sent.
+        decided = await safe_await(
+            "decide",
+            self.pipeline.decide(parsed, client=request.remote, headers=request.headers),
+            model=parsed.model,
+        )
+        if decided is None:
+            return (await relay(request, self.upstream, body=raw, inflight=self.inflight)).response
         if decided.rejection is not None:
             self.pipeline.refuse(decided)
             return error_response(400, decided.rejection)
+        sent = raw if decided.body is None else decided.body
+        decided = decided.without_body()
+        del raw, parsed  # one copy of the body, the bytes sent, is kept while the answer streams
         tap = TailFiguresTap() if endpoint in EMBED_ENDPOINTS else FinalObjectTap()
         try:
             relayed = await relay(
                 request,
                 self.upstream,
-                body=raw if decided.body is None else decided.body,
+                body=sent,
                 body_length=None if decided.body is None else len(decided.body),
                 drop_headers=(hdrs.ACCEPT_ENCODING,),
                 tap=tap,
+                inflight=self.inflight,
             )
         except (asyncio.CancelledError, ConnectionError):
             # The client went away; Ollama's own word for that is 499. Still one result.
             self.pipeline.abandon(decided, 499, "client disconnected")
+            raise
+        except Exception as exc:  # a bug of ours while relaying: still one result, then the guard
+            self.pipeline.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
             raise
         ttfb_ms = round((relayed.first_byte_at - started) * 1000, 3) if relayed.first_byte_at else None
         answer = Answer.of(

@@ -1,12 +1,15 @@
 """The one client session to Ollama, and the only place that retries.
 
 A connection refused before anything was sent is retried with a short, bounded backoff so a
-restarting Ollama is ridden over. Once the upstream may have seen the body, nothing is retried:
-a generate request is not idempotent.
+restarting Ollama is ridden over. A request whose connection Ollama dropped before answering
+(it restarted, so the pooled connection was gone) is sent once more only when that is what the
+client itself could do safely: a GET, or an inference request (``REPLAY_SAFE_PATHS``) whose body
+is still in hand. Anything else that may have reached Ollama is never sent twice.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import AsyncIterable, Mapping
 from typing import Any
@@ -16,6 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from yarl import URL
 
 from proxy import __version__
+from proxy.redact import describe_chain, describe_error
 
 CONNECT_TIMEOUT_S = 10.0
 OWN_USER_AGENT = f"ollama-governor/{__version__}"
@@ -27,11 +31,41 @@ class UpstreamUnavailable(Exception):
     """Ollama could not be reached; the message names the upstream and the cause."""
 
 
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REPLAY_SAFE_PATHS = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/show",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+    }
+)
+"""Requests Ollama answers without changing anything but which model is loaded; one that found
+its connection dropped is sent again, as the client would, instead of failing with a 502."""
+DROPPED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})
+
+
 def _never_sent(exc: BaseException) -> bool:
     """True for failures that happen before a single byte of the request left."""
     return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
         exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError
     )
+
+
+def _dropped(exc: BaseException) -> bool:
+    """True when Ollama closed the connection under the request before answering it."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    if not isinstance(exc, aiohttp.ClientOSError):
+        return False
+    cause = exc.__cause__
+    return exc.errno in DROPPED_ERRNOS or isinstance(cause, ConnectionResetError | BrokenPipeError)
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -55,11 +89,21 @@ class Upstream:
     """
 
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession | None = None, retry_window_s: float = 5.0
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession | None = None,
+        retry_window_s: float = 5.0,
+        *,
+        first_byte_timeout_s: float = 0.0,
+        stream_idle_timeout_s: float = 0.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
         self.retry_window_s = retry_window_s
+        self.first_byte_timeout_s = first_byte_timeout_s
+        """How long a relayed request may wait for Ollama's answer to start (0: no bound)."""
+        self.stream_idle_timeout_s = stream_idle_timeout_s
+        """The longest pause between two pieces of a relayed answer (0: no bound)."""
         base = URL(self.base_url)
         if not base.is_absolute() or base.host is None:
             raise ValueError(f"upstream must be an absolute http(s) URL, got {base_url!r}")
@@ -110,14 +154,27 @@ class Upstream:
         The caller owns the response and must ``release()`` or ``close()`` it.
         """
         url = self.url(path_qs)
+        replays = int(
+            isinstance(data, bytes | None) and (method in IDEMPOTENT_METHODS or url.path in REPLAY_SAFE_PATHS)
+        )
+
+        def retryable(exc: BaseException) -> bool:
+            nonlocal replays
+            if _never_sent(exc):
+                return True
+            if replays and _dropped(exc):
+                replays -= 1  # once: a second drop is Ollama's answer, not a stale connection
+                return True
+            return False
+
         try:
             return await self._request(method, url, headers, data)
         except Exception as exc:
-            if not _never_sent(exc) or self.retry_window_s <= 0:
+            if not retryable(exc) or self.retry_window_s <= 0:
                 raise self._unavailable(exc) from exc
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_never_sent),
+                retry=retry_if_exception(retryable),
                 wait=wait_exponential(multiplier=0.05, min=0.05, max=1.0),
                 stop=stop_after_delay(self.retry_window_s),
                 reraise=True,
@@ -155,6 +212,15 @@ class Upstream:
             return json.loads(body) if body else None
 
     def _unavailable(self, exc: BaseException) -> UpstreamUnavailable:
-        cause = getattr(exc, "os_error", None) or exc
-        text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-        return UpstreamUnavailable(f"upstream Ollama at {self.base_url} is unreachable: {text}")
+        """The failure in words that quote nothing the client sent: aiohttp's own messages name
+        the URL (query string included) or the bytes they failed on, so only a connect error's
+        OS reason and the error's class are used."""
+        connect_error = getattr(exc, "os_error", None)
+        if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(connect_error, OSError):
+            text = connect_error.strerror or describe_error(connect_error)
+            return UpstreamUnavailable(f"upstream Ollama at {self.base_url} is unreachable: {text}")
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            text = "it closed the connection before answering"
+        else:
+            text = describe_chain(exc)
+        return UpstreamUnavailable(f"upstream Ollama at {self.base_url} failed: {text}")

@@ -1,14 +1,21 @@
 """Byte-for-byte relaying between the client and Ollama, streaming in both directions.
 
 Nothing is buffered: request bodies flow from the client's stream into the upstream request,
-and every chunk Ollama writes is written to the client as it arrives (``iter_any``), so each
+and every chunk Ollama writes is written to the client as it arrives (``readany``), so each
 NDJSON line keeps its timing. Hop-by-hop headers are dropped as RFC 9110 §7.6.1 says.
+
+Every wait on Ollama is bounded (``Upstream.first_byte_timeout_s`` for its answer to start,
+``stream_idle_timeout_s`` between two pieces of it), except on the paths whose work has no
+natural bound (pull, push, create, blob uploads). What the relay catches from Ollama is what
+Ollama can cause: ``aiohttp.ClientError`` and timeouts; a bug of ours still raises.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,7 +24,10 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config.reader import duration_text
+from proxy.redact import describe_chain
 from proxy.upstream.client import Upstream, UpstreamUnavailable
+from proxy.upstream.inflight import Flight, InFlight
 
 log = structlog.get_logger("ollama_governor.forward")
 
@@ -35,7 +45,15 @@ HOP_BY_HOP = frozenset(
         "Proxy-Connection",
     )
 )
+ANSWERED_HERE = frozenset({hdrs.EXPECT.lower()})
+"""Request headers this hop has already acted on: aiohttp answered ``Expect: 100-continue``."""
 NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+UNBOUNDED_PATHS = frozenset({"/api/pull", "/api/push", "/api/create"})
+UNBOUNDED_PREFIXES = ("/api/blobs/",)
+"""Work with no natural bound (a 40 GB pull with ``stream: false`` answers when it is done)."""
+BROKEN_STREAM = "upstream closed the stream"
+BAD_BODY = "the request body was malformed or cut off"
 
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -56,7 +74,7 @@ def upstream_request_headers(
     the body was rewritten."""
     headers = end_to_end(request.headers)
     headers.popall(hdrs.HOST, None)
-    for name in drop:
+    for name in (*drop, *ANSWERED_HERE):
         headers.popall(name, None)
     if body_length is not None:
         headers[hdrs.CONTENT_LENGTH] = str(body_length)
@@ -77,7 +95,8 @@ class Tap(Protocol):
 
 @dataclass(slots=True)
 class Relayed:
-    """How a relay ended: the status sent, and when the first body byte reached the client."""
+    """How a relay ended: the status sent (503 for a stream the drain cut), and when the first
+    body byte reached the client."""
 
     response: web.StreamResponse
     status: int
@@ -87,30 +106,165 @@ class Relayed:
     content_type: str = ""
 
 
+def is_bounded(path: str) -> bool:
+    """Whether the upstream timeouts apply to ``path``."""
+    return path not in UNBOUNDED_PATHS and not path.startswith(UNBOUNDED_PREFIXES)
+
+
+class ClientBody:
+    """The client's body as it streams into the upstream request, with a bound on each pause.
+
+    It remembers why it stopped early, so a body that breaks or stalls is answered as the
+    client's failure (400, 408), not as Ollama's (502).
+    """
+
+    __slots__ = ("failure", "idle_s", "stream")
+
+    def __init__(self, stream: aiohttp.StreamReader | AsyncIterator[bytes], idle_s: float) -> None:
+        self.stream = stream
+        self.idle_s = idle_s or None
+        self.failure: tuple[int, str] | None = None
+        """The status and message to answer when the body stopped early."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self.stream.iter_any() if isinstance(self.stream, aiohttp.StreamReader) else self.stream
+        iterator = aiter(chunks)
+        while True:
+            try:
+                async with asyncio.timeout(self.idle_s):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                self.failure = (
+                    408,
+                    f"the request body paused for more than {duration_text(self.idle_s or 0)}",
+                )
+                raise
+            except (aiohttp.ClientError, web.RequestPayloadError, ConnectionError):
+                self.failure = (400, BAD_BODY)
+                raise
+            yield chunk
+
+
 async def relay(
     request: web.Request,
     upstream: Upstream,
     *,
-    body: bytes | aiohttp.StreamReader | None,
+    body: bytes | aiohttp.StreamReader | AsyncIterator[bytes] | None,
     body_length: int | None = None,
     drop_headers: tuple[str, ...] = (),
     tap: Tap | None = None,
+    inflight: InFlight | None = None,
+    body_timeout_s: float = 0.0,
 ) -> Relayed:
     """Forward the request, stream the answer back, and report how it went.
 
-    Before headers are sent an upstream failure becomes a 502 in Ollama's error shape; after,
-    the stream can only be ended: NDJSON gets Ollama's own mid-stream error line, anything
-    else is cut so the client sees a truncated transfer rather than a clean end.
+    Before headers are sent a failure becomes an error in Ollama's shape: 502 (unreachable),
+    504 (no answer in time), 400 (the client's own body broke), 503 (shutting down). After,
+    the stream can only be ended: NDJSON gets Ollama's mid-stream error line, SSE the route's
+    error event, anything else is cut so the client sees a truncated transfer, not a clean end.
+    A streamed body may pause for at most ``body_timeout_s`` (0: no bound) on bounded paths.
     """
-    headers = upstream_request_headers(request, body_length=body_length, drop=drop_headers)
+    sent: bytes | ClientBody | None = (
+        body
+        if isinstance(body, bytes | None)
+        else ClientBody(body, body_timeout_s if is_bounded(request.path) else 0.0)
+    )
+    if inflight is None:
+        return await _relay(request, upstream, Flight(None), sent, body_length, drop_headers, tap)
+    with inflight.track() as flight:
+        return await _relay(request, upstream, flight, sent, body_length, drop_headers, tap)
+
+
+@dataclass(frozen=True, slots=True)
+class NoAnswer:
+    """Why Ollama's answer never started: the status and message to answer the client with."""
+
+    status: int
+    message: str
+
+
+async def open_upstream(
+    request: web.Request,
+    upstream: Upstream,
+    flight: Flight,
+    *,
+    method: str,
+    path_qs: str,
+    headers: CIMultiDict[str],
+    body: bytes | ClientBody | None,
+) -> aiohttp.ClientResponse | NoAnswer:
+    """Send the request and wait, within the first-byte timeout, for Ollama's answer to start.
+
+    A failure is described, never raised: 502 (unreachable), 504 (too slow), 400 or 408 (the
+    client's own body broke or stalled), 503 (the drain cut the wait). Both relays start here.
+    """
+    if flight.cut_reason is not None:
+        return NoAnswer(503, flight.cut_reason)
+    first_byte_s = upstream.first_byte_timeout_s if is_bounded(request.path) else 0.0
     try:
-        upstream_response = await upstream.send(request.method, request.raw_path, headers=headers, data=body)
+        async with asyncio.timeout(first_byte_s or None):
+            response = await upstream.send(method, path_qs, headers=headers, data=body)
     except UpstreamUnavailable as exc:
+        if isinstance(body, ClientBody) and body.failure is not None:
+            return NoAnswer(*body.failure)  # the client's body broke, not Ollama
         log.warning("upstream_unavailable", path=request.path, error=str(exc))
-        failed = error_response(502, str(exc))
-        await failed.prepare(request)
-        await failed.write_eof()
-        return Relayed(failed, 502, error=str(exc))
+        return NoAnswer(502, str(exc))
+    except TimeoutError:
+        error = f"upstream Ollama at {upstream.base_url} did not answer within {duration_text(first_byte_s)}"
+        log.warning("upstream_timeout", path=request.path, error=error)
+        return NoAnswer(504, error)
+    except asyncio.CancelledError:
+        if flight.cut_reason is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return NoAnswer(503, flight.cut_reason)
+    flight.upstream_response = response
+    flight.idle_s = (upstream.stream_idle_timeout_s if is_bounded(request.path) else 0.0) or None
+    return response
+
+
+class StreamBroken(Exception):
+    """Ollama's answer stopped before its end; ``str()`` is what the client and the log are told."""
+
+
+async def pieces(response: aiohttp.ClientResponse, flight: Flight) -> AsyncIterator[bytes]:
+    """Ollama's answer as it arrives, each wait bounded by the flight's stream idle timeout.
+
+    What Ollama can do to a stream (close it, break its framing, fall silent) and the drain's cut
+    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is.
+    """
+    read = response.content.readany
+    while True:
+        try:
+            async with asyncio.timeout(flight.idle_s):
+                chunk = await read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StreamBroken(_why_broken(exc, flight)) from None
+        if not chunk:
+            return
+        yield chunk
+
+
+async def _relay(
+    request: web.Request,
+    upstream: Upstream,
+    flight: Flight,
+    body: bytes | ClientBody | None,
+    body_length: int | None,
+    drop_headers: tuple[str, ...],
+    tap: Tap | None,
+) -> Relayed:
+    headers = upstream_request_headers(request, body_length=body_length, drop=drop_headers)
+    opened = await open_upstream(
+        request, upstream, flight, method=request.method, path_qs=request.raw_path, headers=headers, body=body
+    )
+    if isinstance(opened, NoAnswer):
+        return await _refuse(request, opened.status, opened.message)
+    upstream_response = opened
     completed = False
     try:
         response = web.StreamResponse(
@@ -121,16 +275,16 @@ async def relay(
         await response.prepare(request)
         relayed = Relayed(response, upstream_response.status, content_type=upstream_response.content_type)
         try:
-            async for chunk in upstream_response.content.iter_any():
+            async for chunk in pieces(upstream_response, flight):
                 if relayed.first_byte_at is None:
                     relayed.first_byte_at = time.perf_counter()
                 if tap is not None:
                     tap.feed(chunk)
                 await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            relayed.error = f"upstream closed the stream: {exc or type(exc).__name__}"
-            log.warning("upstream_stream_error", path=request.path, error=relayed.error)
-            await _end_broken_stream(request, response, relayed)
+        except StreamBroken as broken:
+            await _end_broken_stream(request, response, relayed, str(broken))
+            if flight.cut_reason is not None:
+                relayed.status = 503
             return relayed
         await response.write_eof()
         completed = relayed.completed = True
@@ -144,10 +298,53 @@ async def relay(
             upstream_response.close()
 
 
-async def _end_broken_stream(request: web.Request, response: web.StreamResponse, relayed: Relayed) -> None:
-    if relayed.content_type == NDJSON:
-        line = json.dumps({"error": relayed.error}).encode() + b"\n"
-        await response.write(line)
+def _why_broken(exc: BaseException, flight: Flight) -> str:
+    """What the client and the log are told about a stream that ended early; no upstream bytes."""
+    if flight.cut_reason is not None:
+        return flight.cut_reason
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError) and flight.idle_s:
+        return f"{BROKEN_STREAM}: no data for {duration_text(flight.idle_s)}"
+    return f"{BROKEN_STREAM}: {describe_chain(exc)}"
+
+
+async def _refuse(request: web.Request, status: int, message: str) -> Relayed:
+    """Answer with an error in Ollama's shape before anything was relayed."""
+    failed = error_response(status, message)
+    if status in (400, 408, 503):
+        failed.force_close()  # a broken body leaves the connection unusable; a stop closes it anyway
+    await failed.prepare(request)
+    await failed.write_eof()
+    return Relayed(failed, status, error=message)
+
+
+async def _end_broken_stream(
+    request: web.Request, response: web.StreamResponse, relayed: Relayed, error: str
+) -> None:
+    """End a stream whose upstream broke off, in the route's own error framing."""
+    relayed.error = error
+    log.warning("upstream_stream_error", path=request.path, error=error)
+    ending = error_ending(request.path, relayed.content_type, error)
+    if ending is None:
+        if request.transport is not None:
+            request.transport.close()
+        return
+    try:
+        await response.write(ending)
         await response.write_eof()
-    elif request.transport is not None:
-        request.transport.close()
+    except ConnectionError:
+        pass  # the client went away as well; nothing left to tell it
+
+
+def error_ending(path: str, content_type: str, error: str) -> bytes | None:
+    """The last bytes of a stream that broke: Ollama's error line for NDJSON, an error event for
+    SSE (Anthropic's ``event: error`` on ``/v1/messages``, OpenAI's ``data: {"error": ...}``
+    elsewhere, which both official SDKs raise as an API error), None for anything else."""
+    if content_type == NDJSON:
+        return json.dumps({"error": error}).encode() + b"\n"
+    if content_type != SSE:
+        return None
+    if path.startswith("/v1/messages"):
+        payload = {"type": "error", "error": {"type": "api_error", "message": error}}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    inner = {"message": error, "type": "api_error", "param": None, "code": None}
+    return b"data: " + json.dumps({"error": inner}).encode() + b"\n\n"

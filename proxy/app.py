@@ -251,6 +251,9 @@ def make_runner(app: web.Application, *, shutdown_timeout_s: float = 15.0) -> we
     aiohttp's own keep-alive timer is the header timeout (``[limits] header_timeout``): it closes
     a connection that has not sent a complete request head that long after it opened or after
     its last response, so an idle or trickling (slowloris) connection cannot stay open.
+
+    Request bodies are not decompressed: a ``Content-Encoding: gzip`` body reaches Ollama as the
+    client sent it, with its header (Ollama does not decompress either, and answers it itself).
     """
     limits = app.get(LIMITS)
     header_timeout_s = limits.header_timeout_s if limits is not None else LimitsSettings().header_timeout_s
@@ -260,4 +263,5 @@ def make_runner(app: web.Application, *, shutdown_timeout_s: float = 15.0) -> we
         access_log=None,
         shutdown_timeout=shutdown_timeout_s,
         keepalive_timeout=header_timeout_s,
+        auto_decompress=False,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import json
@@ -11,10 +12,15 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import Running, client_requests
+from tests.conftest import Running, StartProxy, client_requests
 from tests.fake_ollama import FakeOllama
 
 COMPARED_HEADERS = ("Content-Type", "Content-Length", "Date")
+GOVERNED = """
+[[rules]]
+models = ["*"]
+policies = [{ use = "static", num_ctx = 4096 }]
+"""
 
 
 async def exchange(
@@ -120,6 +126,26 @@ class TestEndpoints:
         assert {"x-hop", "keep-alive", "te", "proxy-authorization"}.isdisjoint(names)
         assert received.headers["X-End-To-End"] == "keep me"
         assert received.headers["Authorization"] == "Bearer client-token"
+
+
+class TestCompressedBodies:
+    """A gzip body is the client's bytes: relayed as sent, never inflated on the way (Ollama, like
+    Go's net/http, does not decompress a request either, so it answers such a body itself)."""
+
+    @pytest.mark.parametrize("path", ["/api/show", "/api/generate"], ids=["pass-through", "governed route"])
+    async def test_relayed_byte_for_byte(
+        self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession, path: str
+    ) -> None:
+        proxy = await start_proxy(fake.url, GOVERNED)  # type: ignore[attr-defined]
+        body = gzip.compress(json.dumps({"model": "gemma3-270m", "prompt": "hi"}).encode())
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        direct = await exchange(http, fake.url, "POST", path, data=body, headers=headers)  # type: ignore[attr-defined]
+        governed = await exchange(http, proxy.url, "POST", path, data=body, headers=headers)
+        assert governed[0] == direct[0] == 400
+        assert governed[2] == direct[2]
+        first, second = client_requests(fake)
+        assert first.body == second.body == body
+        assert second.headers["Content-Encoding"] == "gzip"
 
 
 class TestBlobs:

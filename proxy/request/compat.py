@@ -15,9 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from policies.context import Endpoint
 from proxy.compat import ROUTES, CompatError, CompatRoute, NativeRequest, Unsupported
@@ -26,7 +25,8 @@ from proxy.facts.ollama import Facts
 from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Decided, Pipeline
 from proxy.govern.record import Answer
-from proxy.request.handler import read_limited
+from proxy.request.encoding import decoded
+from proxy.request.handler import prefixed, read_limited
 from proxy.request.parse import parse_request
 from proxy.upstream.client import Upstream
 from proxy.upstream.inflight import InFlight
@@ -77,7 +77,10 @@ class CompatHandler:
             return await self._untouched(request, raw, whole, "body too large to govern")
         if not self.pipeline.governs_route(endpoint):
             return await self._untouched(request, raw, whole)
-        body = route.parse_body(raw)
+        text = decoded(raw, request.headers.get(hdrs.CONTENT_ENCODING), limits.max_governed_body_bytes)
+        if text is None:
+            return await self._untouched(request, raw, whole, "a body encoding the governor does not read")
+        body = route.parse_body(text)
         if isinstance(body, CompatError):
             return error_reply(body)
         model = route.model_of(body)
@@ -165,16 +168,9 @@ class CompatHandler:
         """Forward the client's own bytes to the client's own path: Ollama answers itself."""
         if reason is not None:
             log.info("not_governed", reason=reason, path=request.path)
-        body: bytes | AsyncIterator[bytes] = raw if whole else _prefixed(raw, request.content)
+        body: bytes | AsyncIterator[bytes] = raw if whole else prefixed(raw, request.content)
         limits = self.pipeline.governor.config.limits
         relayed = await relay(
             request, self.upstream, body=body, inflight=self.inflight, body_timeout_s=limits.body_timeout_s
         )
         return relayed.response
-
-
-async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    if prefix:
-        yield prefix
-    async for chunk in rest.iter_any():
-        yield chunk

@@ -51,7 +51,8 @@ async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
     return b"".join(chunks), True
 
 
-async def _prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+async def prefixed(prefix: bytes, rest: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's bytes already read, then the rest as it arrives (for a body relayed ungoverned)."""
     if prefix:
         yield prefix
     async for chunk in rest.iter_any():
@@ -82,7 +83,7 @@ class GovernedHandler:
             return response
         if not whole:
             log.warning("not_governed", reason="body too large to govern", path=request.path)
-            body = _prefixed(raw, request.content)
+            body = prefixed(raw, request.content)
             relayed = await relay(
                 request,
                 self.upstream,

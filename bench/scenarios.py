@@ -86,7 +86,11 @@ SIMULATION_NOTE: Final = (
     "processing and loading 10x slower (~10 tok/s on the GPU, ~1 tok/s spilled for gemma3:27b; "
     f"loads read weights at {LOAD_BYTES_PER_S / 1e9:g} GB/s on the GPU). Any change of num_ctx "
     "reloads the model; a prompt longer than num_ctx is cut silently; the default num_ctx follows "
-    "Ollama's VRAM tiers (4096 below 23 GiB, 32768 up to 47 GiB). Not modelled: slower "
+    "Ollama's VRAM tiers (4096 below 23 GiB, 32768 below 47 GiB, then 262144 clamped to the "
+    "trained length). Several models follow Ollama 0.33's scheduler: a model loaded beside "
+    "others must pass a pre-flight in which Ollama's own estimate (no sliding window) stays "
+    "within 80% of free VRAM, else the idle model with the shortest keep_alive is unloaded "
+    "first; at most 3 models per GPU. Not modelled: slower "
     "generation at longer contexts, a partial spill costing less than a full one, parallel "
     "slots sharing the GPU, prompt caching, keep_alive expiry (runs are back to back)."
 )

@@ -30,6 +30,7 @@ from proxy.compat.godecode import (
     GoDecodeError,
     decode,
     go_type_name,
+    model_reader,
     slice_of,
     struct,
 )
@@ -103,13 +104,7 @@ def parse_body(raw: bytes, *, ids: IdSource | None = None) -> Any | CompatError:
         return refuse(400, str(error), ids)
 
 
-def model_of(body: Any) -> str | None:
-    """The model the client named, or None when there is none to govern."""
-    try:
-        model = decode(body, struct("anthropic.MessagesRequest", {"model": STRING})).get("model")
-    except GoDecodeError:
-        return None
-    return model if isinstance(model, str) and model else None
+model_of = model_reader("anthropic.MessagesRequest")
 
 
 def to_native(

@@ -213,3 +213,19 @@ def go_type_name(value: Any) -> str:
     if isinstance(value, list):
         return "[]interface {}"
     return "map[string]interface {}"
+
+
+def model_reader(request_type: str) -> Callable[[Any], str | None]:
+    """A route's ``model_of``: the model a body of Go type ``request_type`` names, read as Ollama's
+    decoder reads that one field, or None when there is none to govern."""
+    shape = struct(request_type, {"model": STRING})
+
+    def model_of(body: Any) -> str | None:
+        """The model the client named, or None when there is none to govern."""
+        try:
+            model = decode(body, shape).get("model")
+        except GoDecodeError:
+            return None
+        return model if isinstance(model, str) and model else None
+
+    return model_of

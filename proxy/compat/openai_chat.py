@@ -27,10 +27,10 @@ from proxy.compat.godecode import (
     anonymous_struct,
     decode,
     go_type_name,
+    model_reader,
     slice_of,
     struct,
 )
-from proxy.compat.gojson import GoJSONError, loads
 from proxy.compat.native import (
     GO_ZERO_UNIX,
     Clock,
@@ -56,6 +56,7 @@ from proxy.compat.openai_common import (
     stop_option,
     usage,
 )
+from proxy.compat.openai_common import parse_body as parse_body
 from proxy.compat.sse import DONE, JSON_HEADERS, STREAM_HEADERS, data_frame
 
 PATH = "/v1/chat/completions"
@@ -124,21 +125,7 @@ class ChatReply:
     """``stream_options.include_usage``: add the usage chunk before ``[DONE]``."""
 
 
-def parse_body(raw: bytes) -> Any | CompatError:
-    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
-    try:
-        return loads(raw)
-    except GoJSONError as error:
-        return openai_error(400, str(error))
-
-
-def model_of(body: Any) -> str | None:
-    """The model the client named, or None when there is none to govern."""
-    try:
-        model = decode(body, struct("openai.ChatCompletionRequest", {"model": STRING})).get("model")
-    except GoDecodeError:
-        return None
-    return model if isinstance(model, str) and model else None
+model_of = model_reader("openai.ChatCompletionRequest")
 
 
 def to_native(body: Any, *, ids: IdSource | None = None) -> NativeRequest[ChatReply] | CompatError:

@@ -11,8 +11,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proxy.compat.errors import CompatError, openai_error
 from proxy.compat.godecode import BOOL, go_type_name, struct
-from proxy.compat.gojson import dumps
+from proxy.compat.gojson import GoJSONError, dumps, loads
 
 STREAM_OPTIONS = struct("openai.StreamOptions", {"include_usage": BOOL})
 
@@ -20,6 +21,14 @@ _IMAGE_TYPES = ("jpeg", "jpg", "png", "webp")
 _BASE64_ALPHABET = {
     c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 }
+
+
+def parse_body(raw: bytes) -> Any | CompatError:
+    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
+    try:
+        return loads(raw)
+    except GoJSONError as error:
+        return openai_error(400, str(error))
 
 
 class TranslationError(ValueError):

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.compat.errors import CompatError, openai_error, openai_native_error
-from proxy.compat.godecode import ANY, BOOL, FLOAT32, INT, STRING, GoDecodeError, decode, struct
-from proxy.compat.gojson import GoJSONError, loads
+from proxy.compat.godecode import ANY, BOOL, FLOAT32, INT, STRING, GoDecodeError, decode, model_reader, struct
 from proxy.compat.native import (
     GO_ZERO_UNIX,
     Clock,
@@ -30,6 +29,7 @@ from proxy.compat.native import (
     unix_seconds,
 )
 from proxy.compat.openai_common import STREAM_OPTIONS, TranslationError, stop_option, usage
+from proxy.compat.openai_common import parse_body as parse_body
 from proxy.compat.sse import DONE, JSON_HEADERS, STREAM_HEADERS, data_frame
 
 PATH = "/v1/completions"
@@ -68,21 +68,7 @@ class CompletionReply:
     """``stream_options.include_usage``."""
 
 
-def parse_body(raw: bytes) -> Any | CompatError:
-    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
-    try:
-        return loads(raw)
-    except GoJSONError as error:
-        return openai_error(400, str(error))
-
-
-def model_of(body: Any) -> str | None:
-    """The model the client named, or None when there is none to govern."""
-    try:
-        model = decode(body, struct("openai.CompletionRequest", {"model": STRING})).get("model")
-    except GoDecodeError:
-        return None
-    return model if isinstance(model, str) and model else None
+model_of = model_reader("openai.CompletionRequest")
 
 
 def to_native(body: Any, *, ids: IdSource | None = None) -> NativeRequest[CompletionReply] | CompatError:

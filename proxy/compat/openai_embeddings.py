@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.compat.errors import CompatError, openai_error, openai_native_error
-from proxy.compat.godecode import ANY, INT, STRING, GoDecodeError, decode, struct
-from proxy.compat.gojson import GoJSONError, loads
+from proxy.compat.godecode import ANY, INT, STRING, GoDecodeError, decode, model_reader, struct
 from proxy.compat.native import NativePath, NativeRequest, ordered_body
+from proxy.compat.openai_common import parse_body as parse_body
 from proxy.compat.sse import JSON_HEADERS
 
 PATH = "/v1/embeddings"
@@ -37,21 +37,7 @@ class EmbeddingReply:
     """``float``, ``base64`` or empty (float)."""
 
 
-def parse_body(raw: bytes) -> Any | CompatError:
-    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
-    try:
-        return loads(raw)
-    except GoJSONError as error:
-        return openai_error(400, str(error))
-
-
-def model_of(body: Any) -> str | None:
-    """The model the client named, or None when there is none to govern."""
-    try:
-        model = decode(body, struct("openai.EmbedRequest", {"model": STRING})).get("model")
-    except GoDecodeError:
-        return None
-    return model if isinstance(model, str) and model else None
+model_of = model_reader("openai.EmbedRequest")
 
 
 def to_native(body: Any) -> NativeRequest[EmbeddingReply] | CompatError:

@@ -29,10 +29,11 @@ from proxy.compat.godecode import (
     anonymous_struct,
     custom,
     decode,
+    model_reader,
     slice_of,
     struct,
 )
-from proxy.compat.gojson import GoJSONError, go_map_deep, loads, unmarshal
+from proxy.compat.gojson import GoJSONError, go_map_deep, unmarshal
 from proxy.compat.native import (
     GO_ZERO_UNIX,
     Clock,
@@ -55,6 +56,7 @@ from proxy.compat.openai_common import (
     native_message,
     openai_tool_calls,
 )
+from proxy.compat.openai_common import parse_body as parse_body
 from proxy.compat.sse import EVENT_STREAM_HEADERS, JSON_HEADERS
 
 PATH = "/v1/responses"
@@ -284,21 +286,7 @@ def go_quote(text: str) -> str:
     return f'"{escaped.replace(chr(13), chr(92) + "r")}"'
 
 
-def parse_body(raw: bytes) -> Any | CompatError:
-    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
-    try:
-        return loads(raw)
-    except GoJSONError as error:
-        return openai_error(400, str(error))
-
-
-def model_of(body: Any) -> str | None:
-    """The model the client named, or None when there is none to govern."""
-    try:
-        model = decode(body, struct("openai.ResponsesRequest", {"model": STRING})).get("model")
-    except GoDecodeError:
-        return None
-    return model if isinstance(model, str) and model else None
+model_of = model_reader("openai.ResponsesRequest")
 
 
 def to_native(

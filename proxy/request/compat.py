@@ -20,17 +20,16 @@ from aiohttp import hdrs, web
 
 from policies.context import Endpoint
 from proxy.compat import ROUTES, CompatError, CompatRoute, NativeRequest, Unsupported
-from proxy.config.reader import duration_text
 from proxy.facts.ollama import Facts
 from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Decided, Pipeline
 from proxy.govern.record import Answer
 from proxy.request.encoding import decoded
-from proxy.request.handler import prefixed, read_limited
+from proxy.request.handler import prefixed, read_body
 from proxy.request.parse import parse_request
 from proxy.upstream.client import Upstream
 from proxy.upstream.inflight import InFlight
-from proxy.upstream.relay import error_response, relay
+from proxy.upstream.relay import relay
 from proxy.upstream.translate import error_reply, native_error_body, relay_translated
 
 log = structlog.get_logger("ollama_governor.request")
@@ -65,14 +64,10 @@ class CompatHandler:
         started = time.perf_counter()
         route, endpoint = ROUTES[request.path], COMPAT_PATHS[request.path]
         limits = self.pipeline.governor.config.limits
-        try:
-            async with asyncio.timeout(limits.body_timeout_s or None):
-                raw, whole = await read_limited(request, limits.max_governed_body_bytes)
-        except TimeoutError:
-            waited = duration_text(limits.body_timeout_s)
-            response = error_response(408, f"the request body did not arrive within {waited}")
-            response.force_close()
-            return response
+        read = await read_body(request, limits)
+        if isinstance(read, web.Response):
+            return read
+        raw, whole = read
         if not whole:
             return await self._untouched(request, raw, whole, "body too large to govern")
         if not self.pipeline.governs_route(endpoint):

@@ -17,6 +17,7 @@ from aiohttp import hdrs, web
 
 from policies.context import Endpoint
 from proxy.config.reader import duration_text
+from proxy.config.settings import LimitsSettings
 from proxy.govern.boundary import safe_await
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.record import Answer
@@ -35,6 +36,19 @@ GOVERNED_PATHS: dict[str, Endpoint] = {
     "/api/embed": "embed",
     "/api/embeddings": "embeddings",
 }
+
+
+async def read_body(request: web.Request, limits: LimitsSettings) -> tuple[bytes, bool] | web.Response:
+    """The body to govern, and whether it was read whole (False: larger than
+    ``max_governed_body``, relay it as it comes); or the 408 for a body that stalls."""
+    try:
+        async with asyncio.timeout(limits.body_timeout_s or None):
+            return await read_limited(request, limits.max_governed_body_bytes)
+    except TimeoutError:
+        waited = duration_text(limits.body_timeout_s)
+        response = error_response(408, f"the request body did not arrive within {waited}")
+        response.force_close()
+        return response
 
 
 async def read_limited(request: web.Request, limit: int) -> tuple[bytes, bool]:
@@ -73,14 +87,10 @@ class GovernedHandler:
         started = time.perf_counter()
         endpoint = GOVERNED_PATHS[request.path]
         limits = self.pipeline.governor.config.limits
-        try:
-            async with asyncio.timeout(limits.body_timeout_s or None):
-                raw, whole = await read_limited(request, limits.max_governed_body_bytes)
-        except TimeoutError:
-            waited = duration_text(limits.body_timeout_s)
-            response = error_response(408, f"the request body did not arrive within {waited}")
-            response.force_close()
-            return response
+        read = await read_body(request, limits)
+        if isinstance(read, web.Response):
+            return read
+        raw, whole = read
         if not whole:
             log.warning("not_governed", reason="body too large to govern", path=request.path)
             body = prefixed(raw, request.content)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from policies.memory import GIB
 from proxy.facts.memory import NvmlSource
@@ -19,41 +22,46 @@ policies = [{ use = "static", keep_alive = "5m" }]
 """Governed (so the scheduler's action is predicted) without changing the context the client asks."""
 
 
-async def observe(
-    start_fake: StartFake,
-    start_proxy: StartProxy,
-    ollama_client: OllamaClients,
-    steps: list[tuple[str, int]],
-    *,
-    config: str = PASS_THROUGH,
-    **fake: Any,
-) -> list[GovernedRequest]:
-    """Send ``(model, num_ctx)`` requests through a governor (by default a pass-through one);
-    return their records."""
-    upstream = await start_fake(**fake)
-    recorded: list[GovernedRequest] = []
-    proxy = await start_proxy(
-        upstream.url,  # type: ignore[attr-defined]
-        config,
-        memory_source=NvmlSource(nvml=following(upstream)),
-        sinks=[recorded.append],
-    )
-    client = ollama_client(proxy.url)
-    for model, num_ctx in steps:
-        await client.generate(model=model, prompt="hi", options={"num_ctx": num_ctx})
-        await settled(proxy)
-    return recorded
+Observe = Callable[..., Awaitable[list[GovernedRequest]]]
+
+
+@pytest.fixture
+def observe(start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients) -> Observe:
+    """Send ``(model, num_ctx)`` requests (``endpoint`` generate or embed) through a governor (by
+    default a pass-through one) in front of a fake made with ``fake``; return their records."""
+
+    async def run(
+        steps: list[tuple[str, int | None]],
+        *,
+        config: str = PASS_THROUGH,
+        endpoint: str = "generate",
+        **fake: Any,
+    ) -> list[GovernedRequest]:
+        upstream = await start_fake(**fake)
+        recorded: list[GovernedRequest] = []
+        proxy = await start_proxy(
+            upstream.url,  # type: ignore[attr-defined]
+            config,
+            memory_source=NvmlSource(nvml=following(upstream)),
+            sinks=[recorded.append],
+        )
+        client = ollama_client(proxy.url)
+        for model, num_ctx in steps:
+            options = None if num_ctx is None else {"num_ctx": num_ctx}
+            if endpoint == "embed":
+                await client.embed(model=model, input="a question", options=options)
+            else:
+                await client.generate(model=model, prompt="hi", options=options)
+            await settled(proxy)
+        return recorded
+
+    return run
 
 
 class TestObservedAction:
-    async def test_load_reuse_reload(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_load_reuse_reload(self, observe: Observe) -> None:
         """A first load, the same context again (nothing loads), another context (a reload)."""
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:4b", 4096), ("gemma3:4b", 4096), ("gemma3:4b", 8192)],
             vram_bytes=24 * GIB,
             models=[gemma3_4b()],
@@ -64,14 +72,9 @@ class TestObservedAction:
             ("reload", ()),
         ]
 
-    async def test_a_model_that_makes_room_names_the_evicted_one(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_a_model_that_makes_room_names_the_evicted_one(self, observe: Observe) -> None:
         """On 8 GiB a second model does not fit beside the first: Ollama unloads it first."""
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:4b", 4096), ("llama3.1:8b", 8192)],
             vram_bytes=8 * GIB,
             models=[gemma3_4b(), llama3_1_8b()],
@@ -79,14 +82,9 @@ class TestObservedAction:
         assert records[-1].observed_action == "evict"
         assert records[-1].observed_evictions == ("gemma3:4b",)
 
-    async def test_a_load_that_does_not_fit_spills(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_a_load_that_does_not_fit_spills(self, observe: Observe) -> None:
         """gemma3:27b on 8 GiB: part of it runs from system RAM."""
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:27b", 4096)],
             vram_bytes=8 * GIB,
             models=[gemma3_27b()],
@@ -98,13 +96,8 @@ class TestPredictedAction:
     """Each governed request carries what the scheduler model predicted before it went out; on the
     fake, which follows 0.33's scheduler, the prediction holds for every kind of action."""
 
-    async def test_load_reuse_reload_are_predicted(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_load_reuse_reload_are_predicted(self, observe: Observe) -> None:
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:4b", 4096), ("gemma3:4b", 4096), ("gemma3:4b", 8192)],
             config=KEEPS_THE_CLIENTS_CONTEXT,
             vram_bytes=24 * GIB,
@@ -113,13 +106,8 @@ class TestPredictedAction:
         assert [r.predicted_action for r in records] == ["load", "reuse", "reload"]
         assert [r.prediction_held for r in records] == [True, True, True]
 
-    async def test_an_eviction_is_predicted_with_the_model_it_unloads(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_an_eviction_is_predicted_with_the_model_it_unloads(self, observe: Observe) -> None:
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:4b", 4096), ("llama3.1:8b", 8192)],
             config=KEEPS_THE_CLIENTS_CONTEXT,
             vram_bytes=8 * GIB,
@@ -129,13 +117,8 @@ class TestPredictedAction:
         assert (last.predicted_action, last.predicted_evictions) == ("evict", ("gemma3:4b",))
         assert last.prediction_held is True
 
-    async def test_a_spill_is_predicted(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_a_spill_is_predicted(self, observe: Observe) -> None:
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:27b", 4096)],
             config=KEEPS_THE_CLIENTS_CONTEXT,
             vram_bytes=8 * GIB,
@@ -143,36 +126,24 @@ class TestPredictedAction:
         )
         assert (records[0].predicted_action, records[0].prediction_held) == ("spill", True)
 
-    async def test_a_pass_through_request_predicts_nothing(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_a_pass_through_request_predicts_nothing(self, observe: Observe) -> None:
         """No policy ran, so no facts were gathered for it: nothing is predicted, nothing is slowed."""
         records = await observe(
-            start_fake,
-            start_proxy,
-            ollama_client,
             [("gemma3:4b", 4096)],
             vram_bytes=24 * GIB,
             models=[gemma3_4b()],
         )
         assert (records[0].predicted_action, records[0].observed_action) == (None, "load")
 
-    async def test_an_embedding_models_first_load_is_a_load(
-        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
-    ) -> None:
+    async def test_an_embedding_models_first_load_is_a_load(self, observe: Observe) -> None:
         """An embedding answer has no done_reason; its 200 still completes the load it caused."""
-        upstream = await start_fake(vram_bytes=8 * GIB, models=[nomic_embed_text()])
-        recorded: list[GovernedRequest] = []
-        proxy = await start_proxy(
-            upstream.url,  # type: ignore[attr-defined]
-            KEEPS_THE_CLIENTS_CONTEXT,
-            memory_source=NvmlSource(nvml=following(upstream)),
-            sinks=[recorded.append],
+        recorded = await observe(
+            [("nomic-embed-text", None)] * 2,
+            config=KEEPS_THE_CLIENTS_CONTEXT,
+            endpoint="embed",
+            vram_bytes=8 * GIB,
+            models=[nomic_embed_text()],
         )
-        client = ollama_client(proxy.url)
-        for _ in range(2):
-            await client.embed(model="nomic-embed-text", input="a question")
-            await settled(proxy)
         assert [(r.predicted_action, r.observed_action, r.reloaded) for r in recorded] == [
             ("load", "load", True),
             ("reuse", "reuse", False),

@@ -8,9 +8,10 @@ aiohttp handler, ``warm`` and the benchmarks all run requests through this one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,6 +202,20 @@ class Pipeline:
         hung up: 499, Ollama's own word for it)."""
         record = dataclasses.replace(decided.record, status=status, completed=False, error=error)
         return self.ledger.record(record)
+
+    @contextlib.contextmanager
+    def answering(self, decided: Decided) -> Iterator[None]:
+        """Around relaying a decided request: if the client goes away (499, Ollama's own word for
+        it) or relaying breaks (a bug of ours: 500), there is still one result; the exception goes
+        on to the caller (and the error middleware)."""
+        try:
+            yield
+        except (asyncio.CancelledError, ConnectionError):
+            self.abandon(decided, 499, "client disconnected")
+            raise
+        except Exception as exc:
+            self.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
+            raise
 
     def refuse(self, decided: Decided) -> GovernedRequest:
         """Record a request a policy refused (the client gets a 400; nothing was sent)."""

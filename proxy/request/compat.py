@@ -10,7 +10,6 @@ govern, or cannot translate, goes to Ollama untouched so the client gets Ollama'
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -119,7 +118,7 @@ class CompatHandler:
         def resend(changed: NativeRequest[Any]) -> bytes:
             return decided.applied_to(dict(changed.body)) or changed.encode()
 
-        try:
+        with self.pipeline.answering(decided):
             translated = await relay_translated(
                 request,
                 self.upstream,
@@ -129,13 +128,6 @@ class CompatHandler:
                 resend=resend,
                 inflight=self.inflight,
             )
-        except (asyncio.CancelledError, ConnectionError):
-            # The client went away; Ollama's own word for that is 499. Still one result.
-            self.pipeline.abandon(decided, 499, "client disconnected")
-            raise
-        except Exception as exc:  # a bug of ours while relaying: still one result, then the guard
-            self.pipeline.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
-            raise
         first = translated.first_byte_at
         answer = Answer.of(
             translated.status,

@@ -123,7 +123,7 @@ class GovernedHandler:
         decided = decided.without_body()
         del raw, parsed  # one copy of the body, the bytes sent, is kept while the answer streams
         tap = TailFiguresTap() if endpoint in EMBED_ENDPOINTS else FinalObjectTap()
-        try:
+        with self.pipeline.answering(decided):
             relayed = await relay(
                 request,
                 self.upstream,
@@ -133,13 +133,6 @@ class GovernedHandler:
                 tap=tap,
                 inflight=self.inflight,
             )
-        except (asyncio.CancelledError, ConnectionError):
-            # The client went away; Ollama's own word for that is 499. Still one result.
-            self.pipeline.abandon(decided, 499, "client disconnected")
-            raise
-        except Exception as exc:  # a bug of ours while relaying: still one result, then the guard
-            self.pipeline.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
-            raise
         ttfb_ms = round((relayed.first_byte_at - started) * 1000, 3) if relayed.first_byte_at else None
         answer = Answer.of(
             relayed.status,

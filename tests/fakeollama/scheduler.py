@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 from tests.fakeollama import memory
@@ -33,6 +34,17 @@ from tests.fakeollama.records import (
 )
 from tests.fakeollama.simtime import LoadTiming, SimTime
 from tests.fakeollama.wire import DEFAULT_KEEP_ALIVE_NS, FOREVER_NS, ApiError, GiB, parse_go_duration
+
+_TIMING: ContextVar[LoadTiming | None] = ContextVar("fake_load_timing", default=None)
+"""The timing of the acquire running in this task, which its waits add to."""
+
+
+def _waited(started_ns: int) -> None:
+    """Count the wall time since ``started_ns`` as waiting on other requests."""
+    timing = _TIMING.get()
+    if timing is not None:
+        timing.waited_wall_ns += time.monotonic_ns() - started_ns
+
 
 SINGLE_PARALLEL_ARCHS = frozenset(
     {"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe"}
@@ -194,7 +206,9 @@ class SchedulerMixin:
         self._changed = asyncio.Event()
 
     async def _wait_change(self) -> None:
+        started = time.monotonic_ns()
         await self._changed.wait()
+        _waited(started)
 
     def _purge(self) -> None:
         now = time.time_ns()
@@ -252,9 +266,13 @@ class SchedulerMixin:
 
         ``timing`` receives the load this call performed itself, for reporting simulated time.
         """
-        if self.modern:
-            return await self._acquire_modern(req, timing)
-        return await self._acquire_legacy(req.model, req.options.num_ctx, req.keep_alive_ns, timing)
+        token = _TIMING.set(timing)
+        try:
+            if self.modern:
+                return await self._acquire_modern(req, timing)
+            return await self._acquire_legacy(req.model, req.options.num_ctx, req.keep_alive_ns, timing)
+        finally:
+            _TIMING.reset(token)
 
     # ------------------------------------------------------------ before 0.33
     async def _make_room(self, key: str, size: int) -> bool:
@@ -275,7 +293,9 @@ class SchedulerMixin:
         self, model: FakeModel, num_ctx: int, keep_alive: int | None, timing: LoadTiming | None
     ) -> LoadedState:
         key = self._key(model)
+        queued = time.monotonic_ns()
         async with self._sched:
+            _waited(queued)
             while True:
                 self._purge()
                 state = self._loaded.get(key)
@@ -389,7 +409,9 @@ class SchedulerMixin:
         state = self._loaded.get(key)
         if state is not None and not state.loading and not self.reload_changes(state, req):
             return self._use(state, req.keep_alive_ns)  # getRunner's fast path: no queueing
+        queued = time.monotonic_ns()
         async with self._sched:
+            _waited(queued)
             oom_retried, reason = False, "load"
             changed: tuple[str, ...] = ()
             evicted: list[str] = []

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from proxy.compat.godecode import BOOL, INT, STRING, GoDecodeError, decode, slice_of, struct
-from proxy.compat.gojson import GoJSONError, Verbatim, dumps, format_float, go_map_deep, loads, unmarshal
+from proxy.compat.gojson import (
+    GoJSONError,
+    TooDeep,
+    Verbatim,
+    dumps,
+    format_float,
+    go_map_deep,
+    loads,
+    unmarshal,
+)
 from proxy.compat.openai_common import TranslationError, go_base64_decode
 
 
@@ -82,6 +93,33 @@ class TestLoads:
             unmarshal('{"a":1} x')
         with pytest.raises(GoJSONError, match="unexpected end of JSON input"):
             unmarshal('{"a":')
+
+
+class TestLimits:
+    """What Go's decoder refuses that Python's would read, and what Python cannot read that Go does."""
+
+    @pytest.mark.parametrize("read", [loads, lambda raw: unmarshal(raw.decode())])
+    def test_nesting_past_go_s_limit_is_its_error(self, read: Any) -> None:
+        raw = b'{"a":' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+        with pytest.raises(GoJSONError, match=r"^invalid character '\[' exceeded max depth$"):
+            read(raw)
+
+    def test_nesting_go_reads_but_python_cannot_is_too_deep(self) -> None:
+        """Within Go's 10 000 levels, past Python's recursion: Ollama must read it, untranslated."""
+        with pytest.raises(TooDeep):
+            loads(b'{"a":' + b"[" * 5_000 + b"]" * 5_000 + b"}")
+
+    def test_brackets_inside_strings_do_not_nest(self) -> None:
+        raw = b'{"p":"' + b"[" * 20_000 + b'\\\\", "a":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+        with pytest.raises(TooDeep):
+            loads(raw)
+
+    @pytest.mark.parametrize("number", ["1e400", "-1e400"])
+    def test_a_number_past_float64_fails_the_body(self, number: str) -> None:
+        with pytest.raises(
+            GoJSONError, match=f"cannot unmarshal number {number} into Go value of type float64"
+        ):
+            loads(b'{"temperature":%s}' % number.encode())
 
 
 class TestDecode:

@@ -190,6 +190,36 @@ class TestNativeWireFormat:
             else:
                 assert body == ex.body, ex.path
 
+    @pytest.mark.parametrize(
+        ("extra", "message"),
+        [
+            (b'"x":' + b"[" * 10_000 + b"]" * 10_000, "invalid character '[' exceeded max depth"),
+            (
+                b'"options":{"temperature":1e400}',
+                "json: cannot unmarshal number 1e400 into Go value of type float64",
+            ),
+        ],
+        ids=["past Go's depth", "past float64"],
+    )
+    async def test_bodies_gos_decoder_refuses_are_400(
+        self, start_fake: StartFake, http: aiohttp.ClientSession, extra: bytes, message: str
+    ) -> None:
+        """encoding/json refuses nesting past 10 000 levels and numbers past float64 (the field's
+        struct context aside), so Ollama's bind fails with 400; Python's parser must not decide."""
+        fake = await start_fake(**fake_033())
+        raw = b'{"model":"gemma3-270m","prompt":"hi",' + extra + b"}"
+        async with http.post(fake.url + "/api/generate", data=raw) as response:  # type: ignore[attr-defined]
+            assert (response.status, (await response.json())["error"]) == (400, message)
+
+    async def test_nesting_go_reads_is_read(self, start_fake: StartFake, http: aiohttp.ClientSession) -> None:
+        """10 000 levels (the object and 9 999 arrays) are within Go's limit, and beyond Python's
+        default recursion: answered."""
+        fake = await start_fake(**fake_033())
+        raw = b'{"model":"gemma3-270m","prompt":"hi","stream":false,"x":' + b"[" * 9_999 + b"]" * 9_999 + b"}"
+        async with http.post(fake.url + "/api/generate", data=raw) as response:  # type: ignore[attr-defined]
+            answer = await response.json()
+            assert response.status == 200 and answer["done"] is True, answer
+
     async def test_odd_num_ctx_values_load_as_recorded(
         self, start_fake: StartFake, http: aiohttp.ClientSession
     ) -> None:

@@ -661,6 +661,36 @@ class TestUpstreamFaults:
 class TestTranslatedRoutes:
     """The /v1 routes, translated to native calls, are bounded the same way, in their own shape."""
 
+    HI = b'"messages":[{"role":"user","content":"hi"}],"max_tokens":5'
+
+    @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+    @pytest.mark.parametrize(
+        ("extra", "status"),
+        [
+            (b'"x":' + b"[" * 100_000 + b"]" * 100_000, 400),  # past Go's 10 000 levels: its error
+            (b'"x":' + b"[" * 5_000 + b"]" * 5_000, 200),  # Go reads it; sent untranslated
+            (b'"temperature":1e400', 400),  # past float64: Go's decoder fails the body
+        ],
+        ids=["100k deep", "5k deep", "1e400"],
+    )
+    async def test_bodies_go_refuses_or_reads_as_ollama_does(
+        self,
+        fake: FakeOllama,
+        start_proxy: StartProxy,
+        http: aiohttp.ClientSession,
+        path: str,
+        extra: bytes,
+        status: int,
+    ) -> None:
+        """The same status and message as Ollama alone, in the route's shape, never our 500."""
+        proxy = await start_proxy(fake_url(fake), STATIC_2048)
+        raw = b'{"model":"gemma3-270m",' + self.HI + b"," + extra + b"}"
+        direct_status, direct = await post_raw(http, fake_url(fake) + path, raw)
+        proxied_status, proxied = await post_raw(http, proxy.url + path, raw)
+        assert proxied_status == direct_status == status
+        if status == 400:
+            assert proxied == direct or proxied["message"] == direct["message"]  # type: ignore[index]
+
     async def test_no_answer_is_504_in_openai_shape(
         self, start_proxy: StartProxy, http: aiohttp.ClientSession
     ) -> None:

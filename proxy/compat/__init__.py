@@ -81,7 +81,8 @@ class CompatRoute:
     path: str
     native_path: NativePath
     parse_body: Callable[[bytes], Any]
-    """Raw body to the parsed JSON value, or a :class:`CompatError` (Go's decoder message)."""
+    """Raw body to the parsed JSON value, a :class:`CompatError` (Go's decoder message), or
+    :class:`Unsupported` for a body to send to Ollama as it is."""
     model_of: Callable[[Any], str | None]
     to_native: Callable[[Any], NativeRequest[Any] | CompatError | Unsupported]
     from_native: Callable[[Mapping[str, Any], NativeRequest[Any]], dict[str, Any]]

@@ -34,7 +34,7 @@ from proxy.compat.godecode import (
     slice_of,
     struct,
 )
-from proxy.compat.gojson import GoJSONError, dumps, go_map_deep, loads
+from proxy.compat.gojson import GoJSONError, TooDeep, dumps, go_map_deep, loads
 from proxy.compat.native import (
     IdSource,
     NativePath,
@@ -96,12 +96,15 @@ def refuse(status: int, message: str, ids: IdSource | None = None) -> CompatErro
     return reply_error(status, anthropic_error_body(status, message, new_request_id(source)), "middleware")
 
 
-def parse_body(raw: bytes, *, ids: IdSource | None = None) -> Any | CompatError:
-    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
+def parse_body(raw: bytes, *, ids: IdSource | None = None) -> Any | CompatError | Unsupported:
+    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON (or one
+    nested past Go's limit); ``Unsupported`` for one too deep to translate."""
     try:
         return loads(raw)
     except GoJSONError as error:
         return refuse(400, str(error), ids)
+    except TooDeep as error:
+        return Unsupported(str(error))
 
 
 model_of = model_reader("anthropic.MessagesRequest")

@@ -140,7 +140,42 @@ def _reject_constant(name: str) -> Any:
     raise _NonStandardConstant(name)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _go_float(text: str) -> float:
+    """A number Go's ``strconv.ParseFloat`` reads; past float64's range (``1e400``) Go's decoder
+    fails the body (its message also names the struct field, which this one cannot know)."""
+    value = float(text)
+    if math.isinf(value):
+        raise GoJSONError(f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_go_float)
+
+MAX_NESTING_DEPTH = 10_000
+"""``maxNestingDepth`` of ``encoding/json``'s scanner: deeper, Go refuses the body."""
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+class TooDeep(ValueError):
+    """Nested deeper than Python's parser goes, yet within Go's limit: Ollama reads such a body,
+    so it is sent to Ollama as it is, ungoverned."""
+
+
+def _too_deep(text: str, start: int) -> GoJSONError | TooDeep:
+    """After a ``RecursionError``: Go's error when the nesting passes its limit, else ``TooDeep``.
+    Strings are cut out first (brackets in a prompt do not nest), both by regex."""
+    depth = 0
+    for match in _BRACKET.finditer(_STRING.sub("", text[start:])):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > MAX_NESTING_DEPTH:
+                return GoJSONError(f"invalid character {quote_char(char)} exceeded max depth")
+        else:
+            depth -= 1
+    return TooDeep("a body nested deeper than the governor's JSON parser goes is sent as it is")
 
 
 def loads(raw: bytes) -> Any:
@@ -158,6 +193,8 @@ def loads(raw: bytes) -> Any:
         raise GoJSONError("EOF")
     try:
         value, _ = _DECODER.raw_decode(text, start)
+    except RecursionError:
+        raise _too_deep(text, start) from None
     except _NonStandardConstant:
         position = _first_bare_constant(text, start)
         char = text[position]
@@ -184,6 +221,8 @@ def unmarshal(text: str) -> Any:
         raise GoJSONError("unexpected end of JSON input")
     try:
         value, end = _DECODER.raw_decode(text, start)
+    except RecursionError:
+        raise _too_deep(text, start) from None
     except _NonStandardConstant:
         position = _first_bare_constant(text, start)
         raise GoJSONError(

@@ -13,7 +13,8 @@ from typing import Any
 
 from proxy.compat.errors import CompatError, openai_error
 from proxy.compat.godecode import BOOL, go_type_name, struct
-from proxy.compat.gojson import GoJSONError, dumps, loads
+from proxy.compat.gojson import GoJSONError, TooDeep, dumps, loads
+from proxy.compat.native import Unsupported
 
 STREAM_OPTIONS = struct("openai.StreamOptions", {"include_usage": BOOL})
 
@@ -23,12 +24,15 @@ _BASE64_ALPHABET = {
 }
 
 
-def parse_body(raw: bytes) -> Any | CompatError:
-    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON."""
+def parse_body(raw: bytes) -> Any | CompatError | Unsupported:
+    """The request body as gin reads it, or Ollama's 400 for a body that is not JSON (or one
+    nested past Go's limit); ``Unsupported`` for one too deep to translate."""
     try:
         return loads(raw)
     except GoJSONError as error:
         return openai_error(400, str(error))
+    except TooDeep as error:
+        return Unsupported(str(error))
 
 
 class TranslationError(ValueError):

@@ -77,6 +77,8 @@ class CompatHandler:
         body = route.parse_body(text)
         if isinstance(body, CompatError):
             return error_reply(body)
+        if isinstance(body, Unsupported):
+            return await self._untouched(request, raw, whole, body.reason)
         model = route.model_of(body)
         if model is None:
             return await self._untouched(request, raw, whole)

@@ -7,10 +7,13 @@ characters, RFC 3339 nanosecond times, ``time.ParseDuration``), and the three er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import secrets
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,6 +151,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+GO_MAX_NESTING_DEPTH = 10_000
+"""encoding/json's scanner: deeper nesting is a syntax error (``exceeded max depth``)."""
+
+
+def _go_float(text: str) -> float:
+    """A number decoded into ``any``: Go's ParseFloat fails on overflow (``1e400``)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ApiError(400, f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+def _nesting(text: str) -> tuple[int, str]:
+    """The deepest nesting outside strings, and the bracket that first passed Go's limit."""
+    depth = deepest = 0
+    for match in re.finditer(r"[\[\]{}]", re.sub(r'"[^"\\]*(?:\\.[^"\\]*)*"', "", text)):
+        depth += 1 if match.group() in "[{" else -1
+        if depth > GO_MAX_NESTING_DEPTH:
+            return depth, match.group()
+        deepest = max(deepest, depth)
+    return deepest, ""
+
+
 def parse_json_body(raw: bytes) -> Any:
     """Decode a request body the way Go's encoding/json fails: ApiError(400, Go's message)."""
     if not raw.strip():
@@ -157,9 +183,33 @@ def parse_json_body(raw: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise ApiError(400, "invalid character in string literal") from e
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_go_float, parse_int=_go_int)
+    except RecursionError:
+        depth, bracket = _nesting(text)
+        if bracket:
+            raise ApiError(400, f"invalid character '{bracket}' exceeded max depth") from None
+        with _deeper_recursion(depth):  # Go reads it; so must the fake
+            return json.loads(text, parse_constant=_reject_constant, parse_float=_go_float, parse_int=_go_int)
     except ValueError as e:
         raise ApiError(400, _go_json_error(text, e)) from e
+
+
+def _go_int(text: str) -> float | int:
+    """An integer literal decoded into ``any`` is a float64 in Go: one past its range fails too."""
+    value = int(text)
+    if abs(value) > 1.7976931348623157e308:
+        raise ApiError(400, f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+@contextlib.contextmanager
+def _deeper_recursion(depth: int) -> Iterator[None]:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 4 * depth + 1000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def go_type_name(value: Any) -> str:

@@ -114,6 +114,12 @@ class TestLimits:
         with pytest.raises(TooDeep):
             loads(raw)
 
+    def test_a_lone_surrogate_is_go_s_replacement_character(self) -> None:
+        """Go decodes ``"\\ud800"`` to U+FFFD (a valid pair stays one character), in keys too."""
+        assert loads(b'{"a\\udc00":["x\\ud800y", "\\ud83d\\ude00"]}') == {
+            "a\ufffd": ["x\ufffdy", "\U0001f600"]
+        }
+
     @pytest.mark.parametrize("number", ["1e400", "-1e400"])
     def test_a_number_past_float64_fails_the_body(self, number: str) -> None:
         with pytest.raises(

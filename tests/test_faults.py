@@ -691,6 +691,32 @@ class TestTranslatedRoutes:
         if status == 400:
             assert proxied == direct or proxied["message"] == direct["message"]  # type: ignore[index]
 
+    @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/completions"])
+    @pytest.mark.parametrize(
+        "text", [b"hi \\ud800 there", b"hi \xff\xfe there"], ids=["lone surrogate", "bad UTF-8"]
+    )
+    async def test_text_go_repairs_is_answered(
+        self,
+        fake: FakeOllama,
+        start_proxy: StartProxy,
+        http: aiohttp.ClientSession,
+        path: str,
+        text: bytes,
+    ) -> None:
+        """Go decodes a lone surrogate escape and invalid UTF-8 in a string as U+FFFD and answers
+        200; translated, so does the governor, and Ollama gets valid UTF-8."""
+        proxy = await start_proxy(fake_url(fake), STATIC_2048)
+        content = (
+            b'"prompt":"%s"' % text
+            if path == "/v1/completions"
+            else b'"messages":[{"role":"user","content":"%s"}]' % text
+        )
+        raw = b'{"model":"gemma3-270m","max_tokens":5,' + content + b"}"
+        assert (await post_raw(http, fake_url(fake) + path, raw))[0] == 200
+        assert (await post_raw(http, proxy.url + path, raw))[0] == 200
+        sent = client_requests(fake)[-1].body
+        assert "\ufffd" in sent.decode("utf-8")
+
     async def test_no_answer_is_504_in_openai_shape(
         self, start_proxy: StartProxy, http: aiohttp.ClientSession
     ) -> None:

@@ -132,6 +132,23 @@ def _encode(value: Any, parts: list[str]) -> None:
         raise TypeError(f"json: unsupported type: {type(value).__name__}")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _go_strings(value: Any) -> Any:
+    """``value`` with every lone surrogate (an escape such as ``"\\ud800"`` with no partner) as
+    U+FFFD, which is what Go decodes it to; Python keeps the surrogate, which no UTF-8 encoder
+    writes. Called only when the text has such an escape."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_go_strings(key): _go_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_go_strings(item) for item in value]
+    return value
+
+
 class _NonStandardConstant(ValueError):
     """Python's scanner met NaN or Infinity, which Go rejects."""
 
@@ -205,7 +222,7 @@ def loads(raw: bytes) -> Any:
         raise GoJSONError(f"invalid character {quote_char(char)} looking for beginning of value") from None
     except json.JSONDecodeError as error:
         raise GoJSONError(_go_syntax_message(text, error)) from None
-    return value
+    return _go_strings(value) if _SURROGATE_ESCAPE.search(text) else value
 
 
 def unmarshal(text: str) -> Any:
@@ -237,7 +254,7 @@ def unmarshal(text: str) -> Any:
         end += 1
     if end < len(text):
         raise GoJSONError(f"invalid character {quote_char(text[end])} after top-level value")
-    return value
+    return _go_strings(value) if _SURROGATE_ESCAPE.search(text) else value
 
 
 def quote_char(char: str) -> str:

@@ -611,7 +611,7 @@ class OpenAIRoutes:
                     parts.append(
                         (str(item.get("role", "user")), tokens_of(content_text(item.get("content"))))
                     )
-        else:
+        elif items is not None:  # no input at all is an empty conversation (FromResponsesRequest)
             raise ApiError(400, "invalid input", from_writer=False)
         renderer = ResponsesRenderer(f"resp_{random.randrange(999999)}", f"msg_{random.randrange(999999)}")
         g = self._new_gen(

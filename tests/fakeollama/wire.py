@@ -178,10 +178,7 @@ def parse_json_body(raw: bytes) -> Any:
     """Decode a request body the way Go's encoding/json fails: ApiError(400, Go's message)."""
     if not raw.strip():
         raise ApiError(400, "missing request body")
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as e:
-        raise ApiError(400, "invalid character in string literal") from e
+    text = raw.decode(errors="replace")  # Go reads invalid UTF-8 in a string as U+FFFD
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_float=_go_float, parse_int=_go_int)
     except RecursionError:

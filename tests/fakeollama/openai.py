@@ -53,6 +53,7 @@ REQUEST_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
             "temperature": "float64",
             "top_p": "float64",
             "tools": "[]api.Tool",
+            "stream_options": "openai.StreamOptions",
         },
     ),
     "/v1/completions": (
@@ -66,12 +67,19 @@ REQUEST_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
             "temperature": "float32",
             "top_p": "float32",
             "suffix": "string",
+            "stream_options": "openai.StreamOptions",
         },
     ),
     "/v1/embeddings": ("EmbedRequest", {"model": "string", "dimensions": "int", "encoding_format": "string"}),
     "/v1/responses": (
         "ResponsesRequest",
-        {"model": "string", "stream": "bool", "instructions": "string", "max_output_tokens": "int"},
+        {
+            "model": "string",
+            "stream": "bool",
+            "instructions": "string",
+            "max_output_tokens": "int",
+            "tools": "[]openai.ResponsesTool",
+        },
     ),
     "/v1/messages": (
         "MessagesRequest",
@@ -82,6 +90,7 @@ REQUEST_FIELDS: dict[str, tuple[str, dict[str, str]]] = {
             "stream": "bool",
             "temperature": "float64",
             "top_k": "int",
+            "tools": "[]anthropic.Tool",
         },
     ),
 }

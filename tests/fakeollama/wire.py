@@ -180,7 +180,8 @@ def parse_json_body(raw: bytes) -> Any:
         raise ApiError(400, "missing request body")
     text = raw.decode(errors="replace")  # Go reads invalid UTF-8 in a string as U+FFFD
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_go_float, parse_int=_go_int)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_go_float, parse_int=_go_int)
+        return _lone_surrogates_replaced(value) if re.search(r"\\u[dD][89a-fA-F]", text) else value
     except RecursionError:
         depth, bracket = _nesting(text)
         if bracket:
@@ -189,6 +190,17 @@ def parse_json_body(raw: bytes) -> Any:
             return json.loads(text, parse_constant=_reject_constant, parse_float=_go_float, parse_int=_go_int)
     except ValueError as e:
         raise ApiError(400, _go_json_error(text, e)) from e
+
+
+def _lone_surrogates_replaced(value: Any) -> Any:
+    """Go decodes a lone surrogate escape (``"\\ud800"``) to U+FFFD; Python keeps it."""
+    if isinstance(value, str):
+        return re.sub("[\ud800-\udfff]", "\ufffd", value)
+    if isinstance(value, dict):
+        return {_lone_surrogates_replaced(k): _lone_surrogates_replaced(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lone_surrogates_replaced(item) for item in value]
+    return value
 
 
 def _go_int(text: str) -> float | int:
@@ -250,7 +262,10 @@ def check_go_fields(body: dict[str, Any], struct_name: str, fields: dict[str, st
         if go_type is None or value is None:
             continue
         base = "float" if go_type.startswith("float") else go_type
-        accepted = (list,) if go_type.startswith("[]") else _GO_ACCEPTS.get(base, (object,))
+        struct = "." in go_type and not go_type.startswith("[]")  # e.g. openai.StreamOptions
+        accepted = (
+            (list,) if go_type.startswith("[]") else (dict,) if struct else _GO_ACCEPTS.get(base, (object,))
+        )
         fits = isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
         if base == "int" and isinstance(value, float):
             fits = False

@@ -144,7 +144,7 @@ def home_of(nodes: list[InProcessNode], model: str) -> InProcessNode:
 
 
 class TestShippedConfig:
-    """systemd/haproxy.cfg is valid for this HAProxy and names the routes the governor governs."""
+    """systemd/haproxy.cfg hashes the routes the governor governs (every test here runs it)."""
 
     def test_the_routes_that_load_a_model_are_the_governors(self) -> None:
         """The config hashes exactly the routes that load a model: GOVERNED_PATHS and COMPAT_PATHS."""
@@ -177,7 +177,6 @@ class TestAffinity:
                 assert response.status == 200
             assert await generate(http, haproxy.url, f"{model.upper()}:latest") in (200, 404)
             assert reached(homes[model].fake, model) == before + 1
-            assert sum(1 for r in client_requests(homes[model].fake) if r.path == "/api/generate") > 0
             other = next(node for node in nodes if node is not homes[model])
             assert not any(
                 json.loads(r.body or b"{}").get("model", "").lower().startswith(model)

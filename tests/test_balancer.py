@@ -52,10 +52,10 @@ class TestBalancerSection:
     """``[balancer]``: off by default, typed, one message per mistake."""
 
     def test_defaults_are_off(self) -> None:
-        """Without the section no agent listens, nothing is announced and the floor is 10%."""
+        """Without the section no agent listens, nothing is announced and the floor is 50%."""
         assert parse_config({}).balancer == BalancerSettings()
         assert BalancerSettings().agent_listen is None
-        assert (BalancerSettings().announce_s, BalancerSettings().min_weight_pct) == (0.0, 10)
+        assert (BalancerSettings().announce_s, BalancerSettings().min_weight_pct) == (0.0, 50)
 
     def test_every_key(self) -> None:
         """Each key is read into its typed field."""
@@ -112,7 +112,7 @@ class TestBalancerSection:
             )
         )
         assert "balancer: agent off, announce off" in off.splitlines()
-        assert "balancer: agent 0.0.0.0:11437, announce 2s, min weight 10%" in on.splitlines()
+        assert "balancer: agent 0.0.0.0:11437, announce 2s, min weight 50%" in on.splitlines()
 
 
 class TestHeadroom:

@@ -41,11 +41,12 @@ def meminfo(available_bytes: int, total_bytes: int = TOTAL_BYTES) -> str:
 
 
 def node_config(meminfo_path: Path, agent_port: int, *, announce: str = "0s") -> str:
-    """A governor of one node: no rules, system memory from its own file, the agent on."""
+    """A governor of one node: no rules, system memory from its own file, the agent on (weights
+    down to 10%, so they show the free memory)."""
     return (
         "rules = []\n"
         f'[gpu]\nsource = "system"\nmeminfo_path = "{meminfo_path}"\nreserve = 0\ninterval = "100ms"\n'
-        f'[balancer]\nagent_listen = "127.0.0.1:{agent_port}"\nannounce = "{announce}"\n'
+        f'[balancer]\nagent_listen = "127.0.0.1:{agent_port}"\nannounce = "{announce}"\nmin_weight = 10\n'
     )
 
 

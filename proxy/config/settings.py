@@ -321,8 +321,9 @@ def parse_limits_section(table: Table) -> LimitsSettings:
     return settings
 
 
-DEFAULT_MIN_WEIGHT_PCT = 10
-"""The least weight the agent answers while ready: a full node still serves the models it holds."""
+DEFAULT_MIN_WEIGHT_PCT = 50
+"""The least weight the agent answers while ready: a full node still serves the models it holds,
+and weights move within half the range, so few models move (``python -m bench cluster``)."""
 
 
 @dataclass(frozen=True, slots=True)

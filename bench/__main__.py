@@ -1,9 +1,10 @@
-"""``python -m bench [overhead|scenarios|faults|all] [--smoke] [--json PATH] [--loop asyncio|uvloop|both]``
+"""``python -m bench [overhead|scenarios|cluster|faults|all] [--smoke] [--json PATH] [--loop asyncio|uvloop|both]``
 
 Prints the tables and writes every figure, with the machine they came from, as JSON
 (``bench/results/latest.json`` unless ``--json`` says otherwise). ``--smoke`` runs every code
 path with tiny counts in seconds; its figures mean nothing. ``faults`` (not part of ``all``)
 throws hostile clients, upstreams and inputs at a served governor under load (docs/faults.md).
+``cluster`` simulates N models over three nodes behind a balancer, three ways (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -103,9 +104,20 @@ def _faults(smoke: bool, markdown: bool) -> dict[str, Any]:
     return result
 
 
+def _cluster(smoke: bool, markdown: bool) -> dict[str, Any]:
+    from bench import cluster
+
+    _progress("cluster (simulated)")
+    result: dict[str, Any] = cluster.run(smoke)
+    print(cluster.render(result, markdown=markdown))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("what", nargs="?", choices=("overhead", "scenarios", "faults", "all"), default="all")
+    parser.add_argument(
+        "what", nargs="?", choices=("overhead", "scenarios", "cluster", "faults", "all"), default="all"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny counts: check that it works, in seconds")
     parser.add_argument(
         "--json",
@@ -131,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("scenarios", "all"):
         results["scenarios"] = _scenarios(args.smoke, args.markdown)
         failed = "error" in results["scenarios"]
+    if args.what in ("cluster", "all"):
+        results["cluster"] = _cluster(args.smoke, args.markdown)
+        print()
     if args.what == "faults":
         results["faults"] = _faults(args.smoke, args.markdown)
         failed = not results["faults"]["summary"]["passed"]

@@ -2,9 +2,10 @@
 
 Each component has its own ``web.AppKey`` (``proxy.keys``) and its own ``cleanup_ctx``, so it
 is created at start-up and released at shutdown in reverse order: the upstream session, the
-facts poller (the one reader of ``/api/ps``), the memory sampler, the ledger, the pipeline and
-the warm-up, plus the loop stall monitor. Handlers read the components from ``request.app``;
-nothing lives in globals.
+facts poller (the one reader of ``/api/ps``), the memory sampler, the HAProxy agent responder
+(when ``[balancer] agent_listen`` is set; released after the drain, so the balancer reads
+``drain`` until the end), the ledger, the pipeline and the warm-up, plus the loop stall monitor.
+Handlers read the components from ``request.app``; nothing lives in globals.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import structlog
 from aiohttp import web
 
 from policies.context import GpuSnapshot
+from proxy.balancer.agent import AgentResponder
+from proxy.balancer.signals import Readiness, check_readiness
 from proxy.config import Config, ConfigError, LimitsSettings
 from proxy.facts.context import ContextFactory
 from proxy.facts.memory import build_sampler, build_source
@@ -26,7 +29,19 @@ from proxy.facts.ollama import Facts
 from proxy.govern.pipeline import Pipeline
 from proxy.govern.rules import Governor
 from proxy.govern.stall import StallMonitor
-from proxy.keys import CONTEXTS, FACTS, INFLIGHT, LEDGER, LIMITS, MEMORY, METRICS, PIPELINE, STALLS, UPSTREAM
+from proxy.keys import (
+    AGENT,
+    CONTEXTS,
+    FACTS,
+    INFLIGHT,
+    LEDGER,
+    LIMITS,
+    MEMORY,
+    METRICS,
+    PIPELINE,
+    STALLS,
+    UPSTREAM,
+)
 from proxy.ledger.ledger import Backend, Ledger, Sink
 from proxy.ledger.memory import MemoryBackend
 from proxy.ledger.store import DB_FILENAME, ResultStore
@@ -45,10 +60,24 @@ from proxy.warm import warm_models
 
 log = structlog.get_logger("ollama_governor.app")
 
+AGENT_PROBE_TIMEOUT_S = 1.0
+"""How long an agent check waits for Ollama's ``/api/version``; keep HAProxy's ``timeout check``
+above it (the shipped config says 2s)."""
+
 INVALIDATING_PATHS = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete"})
 """Requests that can change which model a name means: model facts are re-read after them."""
 
-RESTART_ONLY = ("listen_host", "listen_port", "upstream", "gpu", "ollama", "store", "state_dir", "limits")
+RESTART_ONLY = (
+    "listen_host",
+    "listen_port",
+    "upstream",
+    "gpu",
+    "ollama",
+    "store",
+    "state_dir",
+    "limits",
+    "balancer",
+)
 """Config fields that shape running machinery: a reload keeps the running values."""
 
 ConfigLoader = Callable[[], Config]
@@ -115,6 +144,23 @@ def create_app(
         yield
         await sampler.stop()
 
+    async def agent_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = config.balancer
+        if settings.agent_host is None or settings.agent_port is None:
+            yield
+            return
+
+        async def readiness() -> Readiness:
+            return await check_readiness(app[UPSTREAM], app[INFLIGHT], timeout_s=AGENT_PROBE_TIMEOUT_S)
+
+        sampler = app[MEMORY]
+        agent = app[AGENT] = AgentResponder(
+            readiness, lambda: sampler.snapshot, min_weight_pct=settings.min_weight_pct
+        )
+        await agent.start(settings.agent_host, settings.agent_port)
+        yield
+        await agent.stop()
+
     async def ledger_ctx(app: web.Application) -> AsyncIterator[None]:
         ledger = app[LEDGER] = Ledger(backend or _open_backend(config), [app[METRICS].observe, *sinks])
         yield
@@ -138,7 +184,7 @@ def create_app(
                 await task
 
     app.cleanup_ctx.extend(
-        [stall_ctx, upstream_ctx, facts_ctx, memory_ctx, ledger_ctx, pipeline_ctx, warm_ctx]
+        [stall_ctx, upstream_ctx, facts_ctx, memory_ctx, agent_ctx, ledger_ctx, pipeline_ctx, warm_ctx]
     )
 
     async def governed(request: web.Request) -> web.StreamResponse:
@@ -190,7 +236,8 @@ def reload(app: web.Application) -> bool:
 
     The loader re-applies the command line's overrides, so ``--upstream`` survives. Settings
     that shape running machinery (``listen``, ``upstream``, ``[gpu]``, ``[ollama]``,
-    ``[store]``, ``state_dir``) take effect at the next restart; rules and policies now.
+    ``[store]``, ``state_dir``, ``[limits]``, ``[balancer]``) take effect at the next restart;
+    rules and policies now.
     """
     load_config = app.get(CONFIG_LOADER)
     if load_config is None:
@@ -214,6 +261,7 @@ def reload(app: web.Application) -> bool:
             ("[store]", old.store, config.store),
             ("state_dir", old.state_dir, config.state_dir),
             ("[limits]", old.limits, config.limits),
+            ("[balancer]", old.balancer, config.balancer),
         )
         if before != after
     ]

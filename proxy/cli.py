@@ -164,6 +164,11 @@ def describe(governor: Governor) -> str:
         )
     )
     lines.append(f"limits: {bounds}, governed bodies up to {format_bytes(limits.max_governed_body_bytes)}")
+    balancer = config.balancer
+    lines.append(
+        f"balancer: agent {balancer.agent_listen or 'off'}, announce {duration_text(balancer.announce_s)}"
+        + (f", min weight {balancer.min_weight_pct}%" if balancer.agent_listen else "")
+    )
     if config.warm:
         lines.append(f"warm at start: {', '.join(config.warm)}")
     if not governor.rules:
@@ -218,9 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return _run(warm_once(governor, args.models))
     configure_logging(config.log_format, config.log_level)
+    from proxy.balancer.agent import AgentError
     from proxy.server import serve
 
-    _run(serve(governor, load_config=configured))
+    try:
+        _run(serve(governor, load_config=configured))
+    except AgentError as exc:
+        print(f"ollama-governor: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

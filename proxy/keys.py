@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.balancer.agent import AgentResponder
 from proxy.config import LimitsSettings
 from proxy.facts.context import ContextFactory
 from proxy.facts.memory.sampler import GpuSampler
@@ -31,3 +32,5 @@ LIMITS = web.AppKey("limits", LimitsSettings)
 INFLIGHT = web.AppKey("inflight", InFlight)
 """The relays in progress; its ``draining`` flag is true from the stop signal on."""
 STALLS = web.AppKey("stalls", StallMonitor)
+AGENT = web.AppKey("agent", AgentResponder)
+"""The HAProxy agent-check responder; present only when ``[balancer] agent_listen`` is set."""

@@ -1,9 +1,12 @@
 """Running the proxy: bind, serve until SIGTERM/SIGINT, reload on SIGHUP, drain and stop cleanly.
 
 A stop takes at most ``[limits] drain_timeout`` (20 s by default; the systemd unit allows 30 s
-before SIGKILL): the listener closes at once and idle connections are closed, streams in flight
-get ``drain_timeout`` minus a short tail (``proxy.app.shutdown_tail_s``) to finish, and those
-still running are cut with the route's error line and recorded as 503. The tail is five equal
+before SIGKILL). First the governor announces it (``[balancer] announce``, 0 by default):
+readiness turns 503 and the agent answers ``drain`` while requests are still taken, so a load
+balancer's next check moves new work elsewhere before anything is refused (docs/cluster.md).
+Then the listener closes and idle connections are closed, streams in flight get the rest of
+``drain_timeout`` minus a short tail (``proxy.app.shutdown_tail_s``) to finish, and those still
+running are cut with the route's error line and recorded as 503. The tail is five equal
 steps: the cut streams' grace, aiohttp's shutdown, the results still being observed, the
 store's last commit, and whatever refuses to stop (``let_go``).
 """
@@ -23,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from proxy.app import create_app, make_runner, reload, shutdown_step_s, shutdown_tail_s
+from proxy.balancer.agent import AgentError
 from proxy.config import Config
 from proxy.govern.rules import Governor
 from proxy.keys import INFLIGHT
@@ -43,7 +47,11 @@ async def serve(governor: Governor, *, load_config: Callable[[], Config] | None 
     app = create_app(governor, load_config=load_config)
     # aiohttp waits up to its shutdown timeout twice (for the handler, then for its task).
     runner = make_runner(app, shutdown_timeout_s=shutdown_step_s(config) / 2)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except AgentError:
+        await runner.cleanup()
+        raise
     site = web.TCPSite(runner, config.listen_host, config.listen_port, reuse_address=True)
     await site.start()
     stop = asyncio.Event()
@@ -59,6 +67,8 @@ async def serve(governor: Governor, *, load_config: Callable[[], Config] | None 
         dry_run=config.dry_run,
         config=config.source,
         drain_timeout_s=config.limits.drain_timeout_s,
+        agent=config.balancer.agent_listen,
+        announce_s=config.balancer.announce_s,
     )
     try:
         await stop.wait()
@@ -79,12 +89,19 @@ async def serve(governor: Governor, *, load_config: Callable[[], Config] | None 
 
 
 async def drain(app: web.Application, runner: web.AppRunner, site: web.BaseSite, config: Config) -> None:
-    """Stop listening, close idle connections, and let the relays in flight finish or cut them."""
+    """Announce the stop, then stop listening, close idle connections, and let the relays in
+    flight finish or cut them; the announcement is part of ``drain_timeout``."""
+    inflight = app[INFLIGHT]
+    inflight.announce()
+    announce_s = config.balancer.announce_s
+    if announce_s > 0:
+        log.info("announcing", announce_s=announce_s, in_flight=len(inflight))
+        await asyncio.sleep(announce_s)
     await site.stop()
     if runner.server is not None:
         runner.server.pre_shutdown()  # idle keep-alive connections close; busy ones after this answer
-    wait_s = config.limits.drain_timeout_s - shutdown_tail_s(config)
-    await app[INFLIGHT].drain(wait_s=wait_s, grace_s=shutdown_step_s(config))
+    wait_s = config.limits.drain_timeout_s - shutdown_tail_s(config) - announce_s
+    await inflight.drain(wait_s=wait_s, grace_s=shutdown_step_s(config))
 
 
 async def let_go(workers: ThreadPoolExecutor, timeout_s: float) -> None:

@@ -98,6 +98,24 @@ class TestBenchSmoke:
         assert smoke["machine"]["python"] and smoke["machine"]["cores"]
 
 
+class TestClusterSmoke:
+    """The cluster section of the smoke run: simulated, every policy at every model count."""
+
+    @pytest.mark.timeout(150)
+    def test_every_policy_is_simulated(self, smoke: dict[str, Any]) -> None:
+        """Each model count has a row per policy with loads and finite times to first token."""
+        from bench.cluster import MODEL_COUNTS, POLICIES
+
+        cluster = smoke["cluster"]
+        assert cluster["simulated"] is True
+        assert [(r["models"], r["policy"]) for r in cluster["rows"]] == [
+            (count, policy) for count in MODEL_COUNTS for policy in POLICIES
+        ]
+        for row in cluster["rows"]:
+            assert row["requests"] > 0 and row["loads"] > 0
+            assert math.isfinite(row["ttft_p50_s"]) and row["ttft_p99_s"] >= row["ttft_p50_s"]
+
+
 class TestFaultsSmoke:
     """``python -m bench faults --smoke`` runs every fault and reports each one."""
 

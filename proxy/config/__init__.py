@@ -13,12 +13,13 @@ from proxy.config.config import (
     parse_upstream,
 )
 from proxy.config.reader import ConfigError, Table
-from proxy.config.settings import GpuSettings, LimitsSettings, OllamaSettings, StoreSettings
+from proxy.config.settings import BalancerSettings, GpuSettings, LimitsSettings, OllamaSettings, StoreSettings
 
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_LISTEN",
     "DEFAULT_UPSTREAM",
+    "BalancerSettings",
     "Config",
     "ConfigError",
     "GpuSettings",

@@ -17,12 +17,24 @@ from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from policies.context import Endpoint
-from proxy.config.reader import ConfigError, Table, as_bool, as_model_list, as_seconds, as_str, kind, one_of
+from proxy.config.reader import (
+    ConfigError,
+    Table,
+    as_bool,
+    as_model_list,
+    as_seconds,
+    as_str,
+    duration_text,
+    kind,
+    one_of,
+)
 from proxy.config.settings import (
+    BalancerSettings,
     GpuSettings,
     LimitsSettings,
     OllamaSettings,
     StoreSettings,
+    parse_balancer_section,
     parse_gpu_section,
     parse_limits_section,
     parse_ollama_section,
@@ -89,6 +101,7 @@ class Config:
     ollama: OllamaSettings = field(default_factory=OllamaSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    balancer: BalancerSettings = field(default_factory=BalancerSettings)
 
     @property
     def listen(self) -> str:
@@ -248,6 +261,13 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
         return Table(source, top.data.pop(name, {}), name)
 
     ollama = parse_ollama_section(section("ollama"))
+    limits = parse_limits_section(section("limits"))
+    balancer = parse_balancer_section(section("balancer"))
+    if balancer.announce_s >= limits.drain_timeout_s:
+        raise ConfigError(
+            f"{source}: balancer.announce: must be shorter than [limits] drain_timeout "
+            f"({duration_text(limits.drain_timeout_s)}): the announcement is part of the drain"
+        )
     rules = tuple(_parse_rule(source, rule, i) for i, rule in enumerate(raw_rules))
     config = Config(
         listen_host=host,
@@ -266,7 +286,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<defaults>") -> Config:
         gpu=parse_gpu_section(section("gpu")),
         ollama=ollama,
         store=parse_store_section(section("store")),
-        limits=parse_limits_section(section("limits")),
+        limits=limits,
+        balancer=balancer,
     )
     top.finish()
     return config

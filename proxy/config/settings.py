@@ -1,4 +1,4 @@
-"""The typed config sections: ``[gpu]``, ``[ollama]``, ``[store]`` and ``[limits]``.
+"""The typed config sections: ``[gpu]``, ``[ollama]``, ``[store]``, ``[limits]`` and ``[balancer]``.
 
 Each section is a frozen dataclass parsed here, in the config layer, so that the modules that
 use a setting import it from here and the config never imports them.
@@ -6,6 +6,7 @@ use a setting import it from here and the config never imports them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -315,6 +316,71 @@ def parse_limits_section(table: Table) -> LimitsSettings:
         max_governed_body_bytes=table.get(
             "max_governed_body", _as_body_limit, defaults.max_governed_body_bytes
         ),
+    )
+    table.finish()
+    return settings
+
+
+DEFAULT_MIN_WEIGHT_PCT = 50
+"""The least weight the agent answers while ready: a full node still serves the models it holds,
+and weights move within half the range, so few models move (``python -m bench cluster``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerSettings:
+    """``[balancer]``: the signals a load balancer in front of several governors reads
+    (docs/cluster.md). Off by default: no agent listens and a stop drains at once.
+
+    TOML keys: ``agent_listen``, ``announce``, ``min_weight``.
+    """
+
+    agent_host: str | None = None
+    """Where the HAProxy agent-check responder listens (None: it does not)."""
+    agent_port: int | None = None
+    announce_s: float = 0.0
+    """On SIGTERM, how long readiness says 503 and the agent ``drain`` while the governor still
+    takes requests, so the balancer's next check sees it before the listener closes. It is part
+    of ``[limits] drain_timeout``, not added to it."""
+    min_weight_pct: int = DEFAULT_MIN_WEIGHT_PCT
+    """The floor of the agent's weight (percent of the weight in the balancer's config)."""
+
+    @property
+    def agent_listen(self) -> str | None:
+        """``host:port`` of the agent, as written in the config, or None when it is off."""
+        if self.agent_host is None or self.agent_port is None:
+            return None
+        host = f"[{self.agent_host}]" if ":" in self.agent_host else self.agent_host
+        return f"{host}:{self.agent_port}"
+
+
+def _as_agent_listen(value: object) -> tuple[str, int] | None:
+    text = as_str(value).strip()
+    match = re.fullmatch(r"\[(?P<v6>[^\]]+)\]:(?P<port>\d+)|(?P<host>[^:\[\]]*):(?P<port4>\d+)", text)
+    if match is None:
+        raise ValueError(f'expected host:port such as "127.0.0.1:11436", got {text!r}')
+    if match.group("host") == "":
+        raise ValueError(f'name the address too, e.g. "127.0.0.1{text}" (or "0.0.0.0{text}" for every one)')
+    port = int(match.group("port") or match.group("port4"))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return match.group("v6") or match.group("host"), port
+
+
+def _as_weight_pct(value: object) -> int:
+    number = as_int(value)
+    if not 1 <= number <= 100:
+        raise ValueError(f"expected a percentage from 1 to 100, got {number}")
+    return number
+
+
+def parse_balancer_section(table: Table) -> BalancerSettings:
+    """Validate ``[balancer]`` (``announce`` against ``drain_timeout`` is checked by the caller)."""
+    agent = table.get("agent_listen", _as_agent_listen, None)
+    settings = BalancerSettings(
+        agent_host=None if agent is None else agent[0],
+        agent_port=None if agent is None else agent[1],
+        announce_s=table.get("announce", as_seconds, 0.0),
+        min_weight_pct=table.get("min_weight", _as_weight_pct, DEFAULT_MIN_WEIGHT_PCT),
     )
     table.finish()
     return settings

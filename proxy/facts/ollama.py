@@ -98,6 +98,8 @@ class Facts:
         self.loaded: tuple[LoadedModel, ...] = ()
         self._ps_answer: object = None
         self._ps_error: Exception | None = RuntimeError("/api/ps not read yet")
+        self.ps_read_ts: float | None = None
+        """When ``/api/ps`` last answered (unix seconds), None before its first answer."""
         self.detected_version: tuple[int, int, int] | None = None
         self._by_digest: dict[str, ModelFacts] = {}
         self._blob_paths: dict[str, str] = {}
@@ -237,6 +239,7 @@ class Facts:
             self._once("ps_unavailable", error=f"{type(exc).__name__}: {exc}")
             return
         self._ps_answer, self._ps_error = answer, None
+        self.ps_read_ts = time.time()
         self._logged.discard("ps_unavailable")
         models = answer.get("models") if isinstance(answer, dict) else None
         snapshot = self.gpu()

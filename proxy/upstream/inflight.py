@@ -1,8 +1,9 @@
 """The relays in flight, and the drain that ends them when the governor stops.
 
-Every relay registers here while it runs (``track``). On SIGTERM the server calls ``drain``:
-``draining`` turns true at once (a readiness probe or load-balancer agent reports it), the relays
-get until the deadline to finish, and those still running are cut. A cut relay ends its stream
+Every relay registers here while it runs (``track``). On SIGTERM the server calls ``announce``
+then ``drain``: ``draining`` turns true at once (a readiness probe or load-balancer agent reports
+it, docs/cluster.md), the relays get until the deadline to finish, and those still running are
+cut. A cut relay ends its stream
 the way its route ends one on an error (Ollama's NDJSON error line), or answers 503 when Ollama
 had not answered yet, and reports the 503 so its result is recorded like any other.
 """
@@ -69,6 +70,11 @@ class InFlight:
     def draining(self) -> bool:
         """True from the stop signal on: the governor finishes what it has and takes nothing new."""
         return self._draining
+
+    def announce(self) -> None:
+        """Say the governor is stopping (readiness 503, the agent ``drain``) while it still takes
+        requests: the start of ``[balancer] announce``, before ``drain``."""
+        self._draining = True
 
     def __len__(self) -> int:
         return len(self._flights)

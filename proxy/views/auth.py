@@ -1,10 +1,11 @@
 """Admin authentication, checked in one place: a middleware in front of every ``/governor/`` path.
 
 With ``admin_token`` set, every path under ``/governor/`` needs ``Authorization: Bearer <token>``,
-except ``/governor/health`` (load balancers and systemd probe it without credentials, and it
-tells nothing but "up" and Ollama's version) and the dashboard page itself (a static file with
-no data in it: a browser cannot send a header when it opens a URL, so the page takes the token
-from ``#token=...`` and sends it with each of its own requests). Ollama's own paths are never
+except the probes ``/governor/health`` and ``/governor/health/live`` (load balancers, Kubernetes
+and systemd probe them without credentials, and they tell nothing but "up" and Ollama's
+version) and the dashboard page itself (a static file with no data in it: a browser cannot send
+a header when it opens a URL, so the page takes the token from ``#token=...`` and sends it with
+each of its own requests). Ollama's own paths are never
 touched, ``Authorization`` included.
 """
 
@@ -18,10 +19,10 @@ from typing import Any, Protocol
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from proxy.views.health import PREFIX
+from proxy.views.health import HEALTH_PATH, LIVE_PATH, PREFIX
 
-OPEN_PATHS = frozenset({f"{PREFIX}/health", f"{PREFIX}/", PREFIX})
-"""Admin paths that never need the token: the health probe and the (data-free) dashboard page."""
+OPEN_PATHS = frozenset({HEALTH_PATH, LIVE_PATH, f"{PREFIX}/", PREFIX})
+"""Admin paths that never need the token: the probes and the (data-free) dashboard page."""
 
 AdminToken = Callable[[], str | None]
 """Returns the current admin token, read per request, so a reload can set or rotate it."""

@@ -1,6 +1,10 @@
-"""``/governor/status`` and ``/governor/api/series``: what the governor knows and did, as JSON.
+"""``/governor/status``, ``/governor/loaded`` and ``/governor/api/series``: what the governor knows
+and did, as JSON.
 
-Everything here reads; nothing decides. The routes read the app's components (config, facts,
+Everything here reads; nothing decides. ``/governor/loaded`` is the cheap one, for a balancer or
+an operator's script to poll: what Ollama has loaded and at which context, from the last
+``/api/ps`` read, with no store read, no thread and no call to Ollama, and a weak ``ETag`` so an
+unchanged answer costs a 304. The routes read the app's components (config, facts,
 memory sample, ledger); the ledger's reads of SQLite run in worker threads, so a slow disk never
 stalls the proxy. Authentication is the middleware's (``proxy.views.auth``).
 """
@@ -9,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import time
 from typing import Any
 
@@ -18,7 +24,7 @@ from policies.context import GpuSnapshot, LoadedModel
 from proxy.config import Config
 from proxy.facts.memory.auto import AutoSource
 from proxy.govern.boundary import describe
-from proxy.keys import FACTS, LEDGER, MEMORY, METRICS, PIPELINE
+from proxy.keys import FACTS, INFLIGHT, LEDGER, MEMORY, METRICS, PIPELINE
 from proxy.ledger.figures import CHANGE_KEYS, predictions, predictions_json
 from proxy.ledger.memory import MAX_SERIES_POINTS, STATUS_CHANGES, STATUS_DECISIONS
 from proxy.ledger.report import parse_since
@@ -58,6 +64,13 @@ def _loaded_json(item: LoadedModel) -> dict[str, Any]:
         "spilled": item.spilled,
         "expires_at": item.expires_at,
     }
+
+
+def loaded_json(models: tuple[LoadedModel, ...]) -> list[dict[str, Any]]:
+    """The loaded models sorted by name, each with ``loading`` (sent, not yet confirmed by
+    ``/api/ps``: a load or reload in progress)."""
+    ordered = sorted(models, key=lambda model: (model.name, model.context_length or 0))
+    return [{**_loaded_json(model), "loading": model.provisional} for model in ordered]
 
 
 def _gpu_json(snapshot: GpuSnapshot | None, configured: str) -> dict[str, Any] | None:
@@ -139,6 +152,25 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
+async def loaded(request: web.Request) -> web.Response:
+    """What Ollama has loaded, at which context, as of the last ``/api/ps`` read; 304 when the
+    client's ``If-None-Match`` is still current."""
+    app = request.app
+    facts = app[FACTS]
+    error = facts.ps_error
+    state = {
+        "draining": app[INFLIGHT].draining,
+        "loaded": loaded_json(facts.loaded),
+        "loaded_error": None if error is None else describe(error),
+    }
+    digest = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:32]
+    etag = f'W/"{digest}"'
+    headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: "no-cache"}
+    if etag in {tag.strip() for tag in request.headers.get(hdrs.IF_NONE_MATCH, "").split(",")}:
+        return web.Response(status=304, headers=headers)
+    return web.json_response({**state, "read_ts": facts.ps_read_ts}, headers=headers)
+
+
 async def series(request: web.Request) -> web.Response:
     """Per model: eval tokens/s, load time and num_ctx over time, and the changes."""
     now = time.time()
@@ -172,9 +204,10 @@ async def series(request: web.Request) -> web.Response:
 
 
 def status_routes() -> list[web.RouteDef]:
-    """``/governor/metrics``, ``/governor/status`` and ``/governor/api/series``."""
+    """``/governor/metrics``, ``/governor/status``, ``/governor/loaded`` and ``/governor/api/series``."""
     return [
         web.get(f"{PREFIX}/metrics", metrics),
         web.get(f"{PREFIX}/status", status),
+        web.get(f"{PREFIX}/loaded", loaded),
         web.get(f"{PREFIX}/api/series", series),
     ]

@@ -1,0 +1,1 @@
+"""Signals for a load balancer in front of several governors: readiness, weight, the agent."""

@@ -103,7 +103,8 @@ class Env:
     hostile: Governor
     fake: FakeOllama
     http: aiohttp.ClientSession
-    restart_fake: Callable[[float], Awaitable[None]]
+    restart_fake: Callable[[float, asyncio.Event], Awaitable[None]]
+    """Stop the fake Ollama, set the event once it is down, start it again that many seconds later."""
     ollama_url: str
     governed_requests: int = 0
     """Requests to the main governor that must each leave exactly one result."""
@@ -459,7 +460,9 @@ async def _threaded_policy(env: Env) -> Outcome:
 
 async def _ollama_restarts(env: Env) -> Outcome:
     env.governed_requests += 1
-    comeback = asyncio.create_task(env.restart_fake(0.5))
+    down = asyncio.Event()
+    comeback = asyncio.create_task(env.restart_fake(0.5, down))
+    await down.wait()  # sent while Ollama is down: refused, so safe to retry until it is back
     status, _ = await post(env, "/api/generate", generate())
     await comeback
     return Outcome(f"{status} after riding over the restart", status == 200)
@@ -697,8 +700,9 @@ async def run_async(smoke: bool, workdir: Path) -> dict[str, Any]:
     hostile_url = f"http://127.0.0.1:{hostile_server.sockets[0].getsockname()[1]}"
     running = {"ollama": ollama}
 
-    async def restart_fake(down_s: float) -> None:
+    async def restart_fake(down_s: float, down: asyncio.Event) -> None:
         await running["ollama"].runner.cleanup()
+        down.set()
         await asyncio.sleep(down_s)
         running["ollama"] = await start_app(fake.app, port)
 

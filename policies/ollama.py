@@ -14,7 +14,6 @@ plain values: no I/O, no clocks, no ModelFacts (``policies.memory`` applies thes
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import math
 from collections.abc import Mapping, Sequence
@@ -262,11 +261,9 @@ def needs_reload(
     were, with only the ``num_gpu < 0`` rule. Runner health, adapters and projectors also reload
     in Ollama and are not modelled; ``keep_alive`` never does (reload_b_same_numctx_keep_alive.txt).
     """
-    if wanted.num_gpu < 0:
-        loaded = dataclasses.replace(loaded, num_gpu=-1)
-        wanted = dataclasses.replace(wanted, num_gpu=-1)
+    num_gpu = -1 if wanted.num_gpu < 0 else None  # both sides then compare as -1
     if not uses_llama_server(version):
-        return _runner_fields(loaded) != _runner_fields(wanted)
+        return _runner_fields(loaded, num_gpu=num_gpu) != _runner_fields(wanted, num_gpu=num_gpu)
     num_ctx = wanted.num_ctx
     if trained_ctx is not None and trained_ctx > 0:
         num_ctx = min(num_ctx, trained_ctx)
@@ -276,16 +273,20 @@ def needs_reload(
     use_mmap = loaded.use_mmap if loaded.use_mmap_auto and wanted.use_mmap is None else wanted.use_mmap
     if loaded.context_shift != wanted.context_shift:
         return True
-    wanted = dataclasses.replace(wanted, num_ctx=num_ctx, num_batch=num_batch, use_mmap=use_mmap)
-    return _runner_fields(loaded) != _runner_fields(wanted)
+    gpu = wanted.num_gpu if num_gpu is None else num_gpu
+    normalised = (num_ctx, num_batch, gpu, wanted.main_gpu, use_mmap, wanted.num_thread)
+    return _runner_fields(loaded, num_gpu=num_gpu) != normalised
 
 
-def _runner_fields(options: RunnerOptions) -> tuple[int, int, int, int | None, bool | None, int]:
-    """The ``api.Runner`` fields ``reflect.DeepEqual`` compares."""
+def _runner_fields(
+    options: RunnerOptions, *, num_gpu: int | None = None
+) -> tuple[int, int, int, int | None, bool | None, int]:
+    """The ``api.Runner`` fields ``reflect.DeepEqual`` compares (``num_gpu`` in place of the
+    options' own when given)."""
     return (
         options.num_ctx,
         options.num_batch,
-        options.num_gpu,
+        options.num_gpu if num_gpu is None else num_gpu,
         options.main_gpu,
         options.use_mmap,
         options.num_thread,

@@ -17,10 +17,11 @@ from typing import Any
 
 import structlog
 
-from policies.context import LoadedModel
+from policies.context import GpuSnapshot, LoadedModel
 from policies.decision import Decision
 from policies.duration import format_keep_alive
 from policies.outcome import Outcome
+from policies.scheduler import Prediction
 from proxy.facts.context import ContextFactory, request_context
 from proxy.govern.boundary import safe_await, safecall
 from proxy.govern.chain import ChainOutcome, run_chain
@@ -108,7 +109,42 @@ class Pipeline:
             _warn(request, outcome)
         decision = outcome.decision
         dry_run = governor.config.dry_run
-        record = GovernedRequest(
+        if decision.rejection is not None:
+            record = self._record(request, outcome, started_ts, dry_run=dry_run, warm=warm, gpu=gpu)
+            return Decided(request, record, None, rejection=decision.rejection)
+        rewriting = time.perf_counter()
+        body = None if dry_run else rewrite_body(request, decision)
+        if self.steps is not None:
+            self.steps.since("rewrite body", rewriting)  # a large body is encoded on the loop
+        sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
+        sent_keep_alive = request.keep_alive if body is None else decision.keep_alive
+        expects_load = (
+            safecall("expect load", self.contexts.expect_load, request, sent_num_ctx, sent_keep_alive) is True
+        )
+        prediction = None
+        if ctx is not None:
+            prediction = safecall("predict", self.contexts.predict, ctx, sent_num_ctx, sent_keep_alive)
+        record = self._record(
+            request, outcome, started_ts, dry_run=dry_run, warm=warm, gpu=gpu, prediction=prediction
+        )
+        return Decided(
+            request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
+        )
+
+    def _record(
+        self,
+        request: ClientRequest,
+        outcome: ChainOutcome,
+        started_ts: float,
+        *,
+        dry_run: bool,
+        warm: bool,
+        gpu: GpuSnapshot | None,
+        prediction: Prediction | None = None,
+    ) -> GovernedRequest:
+        """The record of a decided request, before Ollama answers it."""
+        decision = outcome.decision
+        return GovernedRequest(
             ts=round(started_ts, 3),
             model=request.model,
             endpoint=request.endpoint,
@@ -125,28 +161,8 @@ class Pipeline:
             warm=warm,
             memory_source=gpu.source if gpu is not None else None,
             free_bytes=gpu.free_bytes if gpu is not None else None,
-        )
-        if decision.rejection is not None:
-            return Decided(request, record, None, rejection=decision.rejection)
-        rewriting = time.perf_counter()
-        body = None if dry_run else rewrite_body(request, decision)
-        if self.steps is not None:
-            self.steps.since("rewrite body", rewriting)  # a large body is encoded on the loop
-        sent_num_ctx = request.num_ctx if body is None else decision.num_ctx
-        sent_keep_alive = request.keep_alive if body is None else decision.keep_alive
-        expects_load = (
-            safecall("expect load", self.contexts.expect_load, request, sent_num_ctx, sent_keep_alive) is True
-        )
-        if ctx is not None:
-            prediction = safecall("predict", self.contexts.predict, ctx, sent_num_ctx, sent_keep_alive)
-            if prediction is not None:
-                record = dataclasses.replace(
-                    record,
-                    predicted_action=prediction.action,
-                    predicted_evictions=prediction.evicted_names,
-                )
-        return Decided(
-            request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
+            predicted_action=prediction.action if prediction is not None else None,
+            predicted_evictions=prediction.evicted_names if prediction is not None else (),
         )
 
     def governs(self, model: str, endpoint: str) -> bool:

@@ -321,15 +321,18 @@ class Headroom:
             return None
         budget = Budget.from_snapshot(gpu)
         weight = self._weight(ctx.model_name)
+        seen: dict[int, tuple[Prediction, tuple[bool, float]] | None] = {}
 
         def outcome(num_ctx: int) -> tuple[Prediction, tuple[bool, float]] | None:
-            candidate = Candidate(model, num_ctx, calibration=ctx.calibration)
-            prediction = predict(candidate, ctx.residents, budget, server)
-            if prediction.action == "spill":
-                return None
-            evicted = prediction.evicted_names
-            refused = any(not self._evictable(ctx, name, weight) for name in evicted)
-            return prediction, (refused, sum(self._weight(name) for name in evicted))
+            """What Ollama does at ``num_ctx`` and what that costs; None when it spills."""
+            if num_ctx not in seen:
+                candidate = Candidate(model, num_ctx, calibration=ctx.calibration)
+                prediction = predict(candidate, ctx.residents, budget, server)
+                evicted = prediction.evicted_names
+                refused = any(not self._evictable(ctx, name, weight) for name in evicted)
+                cost = (refused, sum(self._weight(name) for name in evicted))
+                seen[num_ctx] = None if prediction.action == "spill" else (prediction, cost)
+            return seen[num_ctx]
 
         try:
             at_chosen = outcome(chosen)
@@ -339,27 +342,25 @@ class Headroom:
             at_need = outcome(contexts[-1])
             if at_need is None:
                 return None
-            least = at_need[1]
-            low, high = 0, len(contexts) - 1  # contexts[high] is acceptable; find the first that is
+            low, high = 0, len(contexts) - 1  # contexts[high] costs no more than need; find the first
             while low < high:
                 middle = (low + high) // 2
                 found = outcome(contexts[middle])
-                if found is not None and found[1] <= least:
+                if found is not None and found[1] <= at_need[1]:
                     high = middle
                 else:
                     low = middle + 1
-            num_ctx = contexts[high]
-            placed = outcome(num_ctx) if high < len(contexts) - 1 else at_need
         except ValueError:
             return None
-        assert placed is not None
+        num_ctx = contexts[high]
+        placed = outcome(num_ctx) or at_need
         evicted = placed[0].evicted_names
         if not evicted:
             kept = ", ".join(
                 r.name for r in ctx.residents if _canonical(r.name) != _canonical(ctx.model_name)
             )
             did = (
-                "would spill to the CPU"
+                "would spill into system RAM"
                 if at_chosen is None
                 else f"would unload {', '.join(at_chosen[0].evicted_names)}"
             )

@@ -584,6 +584,8 @@ async def hostile_ollama(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
+    except asyncio.CancelledError:
+        return  # the run is over and a stall is still sleeping: asyncio would print the cancel
     finally:
         writer.close()
 

@@ -407,6 +407,17 @@ async def _stalls_after_one_line(reader: asyncio.StreamReader, writer: asyncio.S
     await asyncio.sleep(3600)
 
 
+async def _slow_but_steady(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Eight lines 150 ms apart: 1.2 s in all, four times a 300 ms idle bound, no pause above it."""
+    writer.write(NDJSON_HEAD)
+    for n in range(8):
+        writer.write(chunk(b'{"model":"m","response":"%d","done":false}\n' % n))
+        await writer.drain()
+        await asyncio.sleep(0.15)
+    writer.write(chunk(b'{"model":"m","response":"","done":true}\n') + b"0\r\n\r\n")
+    await writer.drain()
+
+
 async def _trickles_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     writer.write(b"HTTP/1.1 200 OK\r\n")
     while True:
@@ -533,6 +544,22 @@ class TestUpstreamFaults:
             await settled(proxy)
         assert json.loads(lines[-1]) == {"error": "upstream closed the stream: no data for 300ms"}
         assert [r.completed for r in records] == [False]
+
+    async def test_the_idle_timeout_bounds_each_pause_not_the_stream(
+        self, start_proxy: StartProxy, http: aiohttp.ClientSession
+    ) -> None:
+        """A stream longer than stream_idle_timeout whose pauses stay below it is relayed whole,
+        and the stall after it is still caught: the one timer re-arms at each read's deadline."""
+        records: list[GovernedRequest] = []
+        async with hostile_upstream(_slow_but_steady) as upstream:
+            config = limits(stream_idle_timeout="300ms") + STATIC_2048
+            proxy = await start_proxy(upstream.url, config, sinks=[records.append])
+            async with http.post(proxy.url + "/api/generate", json={**GENERATE, "stream": True}) as response:
+                lines = [json.loads(line) for line in (await response.read()).splitlines()]
+            await settled(proxy)
+        assert [line["response"] for line in lines] == [str(n) for n in range(8)] + [""]
+        assert lines[-1]["done"] is True
+        assert [(r.completed, r.error) for r in records] == [(True, None)]
 
     async def test_unbounded_paths_wait_past_the_timeouts(
         self, start_proxy: StartProxy, http: aiohttp.ClientSession

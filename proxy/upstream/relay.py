@@ -231,6 +231,50 @@ class StreamBroken(Exception):
     """Ollama's answer stopped before its end; ``str()`` is what the client and the log are told."""
 
 
+TIMER_EARLY_S = 0.002
+"""How early a loop may run a timer (its clock's resolution; uvloop's is a millisecond)."""
+
+
+class IdleWatch:
+    """The stream idle timeout with one timer per stream instead of one per read.
+
+    ``asyncio.timeout`` around each read cost ~10 of the ~33 µs a relayed line takes. This only
+    notes when a read starts and ends; its timer, when it fires, re-arms at the deadline of the
+    read in progress (or one idle period on, between reads), or closes Ollama's stream when that
+    read has waited too long, which ends the read as the drain's cut does.
+    """
+
+    __slots__ = ("_handle", "_loop", "_response", "_since", "expired", "idle_s")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._response = response
+        self.idle_s = idle_s
+        self._since: float | None = None
+        self.expired = False
+        self._handle = self._loop.call_later(idle_s, self._check)
+
+    def reading(self) -> None:
+        """A read starts waiting now."""
+        self._since = self._loop.time()
+
+    def done(self) -> None:
+        """The read got its piece (time spent writing it to the client does not count)."""
+        self._since = None
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self._since
+        if since is not None and now >= since + self.idle_s - TIMER_EARLY_S:
+            self.expired = True
+            self._response.close()
+            return
+        self._handle = self._loop.call_at((now if since is None else since) + self.idle_s, self._check)
+
+
 async def pieces(response: aiohttp.ClientResponse, flight: Flight) -> AsyncIterator[bytes]:
     """Ollama's answer as it arrives, each wait bounded by the flight's stream idle timeout.
 
@@ -238,15 +282,23 @@ async def pieces(response: aiohttp.ClientResponse, flight: Flight) -> AsyncItera
     become ``StreamBroken``; anything else, a bug of ours included, is raised as it is.
     """
     read = response.content.readany
-    while True:
-        try:
-            async with asyncio.timeout(flight.idle_s):
+    watch = IdleWatch(response, flight.idle_s) if flight.idle_s else None
+    try:
+        while True:
+            if watch is not None:
+                watch.reading()
+            try:
                 chunk = await read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StreamBroken(_why_broken(exc, flight)) from None
-        if not chunk:
-            return
-        yield chunk
+            except aiohttp.ClientError as exc:
+                raise StreamBroken(_why_broken(exc, flight, watch)) from None
+            if watch is not None:
+                watch.done()
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 async def _relay(
@@ -298,12 +350,12 @@ async def _relay(
             upstream_response.close()
 
 
-def _why_broken(exc: BaseException, flight: Flight) -> str:
+def _why_broken(exc: BaseException, flight: Flight, watch: IdleWatch | None) -> str:
     """What the client and the log are told about a stream that ended early; no upstream bytes."""
     if flight.cut_reason is not None:
         return flight.cut_reason
-    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError) and flight.idle_s:
-        return f"{BROKEN_STREAM}: no data for {duration_text(flight.idle_s)}"
+    if watch is not None and watch.expired:
+        return f"{BROKEN_STREAM}: no data for {duration_text(watch.idle_s)}"
     return f"{BROKEN_STREAM}: {describe_chain(exc)}"
 
 

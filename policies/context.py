@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from policies.duration import KeepAlive
+from policies.model import ModelFacts, uses_llama_server
 
 if TYPE_CHECKING:
     from policies.memory import Calibration
-    from policies.model import ModelFacts
-    from policies.scheduler import OllamaServer, Resident
 
 Endpoint = Literal[
     "generate",
@@ -183,6 +182,64 @@ class LoadedModel:
     expires_at: str | None
     spilled: bool = False
     provisional: bool = False
+
+
+FlashAttention = Literal["auto", "on", "off"]
+
+DEFAULT_FIT_TARGET_BYTES: Final = 1024 << 20
+"""llama.cpp ``--fit`` keeps ``LLAMA_ARG_FIT_TARGET`` MiB (default 1024) free on each device."""
+
+
+@dataclass(frozen=True, slots=True)
+class OllamaServer:
+    """How the Ollama server runs: its version and the environment the scheduler reads.
+
+    ``num_parallel`` is ``OLLAMA_NUM_PARALLEL``, ``kv_cache_type`` ``OLLAMA_KV_CACHE_TYPE``,
+    ``max_loaded_models`` ``OLLAMA_MAX_LOADED_MODELS`` (0: automatic), ``flash_attention``
+    ``OLLAMA_FLASH_ATTENTION`` (``auto`` resolves to on where the GPUs support it),
+    ``keep_alive_s`` ``OLLAMA_KEEP_ALIVE`` in seconds (``math.inf``: forever), ``gpu_overhead_bytes``
+    ``OLLAMA_GPU_OVERHEAD`` and ``fit_target_bytes`` ``LLAMA_ARG_FIT_TARGET``. ``version`` None
+    means the newest rules.
+    """
+
+    version: tuple[int, int, int] | None = None
+    num_parallel: int = 1
+    kv_cache_type: str = "f16"
+    max_loaded_models: int = 0
+    flash_attention: FlashAttention = "auto"
+    keep_alive_s: float = 300.0
+    gpu_overhead_bytes: int = 0
+    fit_target_bytes: int = DEFAULT_FIT_TARGET_BYTES
+
+    @property
+    def llama_server(self) -> bool:
+        """Ollama 0.30 or later (or unknown): every model runs in llama.cpp's ``llama-server``."""
+        return uses_llama_server(self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """One runner Ollama holds: its ``/api/ps`` entry, and what else the scheduler compares.
+
+    ``facts`` (when known) lets the model add back what ``/api/ps`` leaves out of a sliding-window
+    model's size. ``keep_alive_s`` is the runner's session duration (the last keep_alive a request
+    gave it; None: the server's default; ``math.inf`` or negative: forever) and ``model_path`` its
+    GGUF blob (the Modelfile's ``FROM``), the two keys eviction order sorts by; without a path the
+    name stands in. ``busy`` means requests are in flight, so eviction passes it over while an idle
+    runner exists. ``num_ctx_auto`` says its context was Ollama's automatic choice.
+    """
+
+    loaded: LoadedModel
+    facts: ModelFacts | None = None
+    keep_alive_s: float | None = None
+    busy: bool = False
+    model_path: str | None = None
+    num_ctx_auto: bool = False
+
+    @property
+    def name(self) -> str:
+        """The name ``/api/ps`` shows."""
+        return self.loaded.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
+from policies.context import DEFAULT_FIT_TARGET_BYTES as DEFAULT_FIT_TARGET_BYTES
+from policies.context import FlashAttention as FlashAttention
 from policies.context import GpuSnapshot, LoadedModel, MemoryKind
+from policies.context import OllamaServer as OllamaServer
+from policies.context import Resident as Resident
 from policies.memory import (
     GIB,
     MIB,
@@ -54,7 +58,7 @@ from policies.memory import (
     ollama_predicted_bytes,
     ps_unreported_bytes,
 )
-from policies.model import ModelFacts, uses_llama_server
+from policies.model import ModelFacts
 from policies.ollama import (
     DEFAULT_NUM_BATCH,
     EVICTION_THRESHOLD_PERCENT,
@@ -84,11 +88,6 @@ ACTIONS: Final[tuple[str, ...]] = get_args(Action)
 
 EvictionCause = Literal["max_loaded_models", "preflight"]
 """Why a runner was unloaded: the loaded-model cap, or Ollama's pre-flight memory estimate."""
-
-FlashAttention = Literal["auto", "on", "off"]
-
-DEFAULT_FIT_TARGET_BYTES: Final = 1024 * MIB
-"""llama.cpp ``--fit`` keeps ``LLAMA_ARG_FIT_TARGET`` MiB (default 1024) free on each device."""
 
 MINIMUM_MEMORY_BYTES: Final = 457 * MIB
 """Before 0.30 layer fitting kept a GPU's ``MinimumMemory`` free: 457 MiB (CUDA, ROCm) ..."""
@@ -151,58 +150,6 @@ class Budget:
     def on_gpu(self) -> bool:
         """Loads go to GPUs (discrete or unified): Ollama's pre-flight and llama.cpp's fit apply."""
         return self.kind in ("gpu", "unified")
-
-
-@dataclass(frozen=True, slots=True)
-class OllamaServer:
-    """How the Ollama server runs: its version and the environment the scheduler reads.
-
-    ``num_parallel`` is ``OLLAMA_NUM_PARALLEL``, ``kv_cache_type`` ``OLLAMA_KV_CACHE_TYPE``,
-    ``max_loaded_models`` ``OLLAMA_MAX_LOADED_MODELS`` (0: automatic), ``flash_attention``
-    ``OLLAMA_FLASH_ATTENTION`` (``auto`` resolves to on where the GPUs support it),
-    ``keep_alive_s`` ``OLLAMA_KEEP_ALIVE`` in seconds (``math.inf``: forever), ``gpu_overhead_bytes``
-    ``OLLAMA_GPU_OVERHEAD`` and ``fit_target_bytes`` ``LLAMA_ARG_FIT_TARGET``. ``version`` None
-    means the newest rules.
-    """
-
-    version: Version | None = None
-    num_parallel: int = 1
-    kv_cache_type: str = "f16"
-    max_loaded_models: int = 0
-    flash_attention: FlashAttention = "auto"
-    keep_alive_s: float = 300.0
-    gpu_overhead_bytes: int = 0
-    fit_target_bytes: int = DEFAULT_FIT_TARGET_BYTES
-
-    @property
-    def llama_server(self) -> bool:
-        """Ollama 0.30 or later (or unknown): every model runs in llama.cpp's ``llama-server``."""
-        return uses_llama_server(self.version)
-
-
-@dataclass(frozen=True, slots=True)
-class Resident:
-    """One runner Ollama holds: its ``/api/ps`` entry, and what else the scheduler compares.
-
-    ``facts`` (when known) lets the model add back what ``/api/ps`` leaves out of a sliding-window
-    model's size. ``keep_alive_s`` is the runner's session duration (the last keep_alive a request
-    gave it; None: the server's default; ``math.inf`` or negative: forever) and ``model_path`` its
-    GGUF blob (the Modelfile's ``FROM``), the two keys eviction order sorts by; without a path the
-    name stands in. ``busy`` means requests are in flight, so eviction passes it over while an idle
-    runner exists. ``num_ctx_auto`` says its context was Ollama's automatic choice.
-    """
-
-    loaded: LoadedModel
-    facts: ModelFacts | None = None
-    keep_alive_s: float | None = None
-    busy: bool = False
-    model_path: str | None = None
-    num_ctx_auto: bool = False
-
-    @property
-    def name(self) -> str:
-        """The name ``/api/ps`` shows."""
-        return self.loaded.name
 
 
 @dataclass(frozen=True, slots=True)

@@ -385,6 +385,23 @@ class TestBodyLimit:
         [warning] = events(logs, "not_governed")
         assert warning["reason"] == "body too large to govern"
 
+    @pytest.mark.parametrize("size", [60_000, 100_000], ids=["within", "above"])
+    async def test_a_body_sent_with_its_head_is_judged_by_its_size(
+        self, fake: FakeOllama, start_proxy: StartProxy, size: int
+    ) -> None:
+        """A chunked body that arrives in the same write as the head (read without waiting) is
+        governed within the limit and relayed byte for byte above it."""
+        proxy = await start_proxy(fake_url(fake), limits(max_governed_body="64KiB") + STATIC_2048)
+        raw = json.dumps({**GENERATE, "prompt": "x" * size}).encode()
+        head = b"POST /api/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        response = await first_response(proxy.url, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(raw), raw))
+        assert status_of(response) == 200
+        sent = client_requests(fake)[-1].body
+        if size > 64 * 1024:
+            assert sent == raw
+        else:
+            assert json.loads(sent)["options"]["num_ctx"] == 2048
+
     async def test_a_body_within_the_limit_is_governed(
         self, fake: FakeOllama, start_proxy: StartProxy, http: aiohttp.ClientSession
     ) -> None:

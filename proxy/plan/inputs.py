@@ -22,7 +22,6 @@ from policies.headroom import Headroom
 from policies.scheduler import Budget, Resident, held_bytes
 from proxy.config import Config
 from proxy.config.settings import OllamaSettings
-from proxy.facts.gguf import GgufError, read_gguf_facts
 from proxy.facts.memory import build_source
 from proxy.facts.memory.probe import read_once
 from proxy.facts.ollama import Facts
@@ -147,6 +146,10 @@ def _version_from(request: PlanRequest, config: Config, facts: Facts) -> str:
 async def _model(argument: str, facts: Facts, upstream: Upstream, governor: Governor) -> PlannedModel:
     """One MODEL argument's facts, calibration and headroom policy."""
     if is_gguf_path(argument):
+        # Imported here, not at the top: llama.cpp's gguf package brings numpy, ~16 MB and 0.2 s
+        # in every process that loads the command line (serve too); only plan reads GGUF files.
+        from proxy.facts.gguf import GgufError, read_gguf_facts
+
         path = Path(argument)
         try:
             model = await asyncio.to_thread(read_gguf_facts, path)

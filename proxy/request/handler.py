@@ -45,7 +45,7 @@ async def read_body(request: web.Request, limits: LimitsSettings) -> tuple[bytes
     A small body usually arrives with the request's head; then there is nothing to wait for and
     no timer is armed (the timer was most of what reading a small body cost)."""
     limit = limits.max_governed_body_bytes
-    if request.content.is_eof() and (request.content_length or 0) <= limit:
+    if request.content.is_eof():
         raw = request.content.read_nowait()
         return raw, len(raw) <= limit
     try:

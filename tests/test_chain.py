@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -109,6 +110,32 @@ class TestErrorBoundary:
         [entry] = [e for e in logs if e["event"] == "policy_error"]
         assert entry["policy"] == "broken" and entry["log_level"] == "error"
         assert entry["model"] == "llama3.1:8b"
+
+
+class TestBlockingPolicies:
+    """A step that holds the loop cannot be bounded after the fact: it is named, not dropped."""
+
+    @pytest.mark.parametrize("past", [False, True])
+    async def test_a_step_that_held_the_loop_keeps_its_decision(self, past: bool) -> None:
+        """Held under or past the timeout, the decision stands and the hold is logged by name.
+
+        The loop's own pauses (a collection, a descheduled process) land on whichever step runs;
+        dropping that step's decision would change num_ctx, and reload the model, at random.
+        """
+
+        held_s = 0.08
+
+        def holds(c: Context, d: Decision) -> Decision:
+            time.sleep(held_s)
+            return d.replace(num_ctx=3072, reason="after holding the loop")
+
+        timeout_s = held_s / 2 if past else held_s * 10
+        with capture_logs() as logs:
+            outcome = await run_chain([named("holds", holds)], ctx(), Decision(), timeout_s)
+        assert (outcome.decision.num_ctx, outcome.errors) == (3072, ())
+        [blocked] = [e for e in logs if e["event"] == "policy_blocked_loop"]
+        assert (blocked["policy"], blocked["past_timeout"]) == ("holds", past)
+        assert blocked["held_ms"] >= held_s * 1000
 
 
 class TestSuspendingPolicies:

@@ -62,16 +62,13 @@ class Decision:
         outcome: str | None = None,
     ) -> Decision:
         """A new decision with the given fields changed, ``reason`` and ``outcome`` appended."""
-        changes: dict[str, object] = {}
-        if num_ctx is not UNSET:
-            changes["num_ctx"] = num_ctx
-        if keep_alive is not UNSET:
-            changes["keep_alive"] = keep_alive
-        if reason:
-            changes["reasons"] = (*self.reasons, reason)
-        if outcome:
-            changes["outcomes"] = (*self.outcomes, str(outcome))
-        return _dc_replace(self, **changes)  # type: ignore[arg-type]
+        return Decision(
+            num_ctx=self.num_ctx if num_ctx is UNSET else num_ctx,
+            keep_alive=self.keep_alive if keep_alive is UNSET else keep_alive,
+            reasons=(*self.reasons, reason) if reason else self.reasons,
+            outcomes=(*self.outcomes, str(outcome)) if outcome else self.outcomes,
+            rejection=self.rejection,
+        )
 
     def reject(self, message: str) -> Decision:
         """A decision that refuses the request with ``400 {"error": message}``."""

@@ -6,6 +6,7 @@ Ollama accepts a number (seconds, floats allowed, negative = forever) or a Go du
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -25,8 +26,13 @@ _GO_UNITS_S = {
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_go_duration(text: str) -> float:
-    """Seconds in a Go ``time.ParseDuration`` string; raises ValueError like Go does."""
+    """Seconds in a Go ``time.ParseDuration`` string; raises ValueError like Go does.
+
+    Remembered: one governed request reads the same few values four times over (the client's,
+    the policy's, the decision's check and the scheduler's prediction); refusals are not kept.
+    """
     s = text.strip()
     if not s:
         raise ValueError(f"invalid duration {text!r}")

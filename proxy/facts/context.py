@@ -8,9 +8,10 @@ observed (reloaded, spilled, loaded context, truncation suspicion).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -24,7 +25,7 @@ from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
 from proxy.facts.scheduling import ollama_server, residents
 from proxy.facts.tokens import TokenEstimator
-from proxy.govern.record import GovernedRequest
+from proxy.govern.record import Answer, GovernedRequest, Observation
 from proxy.names import canonical_model
 from proxy.request.parse import ClientRequest
 from proxy.request.prompt import EMBED_ENDPOINTS
@@ -50,25 +51,43 @@ TRUNCATION_FILL = 0.95
 """A prompt that fills this much of the context may have been cut by Ollama without a word."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What an observation of Ollama after an answer starts from."""
+
+    request: ClientRequest
+    record: GovernedRequest
+    status: int
+    reloaded: bool | None
+    prompt_tokens: int | None
+    loaded_before: tuple[LoadedModel, ...]
+
+
 def request_context(
     request: ClientRequest, *, client: str | None = None, headers: Mapping[str, str] | None = None
 ) -> Context:
     """The Context fields the request alone tells (no facts)."""
-    return Context(
-        endpoint=request.endpoint,
-        model_name=request.model,
-        body=FrozenJSON(request.body),
-        client=client,
-        headers=headers if headers is not None else FrozenJSON({}),
-        client_num_ctx=request.num_ctx,
-        client_keep_alive=request.keep_alive,
-        num_predict=request.num_predict,
-    )
+    return Context(**_asked(request, client, headers))
+
+
+def _asked(request: ClientRequest, client: str | None, headers: Mapping[str, str] | None) -> dict[str, Any]:
+    return {
+        "endpoint": request.endpoint,
+        "model_name": request.model,
+        "body": FrozenJSON(request.body),
+        "client": client,
+        "headers": headers if headers is not None else FrozenJSON({}),
+        "client_num_ctx": request.num_ctx,
+        "client_keep_alive": request.keep_alive,
+        "num_predict": request.num_predict,
+    }
 
 
 def governed_context(
-    base: Context,
+    request: ClientRequest,
     *,
+    client: str | None = None,
+    headers: Mapping[str, str] | None = None,
     settings: OllamaSettings,
     version: tuple[int, int, int] | None,
     gpu: GpuSnapshot | None,
@@ -79,10 +98,10 @@ def governed_context(
     calibration: Calibration | None,
     residents: tuple[Resident, ...] = (),
 ) -> Context:
-    """``base`` (what the request tells) with the gathered facts: the one place a policy's Context
-    is completed, for the proxy's requests and for ``plan``'s what-if alike."""
-    return dataclasses.replace(
-        base,
+    """What ``request`` tells, with the gathered facts: the one place a policy's Context is
+    completed, for the proxy's requests and for ``plan``'s what-if alike."""
+    return Context(
+        **_asked(request, client, headers),
         gpu=gpu,
         model=model,
         loaded=loaded,
@@ -150,7 +169,9 @@ class ContextFactory:
         facts = self.facts
         model = await facts.model_facts(request.model, facts_wait_s)
         return governed_context(
-            request_context(request, client=client, headers=headers),
+            request,
+            client=client,
+            headers=headers,
             settings=facts.settings,
             version=facts.version,
             gpu=self.gpu(),
@@ -228,53 +249,52 @@ class ContextFactory:
         self,
         request: ClientRequest,
         record: GovernedRequest,
+        answer: Answer,
         expected_load: bool,
         loaded_before: tuple[LoadedModel, ...] = (),
-    ) -> GovernedRequest | Awaitable[GovernedRequest]:
-        """Learn from the answer; after a load, the awaitable waits for the ``/api/ps`` read the
-        record's observations need. ``loaded_before`` is what Ollama held when the request went
-        out, to see what the scheduler unloaded for it."""
-        answered = bool(record.done_reason) or request.endpoint in EMBED_ENDPOINTS
-        if expected_load and record.status == 200 and answered:
+    ) -> Observation | Awaitable[Observation]:
+        """Learn from ``answer`` to the request ``record`` decided; after a load, the awaitable
+        waits for the ``/api/ps`` read the observation needs. ``loaded_before`` is what Ollama
+        held when the request went out, to see what the scheduler unloaded for it."""
+        reloaded = answer.reloaded
+        answered = bool(answer.done_reason) or request.endpoint in EMBED_ENDPOINTS
+        if expected_load and answer.status == 200 and answered:
             # Ollama held the model at another context (or not at all) when this went out: a
             # fast load, e.g. a small model from the page cache, is still a load. (An embedding
             # has no done_reason: its 200 is the whole answer.)
-            record = dataclasses.replace(record, reloaded=True)
-        if isinstance(record.prompt_tokens, int) and record.status == 200:
+            reloaded = True
+        if isinstance(answer.prompt_tokens, int) and answer.status == 200:
             self.tokens.learn(
                 request.model,
                 request.prompt,
-                record.prompt_tokens,
+                answer.prompt_tokens,
                 counts_cached=uses_llama_server(self.facts.version),
             )
+        seen = _Seen(request, record, answer.status, reloaded, answer.prompt_tokens, loaded_before)
         loaded = self.facts.loaded_model(request.model)
-        if record.reloaded or loaded is None or loaded.provisional or record.status != 200:
-            return self._after_load(request, record, loaded_before)
-        return self._observed(request, record, loaded_before)
+        if reloaded or loaded is None or loaded.provisional or answer.status != 200:
+            return self._after_load(seen)
+        return self._observed(seen)
 
-    async def _after_load(
-        self, request: ClientRequest, record: GovernedRequest, loaded_before: tuple[LoadedModel, ...]
-    ) -> GovernedRequest:
+    async def _after_load(self, seen: _Seen) -> Observation:
         await self.facts.refresh_loaded_soon()
-        record = self._observed(request, record, loaded_before)
-        loaded = self.facts.loaded_model(request.model)
+        observation = self._observed(seen)
+        loaded = self.facts.loaded_model(seen.request.model)
         if loaded is not None and loaded.spilled:
             log.warning(
                 "spill",
-                model=request.model,
+                model=seen.request.model,
                 num_ctx=loaded.context_length,
                 size=loaded.size_bytes,
                 size_vram=loaded.size_vram_bytes,
                 on_gpu_fraction=round(loaded.size_vram_bytes / loaded.size_bytes, 3),
             )
-        return record
+        return observation
 
-    def _observed(
-        self, request: ClientRequest, record: GovernedRequest, loaded_before: tuple[LoadedModel, ...]
-    ) -> GovernedRequest:
-        loaded = self.facts.loaded_model(request.model)
-        context_length = (loaded.context_length if loaded else None) or record.applied_num_ctx
-        prompt_tokens, estimate = record.prompt_tokens, record.estimated_prompt_tokens
+    def _observed(self, seen: _Seen) -> Observation:
+        loaded = self.facts.loaded_model(seen.request.model)
+        context_length = (loaded.context_length if loaded else None) or seen.record.applied_num_ctx
+        prompt_tokens, estimate = seen.prompt_tokens, seen.record.estimated_prompt_tokens
         suspect = bool(
             context_length
             and (
@@ -282,9 +302,9 @@ class ContextFactory:
                 or (isinstance(estimate, int) and estimate > context_length)
             )
         )
-        action, evicted = self._scheduler_did(request, record, loaded_before)
-        return dataclasses.replace(
-            record,
+        action, evicted = self._scheduler_did(seen)
+        return Observation(
+            reloaded=seen.reloaded,
             spilled=loaded.spilled if loaded is not None else None,
             loaded_num_ctx=loaded.context_length if loaded is not None and not loaded.provisional else None,
             truncation_suspect=suspect,
@@ -292,19 +312,17 @@ class ContextFactory:
             observed_evictions=evicted,
         )
 
-    def _scheduler_did(
-        self, request: ClientRequest, record: GovernedRequest, loaded_before: tuple[LoadedModel, ...]
-    ) -> tuple[str | None, tuple[str, ...]]:
+    def _scheduler_did(self, seen: _Seen) -> tuple[str | None, tuple[str, ...]]:
         """What Ollama's scheduler did for this request, read from ``/api/ps`` before and after:
         ``reuse`` (nothing loaded), ``load`` (beside the others), ``reload`` (this model at another
         context), ``evict`` (others unloaded to make room, named) or ``spill`` (part in system RAM).
         A model that left because its keep_alive ran out is not an eviction."""
-        if record.status != 200 or record.reloaded is None:
+        if seen.status != 200 or seen.reloaded is None:
             return None, ()
-        this = canonical_model(request.model)
+        this = canonical_model(seen.request.model)
         now = datetime.now(UTC)
         after = {canonical_model(model.name) for model in self.facts.loaded if not model.provisional}
-        before = [model for model in loaded_before if not model.provisional]
+        before = [model for model in seen.loaded_before if not model.provisional]
         evicted = tuple(
             model.name
             for model in before
@@ -312,8 +330,8 @@ class ContextFactory:
             and canonical_model(model.name) not in after
             and not _expired(model, now)
         )
-        loaded = self.facts.loaded_model(request.model)
-        if not record.reloaded:
+        loaded = self.facts.loaded_model(seen.request.model)
+        if not seen.reloaded:
             return "reuse", ()
         if loaded is not None and loaded.spilled:
             return "spill", evicted

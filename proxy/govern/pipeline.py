@@ -25,7 +25,7 @@ from policies.scheduler import Prediction
 from proxy.facts.context import ContextFactory, request_context
 from proxy.govern.boundary import safe_await, safecall
 from proxy.govern.chain import ChainOutcome, run_chain
-from proxy.govern.record import Answer, GovernedRequest
+from proxy.govern.record import Answer, GovernedRequest, Observation
 from proxy.govern.rules import Governor
 from proxy.govern.stall import StepLog
 from proxy.ledger.ledger import Ledger
@@ -175,43 +175,49 @@ class Pipeline:
 
     async def finish(self, decided: Decided, answer: Answer) -> GovernedRequest:
         """Record Ollama's answer: learn from it, observe what it did, publish the record."""
-        record, later = self._learn(decided, answer)
+        observed, later = self._learn(decided, answer)
         if later is not None:
-            record = await safe_await("observe", later, model=record.model) or record
-        return self.ledger.record(record)
+            observed = await safe_await("observe", later, model=decided.record.model)
+        return self.ledger.record(decided.record.finished(answer, observed))
 
     def finish_soon(self, decided: Decided, answer: Answer) -> None:
         """``finish`` without holding the client: only what waits for an ``/api/ps`` read after a
         load runs in the background (``drain`` waits for it at shutdown)."""
-        record, later = self._learn(decided, answer)
+        observed, later = self._learn(decided, answer)
         if later is None:
-            self.ledger.record(record)
+            self.ledger.record(decided.record.finished(answer, observed))
             return
-        task = asyncio.ensure_future(self._record_later(later, record))
+        task = asyncio.ensure_future(self._record_later(later, decided.record, answer))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     def _learn(
         self, decided: Decided, answer: Answer
-    ) -> tuple[GovernedRequest, Awaitable[GovernedRequest] | None]:
-        """The answered record, and what must still be awaited to observe the load (or None)."""
-        record = decided.record.answered(answer)
+    ) -> tuple[Observation | None, Awaitable[Observation] | None]:
+        """What was observed of Ollama after the answer, or what must still be awaited to observe
+        the load; (None, None) when learning failed (the record then has the answer alone)."""
         learned = safecall(
-            "learn", self.contexts.learn, decided.request, record, decided.expects_load, decided.loaded_before
+            "learn",
+            self.contexts.learn,
+            decided.request,
+            decided.record,
+            answer,
+            decided.expects_load,
+            decided.loaded_before,
         )
-        if learned is None or isinstance(learned, GovernedRequest):
-            return learned or record, None
-        return record, learned
+        if learned is None or isinstance(learned, Observation):
+            return learned, None
+        return None, learned
 
     async def _record_later(
-        self, later: Awaitable[GovernedRequest], fallback: GovernedRequest
+        self, later: Awaitable[Observation], record: GovernedRequest, answer: Answer
     ) -> GovernedRequest:
         try:
-            record = await safe_await("observe", later, model=fallback.model) or fallback
+            observed = await safe_await("observe", later, model=record.model)
         except asyncio.CancelledError:
-            self.ledger.record(fallback)  # shutdown cut the observation short: keep the result
+            self.ledger.record(record.finished(answer))  # shutdown cut the observation short
             raise
-        return self.ledger.record(record)
+        return self.ledger.record(record.finished(answer, observed))
 
     def abandon(self, decided: Decided, status: int, error: str) -> GovernedRequest:
         """Record a request that got no answer from Ollama to learn from (refused, or the client

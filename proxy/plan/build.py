@@ -32,7 +32,7 @@ from policies.scheduler import (
     working_set,
 )
 from proxy.config.settings import OllamaSettings
-from proxy.facts.context import governed_context, request_context, server_default_num_ctx
+from proxy.facts.context import governed_context, server_default_num_ctx
 from proxy.facts.scheduling import ollama_server
 from proxy.request.parse import parse_request
 
@@ -235,7 +235,7 @@ def headroom_choice(
     template = _candidate(model, 0)
     own = next((resident.loaded for resident in residents if same_runner(template, resident)), None)
     ctx = governed_context(
-        request_context(request),
+        request,
         settings=inputs.settings,
         version=inputs.settings.version,
         gpu=inputs.snapshot,

@@ -178,6 +178,8 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
         if self.log is not None:
             self.log.close()
 

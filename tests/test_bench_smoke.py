@@ -138,3 +138,18 @@ class TestFaultsSmoke:
         assert {"bad input", "client", "policy", "upstream", "load", "shutdown", "whole run"} <= kinds
         assert result["summary"]["nothing_lost"] and result["summary"]["secrets_leaked"] == []
         assert done.returncode == 0
+
+
+class TestCallsSmoke:
+    """``python -m bench.calls`` profiles a served governor and counts its calls per request."""
+
+    @pytest.mark.timeout(120)
+    @pytest.mark.parametrize("kind", ["chat", "tags"])
+    def test_it_counts_calls_per_request(self, kind: str) -> None:
+        """A governed chat costs more Python calls than a relayed tags, both a positive count."""
+        from bench.calls import measure
+
+        calls, micros = measure(kind, 50)
+        assert calls > 0 and micros > 0
+        # start-up is spread over the requests: 250 of them leave hundreds of calls each
+        assert calls > (1000 if kind == "chat" else 300)

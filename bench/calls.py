@@ -1,0 +1,90 @@
+"""Python calls per request of a served governor: ``python -m bench.calls [chat|tags] [N]``.
+
+Timings on a shared machine move by tens of percent between runs of one commit; the number of
+Python function calls a request costs does not. This serves the benchmark's governor (its
+config, the fake upstream) under cProfile, sends N requests of one kind after a warm-up, stops it
+with SIGTERM and prints the calls and the profiled main-thread time per request (start-up is
+included, spread over the requests). Run it in two checkouts to compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+from bench import payloads, targets
+
+WARMUP = 200
+CONCURRENCY = 4
+
+
+async def _drive(url: str, kind: str, count: int) -> None:
+    body = payloads.chat_request(stream=False)
+    limit = asyncio.Semaphore(CONCURRENCY)
+    async with aiohttp.ClientSession() as http:
+
+        async def one() -> None:
+            async with limit:
+                if kind == "chat":
+                    answer = await http.post(url + "/api/chat", data=body)
+                else:
+                    answer = await http.get(url + "/api/tags")
+                async with answer:
+                    await answer.read()
+                    answer.raise_for_status()
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+
+def measure(kind: str, count: int) -> tuple[float, float]:
+    """Calls and profiled µs per request of ``kind`` (chat: governed, tags: relayed)."""
+    upstream = targets.start_upstream()
+    workdir = Path(tempfile.mkdtemp(prefix="governor-calls-"))
+    port = targets.free_port()
+    config = workdir / "config.toml"
+    config.write_text(
+        targets.governor_config(f"{targets.HOST}:{port}", f"http://{targets.HOST}:{upstream.port}")
+    )
+    profile = workdir / "serve.pstats"
+    with (workdir / "governor.log").open("wb") as log:
+        governor = subprocess.Popen(
+            [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "proxy", "serve",
+             "--config", str(config), "--state-dir", str(workdir / "state")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=targets.ROOT,
+            env={**os.environ, "OLLAMA_GOVERNOR_LOOP": "uvloop"},
+        )  # fmt: skip
+        try:
+            targets.ready(targets.Process("governor", governor, port, log))
+            url = f"http://{targets.HOST}:{port}"
+            asyncio.run(_drive(url, kind, WARMUP))
+            asyncio.run(_drive(url, kind, count))
+        finally:
+            governor.send_signal(signal.SIGTERM)
+            governor.wait(30)
+            upstream.stop()
+    stats = pstats.Stats(str(profile))
+    requests = WARMUP + count
+    seconds = sum(entry[2] for entry in stats.stats.values())
+    return stats.total_calls / requests, seconds / requests * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.calls", description=__doc__)
+    parser.add_argument("kind", nargs="?", choices=("chat", "tags"), default="chat")
+    parser.add_argument("requests", nargs="?", type=int, default=3000)
+    args = parser.parse_args()
+    calls, micros = measure(args.kind, args.requests)
+    print(f"{args.kind}: {calls:,.0f} Python calls and {micros:,.0f} µs (profiled) per request")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,16 +9,15 @@ message_delta, message_stop with ``event:`` lines and keep-alive headers.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from tests.fakeollama.engine import IMAGE_TOKENS, Gen, Renderer, tokens_of
-from tests.fakeollama.models import FakeModel
+from tests.fakeollama.engine import IMAGE_TOKENS, Gen, tokens_of
+from tests.fakeollama.host import Host
 from tests.fakeollama.native import fake_tool_calls
 from tests.fakeollama.openai import SSE_KEEPALIVE_HEADERS
 from tests.fakeollama.options import content_text
-from tests.fakeollama.records import RunnerRequest
 from tests.fakeollama.wire import PLAIN_JSON_CT, ApiError, dumps, go_type_name, hex_id, json_response
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
@@ -200,37 +199,8 @@ def message_parts(body: dict[str, Any], *, vision: bool) -> list[tuple[str, int]
     return parts
 
 
-class AnthropicRoutes:
-    """The /v1/messages handler; FakeOllama provides the helpers annotated."""
-
-    if TYPE_CHECKING:
-
-        async def _compat_body(self, request: web.Request) -> dict[str, Any]: ...
-
-        def _compat_model(self, body: dict[str, Any]) -> tuple[str, FakeModel]: ...
-
-        def _runner_request(
-            self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None, shift: Any = None
-        ) -> RunnerRequest: ...
-
-        def _new_gen(
-            self,
-            flavour: str,
-            renderer: Renderer,
-            path: str,
-            req_model: str,
-            runner: RunnerRequest,
-            parts: list[tuple[str, int]],
-            num_predict: Any,
-            stream: bool,
-            t0: int,
-            *,
-            stop: list[str] | None = None,
-            json_format: bool = False,
-            tool_calls: list[dict[str, Any]] | None = None,
-        ) -> Gen: ...
-
-        async def _run(self, request: web.Request, g: Gen) -> web.StreamResponse: ...
+class AnthropicRoutes(Host):
+    """The /v1/messages handler; what it calls of the other mixins is in host.py."""
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic_ns()

@@ -13,10 +13,11 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from tests.fakeollama.host import Host
 from tests.fakeollama.models import FakeModel
 from tests.fakeollama.records import Completion, LoadedState, RunnerRequest
 from tests.fakeollama.simtime import LoadTiming, SimTime
@@ -142,7 +143,7 @@ def placeholder_arguments(tool: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class EngineMixin:
+class EngineMixin(Host):
     """The generation loop shared by every completion route; FakeOllama sets these attributes."""
 
     modern: bool
@@ -155,12 +156,6 @@ class EngineMixin:
     truncated: list[str]
     completions: list[Completion]
     _oa_counter: int
-
-    if TYPE_CHECKING:
-
-        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState: ...
-
-        def _release(self, state: LoadedState) -> None: ...
 
     def _new_gen(
         self,

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from tests.fakeollama.host import Host
 from tests.fakeollama.models import FakeModel, gemma3_270m
-from tests.fakeollama.records import LoadedState
 from tests.fakeollama.wire import (
     ApiError,
     dumps,
@@ -73,7 +73,7 @@ def tensors(m: FakeModel) -> list[dict[str, Any]]:
     return out
 
 
-class ManagementRoutes:
+class ManagementRoutes(Host):
     """Store and status handlers; FakeOllama provides the state annotated here."""
 
     version: str
@@ -83,20 +83,6 @@ class ManagementRoutes:
     blobs: set[str]
     blob_bytes_received: dict[str, int]
     _modified: dict[str, int]
-
-    if TYPE_CHECKING:
-
-        async def _body(self, request: web.Request) -> dict[str, Any]: ...
-
-        def _model(self, body: dict[str, Any], key: str = "model") -> tuple[str, FakeModel]: ...
-
-        def _find(self, name: str) -> FakeModel | None: ...
-
-        def _add_model(self, m: FakeModel, ts: int | None = None) -> None: ...
-
-        def _at_least_030(self) -> bool: ...
-
-        def loaded(self) -> dict[str, LoadedState]: ...
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=b"Ollama is running", headers={"Content-Type": "text/plain; charset=utf-8"})

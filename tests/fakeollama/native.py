@@ -11,14 +11,15 @@ import math
 import random
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from tests.fakeollama.engine import IMAGE_TOKENS, Gen, Renderer, placeholder_arguments, tokens_of
+from tests.fakeollama.engine import IMAGE_TOKENS, Gen, placeholder_arguments, tokens_of
+from tests.fakeollama.host import Host
 from tests.fakeollama.models import FakeModel
 from tests.fakeollama.options import content_text
-from tests.fakeollama.records import LoadedState, RunnerRequest
+from tests.fakeollama.records import RunnerRequest
 from tests.fakeollama.simtime import LoadTiming, SimTime
 from tests.fakeollama.wire import ApiError, dumps, json_response, ts
 
@@ -107,57 +108,12 @@ class NativeRenderer:
         return out
 
 
-class NativeRoutes:
-    """The /api completion and embedding handlers; FakeOllama provides the helpers annotated."""
+class NativeRoutes(Host):
+    """The /api completion and embedding handlers; what they call of the other mixins is in host.py."""
 
     modern: bool
     sim: SimTime
     fail_next: list[tuple[int, str]]
-
-    if TYPE_CHECKING:
-
-        def _at_least_030(self) -> bool: ...
-
-        async def _body(self, request: web.Request) -> dict[str, Any]: ...
-
-        def _model(self, body: dict[str, Any], key: str = "model") -> tuple[str, FakeModel]: ...
-
-        def _find(self, name: str) -> FakeModel | None: ...
-
-        def _keep_alive(self, body: dict[str, Any]) -> int | None: ...
-
-        def _options(self, body: dict[str, Any]) -> dict[str, Any]: ...
-
-        def _merged(self, model: FakeModel, opts: dict[str, Any]) -> dict[str, Any]: ...
-
-        def _runner_request(
-            self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None, shift: Any = None
-        ) -> RunnerRequest: ...
-
-        def _new_gen(
-            self,
-            flavour: str,
-            renderer: Renderer,
-            path: str,
-            req_model: str,
-            runner: RunnerRequest,
-            parts: list[tuple[str, int]],
-            num_predict: Any,
-            stream: bool,
-            t0: int,
-            *,
-            stop: list[str] | None = None,
-            json_format: bool = False,
-            tool_calls: list[dict[str, Any]] | None = None,
-        ) -> Gen: ...
-
-        async def _run(self, request: web.Request, g: Gen) -> web.StreamResponse: ...
-
-        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState: ...
-
-        def _release(self, state: LoadedState) -> None: ...
-
-        def _unload_model(self, model: FakeModel) -> None: ...
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         return await self._native(request, "generate")

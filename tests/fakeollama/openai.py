@@ -14,16 +14,15 @@ import binascii
 import random
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from tests.fakeollama.engine import IMAGE_TOKENS, Gen, Renderer, tokens_of
+from tests.fakeollama.engine import IMAGE_TOKENS, Gen, tokens_of
+from tests.fakeollama.host import Host
 from tests.fakeollama.models import FakeModel
 from tests.fakeollama.native import EMBEDDINGS_UNSUPPORTED, embedding, fake_tool_calls
 from tests.fakeollama.options import content_text
-from tests.fakeollama.records import LoadedState, RunnerRequest
-from tests.fakeollama.simtime import LoadTiming
 from tests.fakeollama.wire import (
     PLAIN_JSON_CT,
     SSE_ERROR_HEADERS,
@@ -469,50 +468,13 @@ def stop_list(stop: Any) -> list[str]:
     return []
 
 
-class OpenAIRoutes:
-    """The /v1 handlers; FakeOllama provides the helpers annotated."""
+class OpenAIRoutes(Host):
+    """The /v1 handlers; what they call of the other mixins is in host.py."""
 
     modern: bool
     fail_next: list[tuple[int, str]]
     models: dict[str, FakeModel]
     _modified: dict[str, int]
-
-    if TYPE_CHECKING:
-
-        async def _body(self, request: web.Request) -> dict[str, Any]: ...
-
-        def _model(self, body: dict[str, Any], key: str = "model") -> tuple[str, FakeModel]: ...
-
-        def _find(self, name: str) -> FakeModel | None: ...
-
-        def _at_least_030(self) -> bool: ...
-
-        def _runner_request(
-            self, model: FakeModel, opts: dict[str, Any], keep_alive: int | None, shift: Any = None
-        ) -> RunnerRequest: ...
-
-        def _new_gen(
-            self,
-            flavour: str,
-            renderer: Renderer,
-            path: str,
-            req_model: str,
-            runner: RunnerRequest,
-            parts: list[tuple[str, int]],
-            num_predict: Any,
-            stream: bool,
-            t0: int,
-            *,
-            stop: list[str] | None = None,
-            json_format: bool = False,
-            tool_calls: list[dict[str, Any]] | None = None,
-        ) -> Gen: ...
-
-        async def _run(self, request: web.Request, g: Gen) -> web.StreamResponse: ...
-
-        async def _acquire(self, req: RunnerRequest, timing: LoadTiming | None = None) -> LoadedState: ...
-
-        def _release(self, state: LoadedState) -> None: ...
 
     async def _compat_body(self, request: web.Request) -> dict[str, Any]:
         """The body as the compat middleware binds it (``ShouldBindJSON``: an empty body is

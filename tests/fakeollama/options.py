@@ -7,8 +7,9 @@ tier default; only the last counts as "automatic" (sched.go numCtxAuto).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tests.fakeollama.host import Host
 from tests.fakeollama.models import FakeModel
 from tests.fakeollama.records import RunnerOptions, RunnerRequest
 from tests.fakeollama.wire import FOREVER_NS, ApiError, GiB, go_int, parse_go_duration, parse_params
@@ -51,7 +52,7 @@ def content_text(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-class OptionsMixin:
+class OptionsMixin(Host):
     """Request parsing shared by the routes; FakeOllama sets the attributes annotated here."""
 
     modern: bool
@@ -92,10 +93,6 @@ class OptionsMixin:
             elif k in _BOOL_OPTS and not isinstance(v, bool):
                 raise ApiError(500, f'option "{k}" must be of type boolean')
         return out
-
-    if TYPE_CHECKING:
-
-        def clamp_ctx(self, model: FakeModel, num_ctx: int) -> int: ...
 
     def _num_ctx(self, model: FakeModel, opts: dict[str, Any]) -> int:
         """Effective num_ctx: request > Modelfile > server default, clamped to the trained length."""

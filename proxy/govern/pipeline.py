@@ -109,8 +109,11 @@ class Pipeline:
             _warn(request, outcome)
         decision = outcome.decision
         dry_run = governor.config.dry_run
+        tokens = ctx.prompt_tokens if ctx is not None else None  # estimated once, for both
         if decision.rejection is not None:
-            record = self._record(request, outcome, started_ts, dry_run=dry_run, warm=warm, gpu=gpu)
+            record = self._record(
+                request, outcome, started_ts, dry_run=dry_run, warm=warm, gpu=gpu, tokens=tokens
+            )
             return Decided(request, record, None, rejection=decision.rejection)
         rewriting = time.perf_counter()
         body = None if dry_run else rewrite_body(request, decision)
@@ -125,7 +128,14 @@ class Pipeline:
         if ctx is not None:
             prediction = safecall("predict", self.contexts.predict, ctx, sent_num_ctx, sent_keep_alive)
         record = self._record(
-            request, outcome, started_ts, dry_run=dry_run, warm=warm, gpu=gpu, prediction=prediction
+            request,
+            outcome,
+            started_ts,
+            dry_run=dry_run,
+            warm=warm,
+            gpu=gpu,
+            prediction=prediction,
+            tokens=tokens,
         )
         return Decided(
             request, record, body, expects_load=expects_load, loaded_before=loaded_before, decision=decision
@@ -141,9 +151,13 @@ class Pipeline:
         warm: bool,
         gpu: GpuSnapshot | None,
         prediction: Prediction | None = None,
+        tokens: int | None = None,
     ) -> GovernedRequest:
-        """The record of a decided request, before Ollama answers it."""
+        """The record of a decided request, before Ollama answers it; ``tokens`` is the prompt's
+        estimate the Context already holds (made here when there was none)."""
         decision = outcome.decision
+        if tokens is None:
+            tokens = safecall("estimate tokens", self.contexts.estimate_tokens, request)
         return GovernedRequest(
             ts=round(started_ts, 3),
             model=request.model,
@@ -151,7 +165,7 @@ class Pipeline:
             stream=request.stream,
             client_num_ctx=request.num_ctx,
             client_keep_alive=format_keep_alive(request.keep_alive),
-            estimated_prompt_tokens=safecall("estimate tokens", self.contexts.estimate_tokens, request),
+            estimated_prompt_tokens=tokens,
             applied_num_ctx=decision.num_ctx,
             applied_keep_alive=format_keep_alive(decision.keep_alive),
             changed_by=outcome.changes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import json
 import shutil
 import statistics
 import tempfile
@@ -293,14 +294,21 @@ def _chain(
     return best
 
 
-def _log_problems(log: Path) -> dict[str, int]:
-    """Warnings and errors the governor logged during the run (there should be none)."""
-    counts = {"warning": 0, "error": 0}
+def _log_problems(log: Path) -> dict[str, Any]:
+    """Warnings and errors the governor logged during the run (there should be none), with the
+    events they were, so a run that logged some says which."""
+    counts: dict[str, Any] = {"warning": 0, "error": 0, "events": {}}
     if log.exists():
         for line in log.read_text(errors="replace").splitlines():
-            for level in counts:
-                if f'"level": "{level}"' in line:
-                    counts[level] += 1
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            level = entry.get("level") if isinstance(entry, dict) else None
+            if level in ("warning", "error"):
+                counts[level] += 1
+                event = str(entry.get("event"))
+                counts["events"][event] = counts["events"].get(event, 0) + 1
     return counts
 
 
@@ -591,6 +599,11 @@ def render(result: dict[str, Any], markdown: bool = False) -> str:
     ]
     logged = ", ".join(
         f"{loop}: {counts['warning']} warnings, {counts['error']} errors"
+        + (
+            f" ({', '.join(f'{event} {n}' for event, n in counts['events'].items())})"
+            if counts["events"]
+            else ""
+        )
         for loop, counts in result["governor_log"].items()
     )
     return "\n\n".join([*parts, f"governor log during the run: {logged}"])

@@ -32,8 +32,9 @@ from proxy.facts.memory import (
     build_source,
 )
 from proxy.facts.ollama import Facts
+from proxy.keys import MEMORY
 from proxy.upstream.client import Upstream
-from tests.conftest import StartFake, eventually, free_port
+from tests.conftest import StartFake, StartProxy, eventually, free_port
 from tests.fake_nvml import FakeLibraryNotFound, FakeNvml, FakeNVMLError
 from tests.fake_ollama import llama_tiny
 
@@ -256,6 +257,35 @@ class TestOllamaPsSource:
         assert up.free_bytes == 24 * GIB
         assert len(events(logs, "gpu_unavailable")) == 1
         assert len(events(logs, "gpu_recovered")) == 1
+
+    async def test_the_first_read_waits_for_the_first_ps(
+        self, start_fake: StartFake, session: aiohttp.ClientSession
+    ) -> None:
+        """Read before the facts poller's first /api/ps, the source gets an answer, not "not read
+        yet": the read is made then, once, and the poller's next one is not doubled."""
+        fake = await start_fake(vram_bytes=24 * GIB)
+        facts = Facts(Upstream(fake.url, session), OllamaSettings())  # type: ignore[attr-defined]
+        source = OllamaPsSource(facts.latest_ps, [24 * GIB])
+        with capture_logs() as logs:
+            first, second = await asyncio.gather(source.read(), source.read())
+        assert (first.free_bytes, second.free_bytes) == (24 * GIB, 24 * GIB)
+        assert events(logs, "gpu_unavailable") == []
+        assert len([r for r in fake.requests if r.path == "/api/ps"]) == 1
+
+    async def test_a_governor_starts_without_a_memory_warning(
+        self, start_fake: StartFake, start_proxy: StartProxy
+    ) -> None:
+        """``source = "ollama"``: the sampler's first sample at start-up sees Ollama's /api/ps."""
+        fake = await start_fake(vram_bytes=24 * GIB)
+        with capture_logs() as logs:
+            proxy = await start_proxy(
+                fake.url,  # type: ignore[attr-defined]
+                '[gpu]\nsource = "ollama"\nvram_total = "24GiB"\n',
+            )
+            sampler = proxy.app[MEMORY]
+            await eventually(lambda: sampler.snapshot is not None and sampler.snapshot.known, what="a sample")
+        assert sampler.snapshot is not None and sampler.snapshot.free_bytes == 24 * GIB
+        assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
 
     def test_totals_are_required(self) -> None:
         """A source with no GPU totals is a programming error."""

@@ -98,6 +98,7 @@ class Facts:
         self.loaded: tuple[LoadedModel, ...] = ()
         self._ps_answer: object = None
         self._ps_error: Exception | None = RuntimeError("/api/ps not read yet")
+        self._ps_tried = False
         self.ps_read_ts: float | None = None
         """When ``/api/ps`` last answered (unix seconds), None before its first answer."""
         self.detected_version: tuple[int, int, int] | None = None
@@ -169,7 +170,15 @@ class Facts:
         return ps_unreported_bytes(load, version=self.version)
 
     async def latest_ps(self) -> object:
-        """The last ``/api/ps`` answer the poller read; raises why there is none."""
+        """The last ``/api/ps`` answer the poller read; raises why there is none.
+
+        Before the first read this waits for it (or makes it, when nothing polls): the memory
+        sampler's first sample at start-up must not report Ollama unavailable for want of one.
+        """
+        if not self._ps_tried:
+            async with self._ps_lock:
+                if not self._ps_tried:
+                    await self._read_loaded()
         if self._ps_error is not None:
             raise self._ps_error
         return self._ps_answer
@@ -235,10 +244,11 @@ class Facts:
         try:
             answer = await self.upstream.get_json("/api/ps", timeout_s=5.0)
         except Exception as exc:
+            self._ps_tried = True
             self._ps_error = exc
             self._once("ps_unavailable", error=f"{type(exc).__name__}: {exc}")
             return
-        self._ps_answer, self._ps_error = answer, None
+        self._ps_answer, self._ps_error, self._ps_tried = answer, None, True
         self.ps_read_ts = time.time()
         self._logged.discard("ps_unavailable")
         models = answer.get("models") if isinstance(answer, dict) else None

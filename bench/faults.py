@@ -737,7 +737,8 @@ async def run_async(smoke: bool, workdir: Path) -> dict[str, Any]:
                 Row(
                     "load",
                     f"steady load ({load.workers} clients)",
-                    f"{load.answered} answered, {len(load.failed)} failed",
+                    f"{load.answered} answered, {len(load.failed)} failed"
+                    + (f" ({', '.join(sorted(set(load.failed)))})" if load.failed else ""),
                     not load.failed,
                 )
             )

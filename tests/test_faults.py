@@ -865,6 +865,35 @@ class TestDroppedConnections:
             server.close()
         assert len(heads) == (3 if replayed else 2)
 
+    async def test_a_replay_after_a_restart_goes_on_a_fresh_connection(self) -> None:
+        """Every pooled connection is stale after Ollama restarts: the replay opens a new one
+        instead of taking the next stale one (which dropped it too, and answered 502)."""
+        connections = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            await self.one_answer_per_connection(reader, writer)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = Upstream(f"http://127.0.0.1:{port}", retry_window_s=2.0)
+        upstream.open()
+        try:
+            warm = await asyncio.gather(*(upstream.send("GET", "/api/version") for _ in range(2)))
+            for response in warm:
+                await response.read()
+                response.release()
+            assert connections == 2  # two pooled connections, each dropped at its next request
+            response = await upstream.send("POST", "/api/chat", data=b'{"model":"m"}')
+            assert response.status == 200
+            response.release()
+        finally:
+            await upstream.close()
+            server.close()
+        assert connections == 3
+
 
 class TestOwnBugs:
     """A bug of ours is not hidden as an upstream error, and still leaves one result."""

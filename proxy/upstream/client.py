@@ -2,9 +2,10 @@
 
 A connection refused before anything was sent is retried with a short, bounded backoff so a
 restarting Ollama is ridden over. A request whose connection Ollama dropped before answering
-(it restarted, so the pooled connection was gone) is sent once more only when that is what the
-client itself could do safely: a GET, or an inference request (``REPLAY_SAFE_PATHS``) whose body
-is still in hand. Anything else that may have reached Ollama is never sent twice.
+(it restarted, so the pooled connection was gone) is sent once more, on a new connection, only
+when that is what the client itself could do safely: a GET, or an inference request
+(``REPLAY_SAFE_PATHS``) whose body is still in hand. Anything else that may have reached Ollama
+is never sent twice.
 """
 
 from __future__ import annotations
@@ -68,12 +69,13 @@ def _dropped(exc: BaseException) -> bool:
     return exc.errno in DROPPED_ERRNOS or isinstance(cause, ConnectionResetError | BrokenPipeError)
 
 
-def new_session() -> aiohttp.ClientSession:
-    """A session that passes bytes through untouched: no decompression, no default headers."""
+def new_session(*, pooled: bool = True) -> aiohttp.ClientSession:
+    """A session that passes bytes through untouched: no decompression, no default headers.
+    Not ``pooled``: each request opens its own connection (for a replay)."""
     return aiohttp.ClientSession(
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=None),
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=not pooled),
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
@@ -99,6 +101,9 @@ class Upstream:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
+        self._fresh: aiohttp.ClientSession | None = None
+        """For sending again after a drop: a restarted Ollama leaves every pooled connection
+        stale, and a replay on the next of them would be dropped too."""
         self.retry_window_s = retry_window_s
         self.first_byte_timeout_s = first_byte_timeout_s
         """How long a relayed request may wait for Ollama's answer to start (0: no bound)."""
@@ -128,6 +133,8 @@ class Upstream:
         """Close the session and every pooled connection."""
         if self._session is not None:
             await self._session.close()
+        if self._fresh is not None:
+            await self._fresh.close()
 
     def url(self, path_qs: str) -> URL:
         """The upstream URL for a client's raw path and query, kept byte for byte.
@@ -180,13 +187,21 @@ class Upstream:
                 reraise=True,
             ):
                 with attempt:
-                    return await self._request(method, url, headers, data)
+                    return await self._request(method, url, headers, data, fresh=True)
         except Exception as exc:
             raise self._unavailable(exc) from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
-    async def _request(self, method: str, url: URL, headers: Any, data: Any) -> aiohttp.ClientResponse:
-        return await self.session.request(method, url, headers=headers, data=data, allow_redirects=False)
+    async def _request(
+        self, method: str, url: URL, headers: Any, data: Any, *, fresh: bool = False
+    ) -> aiohttp.ClientResponse:
+        """One attempt; ``fresh`` sends it on a new connection, so a drop is Ollama's answer."""
+        session = self.session
+        if fresh:
+            if self._fresh is None or self._fresh.closed:
+                self._fresh = new_session(pooled=False)
+            session = self._fresh
+        return await session.request(method, url, headers=headers, data=data, allow_redirects=False)
 
     async def get_json(self, path: str, timeout_s: float = 5.0) -> Any:
         """GET a JSON document from Ollama (for health and facts, never for client traffic)."""

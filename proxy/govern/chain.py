@@ -99,11 +99,10 @@ async def _run(
 async def _call(
     policy: LoadedPolicy, ctx: Context, decision: Decision, timeout_s: float, steps: StepLog | None
 ) -> object:
-    """Call the policy, bounding it by ``timeout_s`` however it behaves.
+    """Call the policy, bounding by ``timeout_s`` whatever can still be bounded.
 
     Most policies never suspend, so their first step runs directly, without a timer or a task
-    (a timer per policy per request was a third of the chain's cost). A step that holds the
-    loop past the timeout has its decision discarded, like a timeout. A policy that suspends
+    (a timer per policy per request was a third of the chain's cost). A policy that suspends
     finishes in a task that is abandoned at the deadline, so a policy that swallows the
     cancellation cannot hold the request. A ``threaded`` policy runs in a worker thread.
 

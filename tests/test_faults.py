@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -807,18 +808,40 @@ async def _start_later(start_fake: StartFake, port: int) -> None:
     await start_fake(port=port, version="0.33.0-rc2")
 
 
+async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Serve the first request of each connection keep-alive; drop the connection at the second."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await read_head(reader)
+        writer.transport.abort()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def dropping_upstream(
+    on_connection: Callable[[asyncio.StreamReader], None],
+) -> AsyncIterator[Upstream]:
+    """An open ``Upstream`` in front of a server that drops each connection at its second request
+    (as a restarted Ollama leaves pooled connections); ``on_connection`` sees each new one first."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        on_connection(reader)
+        await one_answer_per_connection(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    upstream = Upstream(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", retry_window_s=2.0)
+    upstream.open()
+    try:
+        yield upstream
+    finally:
+        await upstream.close()
+        server.close()
+
+
 class TestDroppedConnections:
     """A pooled connection Ollama dropped (it restarted) costs a replay, not a 502, when that is safe."""
-
-    @staticmethod
-    async def one_answer_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve the first request of each connection keep-alive; drop the connection at the second."""
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await read_head(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
-            await writer.drain()
-            await read_head(reader)
-            writer.transport.abort()
 
     @pytest.mark.parametrize(
         ("method", "path", "body", "replayed"),
@@ -835,7 +858,7 @@ class TestDroppedConnections:
         """GETs and inference requests are replayed on a fresh connection; a pull or a copy is not."""
         heads: list[bytes] = []
 
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def record_heads(reader: asyncio.StreamReader) -> None:
             original = reader.readuntil
 
             async def recording(separator: bytes = b"\n") -> bytes:
@@ -844,14 +867,8 @@ class TestDroppedConnections:
                 return data
 
             reader.readuntil = recording  # type: ignore[method-assign]
-            await self.one_answer_per_connection(reader, writer)
-            writer.close()
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        upstream = Upstream(f"http://127.0.0.1:{port}", retry_window_s=2.0)
-        upstream.open()
-        try:
+        async with dropping_upstream(record_heads) as upstream:
             (await upstream.send("GET", "/api/version")).release()
             if replayed:
                 response = await upstream.send(method, path, data=body)
@@ -860,39 +877,22 @@ class TestDroppedConnections:
             else:
                 with pytest.raises(UpstreamUnavailable):
                     await upstream.send(method, path, data=body)
-        finally:
-            await upstream.close()
-            server.close()
         assert len(heads) == (3 if replayed else 2)
 
     async def test_a_replay_after_a_restart_goes_on_a_fresh_connection(self) -> None:
         """Every pooled connection is stale after Ollama restarts: the replay opens a new one
         instead of taking the next stale one (which dropped it too, and answered 502)."""
-        connections = 0
-
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal connections
-            connections += 1
-            await self.one_answer_per_connection(reader, writer)
-            writer.close()
-
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        upstream = Upstream(f"http://127.0.0.1:{port}", retry_window_s=2.0)
-        upstream.open()
-        try:
+        connections: list[asyncio.StreamReader] = []
+        async with dropping_upstream(connections.append) as upstream:
             warm = await asyncio.gather(*(upstream.send("GET", "/api/version") for _ in range(2)))
             for response in warm:
                 await response.read()
                 response.release()
-            assert connections == 2  # two pooled connections, each dropped at its next request
+            assert len(connections) == 2  # two pooled connections, each dropped at its next request
             response = await upstream.send("POST", "/api/chat", data=b'{"model":"m"}')
             assert response.status == 200
             response.release()
-        finally:
-            await upstream.close()
-            server.close()
-        assert connections == 3
+        assert len(connections) == 3
 
 
 class TestOwnBugs:

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import pstats
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -47,30 +43,19 @@ async def _drive(url: str, kind: str, count: int) -> None:
 
 def measure(kind: str, count: int) -> tuple[float, float]:
     """Calls and profiled µs per request of ``kind`` (chat: governed, tags: relayed)."""
-    upstream = targets.start_upstream()
     workdir = Path(tempfile.mkdtemp(prefix="governor-calls-"))
-    port = targets.free_port()
-    config = workdir / "config.toml"
-    config.write_text(
-        targets.governor_config(f"{targets.HOST}:{port}", f"http://{targets.HOST}:{upstream.port}")
-    )
     profile = workdir / "serve.pstats"
-    with (workdir / "governor.log").open("wb") as log:
-        governor = subprocess.Popen(
-            [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "proxy", "serve",
-             "--config", str(config), "--state-dir", str(workdir / "state")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=targets.ROOT,
-            env={**os.environ, "OLLAMA_GOVERNOR_LOOP": "uvloop"},
-        )  # fmt: skip
+    upstream = targets.start_upstream()
+    try:
+        governor = targets.start_governor("governor", upstream.port, workdir, loop="uvloop", profile=profile)
         try:
-            targets.ready(targets.Process("governor", governor, port, log))
-            url = f"http://{targets.HOST}:{port}"
+            url = f"http://{targets.HOST}:{governor.port}"
             asyncio.run(_drive(url, kind, WARMUP))
             asyncio.run(_drive(url, kind, count))
         finally:
-            governor.send_signal(signal.SIGTERM)
-            governor.wait(30)
-            upstream.stop()
+            governor.stop()  # SIGTERM: serve returns and cProfile writes the profile
+    finally:
+        upstream.stop()
     stats = pstats.Stats(str(profile))
     requests = WARMUP + count
     seconds = sum(entry[2] for entry in stats.stats.values())

@@ -208,17 +208,21 @@ def start_upstream() -> Process:
     return Process("upstream", popen, int(line.split()[1]))
 
 
-def launch_governor(name: str, upstream_port: int, workdir: Path, *, loop: str, **switches: Any) -> Process:
+def launch_governor(
+    name: str, upstream_port: int, workdir: Path, *, loop: str, profile: Path | None = None, **switches: Any
+) -> Process:
     """Start ``python -m proxy serve`` with the benchmark's config, without waiting for it; its JSON
-    log goes to a file. ``ready`` waits for it, so several can start at once."""
+    log goes to a file. ``ready`` waits for it, so several can start at once. With ``profile`` it
+    runs under cProfile, which writes there when the process stops."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.toml"
     config.write_text(governor_config(f"{HOST}:{port}", f"http://{HOST}:{upstream_port}", **switches))
     env = {**os.environ, "OLLAMA_GOVERNOR_LOOP": loop}
     log = (workdir / "governor.log").open("wb")
+    profiler = ("-m", "cProfile", "-o", str(profile)) if profile is not None else ()
     popen = _python(
-        "-m", "proxy", "serve", "--config", str(config), "--state-dir", str(workdir / "state"),
+        *profiler, "-m", "proxy", "serve", "--config", str(config), "--state-dir", str(workdir / "state"),
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     return Process(name, popen, port, log)

@@ -39,7 +39,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Final, Literal, NamedTuple, get_args
 
 from policies.context import DEFAULT_FIT_TARGET_BYTES as DEFAULT_FIT_TARGET_BYTES
 from policies.context import FlashAttention as FlashAttention
@@ -270,20 +270,14 @@ def predict(
     """
     model = candidate.model
     parallel = effective_parallel(model, server.num_parallel)
-    num_ctx = loaded_num_ctx(
-        max(candidate.num_ctx, MIN_NUM_CTX),
-        model.context_length,
-        vision="vision" in model.capabilities,
-        version=server.version,
-    )
+    num_ctx, own, reuses = _serving(candidate, loaded, server)
+    if own is not None and reuses:
+        return _reuse(candidate, own, parallel, budget, server)
     residents = list(loaded)
-    own = next((resident for resident in residents if same_runner(candidate, resident)), None)
     notes: list[str] = []
     free = budget.free_bytes
     reloads = False
     if own is not None:
-        if not _needs_reload(own, candidate, num_ctx, server):
-            return _reuse(candidate, own, parallel, budget, server)
         reloads = True
         residents.remove(own)
         if free is not None:
@@ -589,6 +583,50 @@ def _placement(
         return total_bytes, False
     share = room / launch.estimate_bytes if launch.estimate_bytes else 0.0
     return int(total_bytes * share), True
+
+
+class Expected(NamedTuple):
+    """What a request is expected to make the scheduler do: ``Prediction`` less the sizes."""
+
+    action: Action
+    evictions: tuple[str, ...]
+    """The names of the runners unloaded first, in Ollama's order."""
+
+
+def predicted_action(
+    candidate: Candidate,
+    loaded: Sequence[Resident] = (),
+    budget: Budget = Budget(free_bytes=None, kind="unknown"),
+    server: OllamaServer = OllamaServer(),
+) -> Expected:
+    """``predict``'s action and the runners it unloads, in order: what a request's record keeps.
+
+    The usual case, a runner that serves the request as it is, is told without sizing anything
+    (a quarter of a governed request's decision went to sizing a load that does not happen).
+    Raises as ``predict`` does.
+    """
+    _, own, reuses = _serving(candidate, loaded, server)
+    if own is not None and reuses:
+        return Expected("reuse", ())
+    prediction = predict(candidate, loaded, budget, server)
+    return Expected(prediction.action, prediction.evicted_names)
+
+
+def _serving(
+    candidate: Candidate, loaded: Sequence[Resident], server: OllamaServer
+) -> tuple[int, Resident | None, bool]:
+    """The context Ollama loads ``candidate`` at (after its clamps), the runner already loaded for
+    it if any, and whether that runner serves it as it is (rule 1: no ``needsReload``)."""
+    model = candidate.model
+    num_ctx = loaded_num_ctx(
+        max(candidate.num_ctx, MIN_NUM_CTX),
+        model.context_length,
+        vision="vision" in model.capabilities,
+        version=server.version,
+    )
+    own = next((resident for resident in loaded if same_runner(candidate, resident)), None)
+    reuses = own is not None and not _needs_reload(own, candidate, num_ctx, server)
+    return num_ctx, own, reuses
 
 
 def _needs_reload(own: Resident, candidate: Candidate, num_ctx: int, server: OllamaServer) -> bool:

@@ -8,12 +8,14 @@ the context it is given is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import aiohttp
 import pytest
 
+from policies.context import LoadedModel
 from policies.decision import Decision
 from proxy.compat import ROUTES, NativeRequest
 from proxy.govern.pipeline import Decided
@@ -152,3 +154,23 @@ class TestDecisionAppliedToAResend:
         record = GovernedRequest(ts=0.0, model="m", endpoint="anthropic.messages", dry_run=True)
         decided = Decided(parsed, record, None, decision=Decision(num_ctx=8192))
         assert decided.applied_to({"model": "m", "messages": []}) is None
+
+
+class TestWithoutBody:
+    def test_only_the_body_is_left_out(self) -> None:
+        """``without_body`` keeps every other field of the request and of the decision."""
+        raw = b'{"model":"m","prompt":"p","keep_alive":"10m","stream":false,"options":{"num_ctx":4096}}'
+        parsed = parse_request("generate", raw)
+        assert parsed is not None
+        record = GovernedRequest(ts=0.0, model="m", endpoint="generate")
+        decided = Decided(
+            parsed,
+            record,
+            b"sent",
+            expects_load=True,
+            loaded_before=(LoadedModel("m:latest", "d", 1, 1, 4096, None),),
+            decision=Decision(num_ctx=8192),
+        )
+        expected = dataclasses.replace(decided, request=dataclasses.replace(parsed, body={}))
+        assert decided.without_body() == expected
+        assert parsed.body  # the original keeps its body

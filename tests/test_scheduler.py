@@ -20,6 +20,7 @@ from policies.scheduler import (
     after_load,
     largest_loadable_ctx,
     predict,
+    predicted_action,
     side_by_side_ctx,
     working_set,
 )
@@ -484,3 +485,40 @@ class TestBudgetFromSnapshot:
         """A failed read is an unknown budget of the same kind."""
         budget = Budget.from_snapshot(GpuSnapshot(source="nvml", error="no driver"))
         assert (budget.known, budget.kind) == (False, "gpu")
+
+
+class TestPredictedAction:
+    """The record's prediction: ``predict``'s action and evictions, sizing nothing for a reuse."""
+
+    def cases(self) -> list[tuple[Candidate, tuple[Resident, ...], Budget, OllamaServer]]:
+        small = (resident(gemma3_4b(), 8192),)
+        three = tuple(resident(tiny(name), 2048) for name in ("a", "b", "c"))
+        return [
+            (Candidate(gemma3_4b(), 8192), small, free_with(GPU_24, *small), SERVER),  # reuse
+            (Candidate(gemma3_4b(), 2048), small, free_with(GPU_24, *small), SERVER),  # reload
+            (Candidate(tiny("t"), 2048), small, free_with(GPU_24, *small), SERVER),  # load beside
+            (Candidate(gemma3_27b(), 8192), small, free_with(GPU_24, *small), SERVER),  # preflight
+            (Candidate(tiny("d"), 2048), three, Budget(200 * GIB, 200 * GIB), SERVER),  # the cap
+            (Candidate(gemma3_27b(), 131072), (), GPU_24, SERVER),  # spill
+        ]
+
+    def test_it_is_predicts_action_and_evictions(self) -> None:
+        """Every kind of outcome, as ``predict`` tells it."""
+        seen = set()
+        for candidate, loaded, budget, server in self.cases():
+            prediction = predict(candidate, loaded, budget, server)
+            expected = predicted_action(candidate, loaded, budget, server)
+            assert (expected.action, expected.evictions) == (prediction.action, prediction.evicted_names)
+            seen.add(prediction.action)
+        assert seen == {"reuse", "reload", "load", "evict", "spill"}
+
+    def test_a_reuse_sizes_nothing(self) -> None:
+        """A runner that serves the request as it is needs no sizes: facts too thin to size a load
+        still predict its reuse (``predict`` raises for want of them)."""
+        thin = ModelFacts(name="thin:latest", context_length=8192)
+        loaded = (Resident(LoadedModel("thin:latest", "", GIB, GIB, context_length=8192, expires_at=None)),)
+        with pytest.raises(ValueError, match="unknown"):
+            predict(Candidate(thin, 8192), loaded, GPU_24, SERVER)
+        assert predicted_action(Candidate(thin, 8192), loaded, GPU_24, SERVER) == ("reuse", ())
+        with pytest.raises(ValueError):  # anything else is sized, and raises as predict does
+            predicted_action(Candidate(thin, 4096), loaded, GPU_24, SERVER)

@@ -68,6 +68,11 @@ class CalibrationBook:
             except ValueError as exc:
                 log.warning("calibration_entry_skipped", key=key, error=str(exc))
 
+    @property
+    def revision(self) -> int:
+        """Grows with each load learnt from: a key for what is derived from the calibrations."""
+        return len(self._seen)
+
     def get(self, key: str) -> Calibration | None:
         """The calibration for ``key``, or None before its first load."""
         return self._entries.get(key)

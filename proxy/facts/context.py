@@ -8,6 +8,7 @@ observed (reloaded, spilled, loaded context, truncation suspicion).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from policies.duration import KeepAlive, keep_alive_seconds
 from policies.memory import Calibration
 from policies.model import ModelFacts, uses_llama_server
 from policies.ollama import default_num_ctx
-from policies.scheduler import Budget, Candidate, Prediction, Resident, predict
+from policies.scheduler import Budget, Candidate, Expected, Resident, predicted_action
 from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
 from proxy.facts.scheduling import ollama_server, residents
@@ -43,6 +44,8 @@ def _expired(model: LoadedModel, now: datetime) -> bool:
         return False
     return expires <= now
 
+
+SECONDS_PER_DAY = 86_400
 
 MAX_REMEMBERED_MODELS = 1024
 """Model names come from clients: what is remembered per model stays bounded."""
@@ -102,20 +105,46 @@ def governed_context(
     completed, for the proxy's requests and for ``plan``'s what-if alike."""
     return Context(
         **_asked(request, client, headers),
-        gpu=gpu,
-        model=model,
-        loaded=loaded,
-        all_loaded=all_loaded,
         prompt_tokens=prompt_tokens,
-        ollama_version=version,
-        default_num_ctx=server_default_num_ctx(settings, version, model, gpu),
-        num_parallel=settings.num_parallel,
-        kv_cache_type=settings.kv_cache_type,
-        flash_attention=settings.flash_attention != "off",
-        residents=residents,
-        server=ollama_server(settings, version),
-        calibration=calibration,
+        **host_fields(
+            settings=settings,
+            version=version,
+            gpu=gpu,
+            model=model,
+            loaded=loaded,
+            all_loaded=all_loaded,
+            calibration=calibration,
+            residents=residents,
+        ),
     )
+
+
+def host_fields(
+    *,
+    settings: OllamaSettings,
+    version: tuple[int, int, int] | None,
+    gpu: GpuSnapshot | None,
+    model: ModelFacts | None,
+    loaded: LoadedModel | None,
+    all_loaded: tuple[LoadedModel, ...],
+    calibration: Calibration | None,
+    residents: tuple[Resident, ...],
+) -> dict[str, Any]:
+    """The Context's fields that the host and the model tell, not the request."""
+    return {
+        "gpu": gpu,
+        "model": model,
+        "loaded": loaded,
+        "all_loaded": all_loaded,
+        "ollama_version": version,
+        "default_num_ctx": server_default_num_ctx(settings, version, model, gpu),
+        "num_parallel": settings.num_parallel,
+        "kv_cache_type": settings.kv_cache_type,
+        "flash_attention": settings.flash_attention != "off",
+        "residents": residents,
+        "server": ollama_server(settings, version),
+        "calibration": calibration,
+    }
 
 
 def server_default_num_ctx(
@@ -156,6 +185,10 @@ class ContextFactory:
         self.sent_keep_alive: dict[str, float] = {}
         """The keep_alive (seconds) the governor last sent each model: Ollama keeps it on the runner,
         and its eviction order sorts by it, but ``/api/ps`` does not show it."""
+        self._sent_changes = 0
+        """Counts the changes of ``sent_keep_alive``'s values (what the residents show)."""
+        self._hosts: dict[str, tuple[tuple[object, ...], dict[str, Any]]] = {}
+        """Each model's ``host_fields``, with the facts they were derived from (``_host``)."""
 
     async def build(
         self,
@@ -166,22 +199,48 @@ class ContextFactory:
         facts_wait_s: float | None = None,
     ) -> Context:
         """The full context for one request."""
+        model = await self.facts.model_facts(request.model, facts_wait_s)
+        return Context(
+            **_asked(request, client, headers),
+            prompt_tokens=self.estimate_tokens(request),
+            **self._host(request.model, model, self.gpu()),
+        )
+
+    def _host(self, name: str, model: ModelFacts | None, gpu: GpuSnapshot | None) -> dict[str, Any]:
+        """``host_fields`` for the model ``name``, derived again only when a fact they come from
+        changed: those change at the pace of ``/api/ps`` reads and memory samples, and deriving
+        them (the residents, the server, the default context, the calibration) was a fifth of
+        what deciding a request cost. The key compares with ``==``; unchanged parts are the same
+        objects and compare at once."""
         facts = self.facts
-        model = await facts.model_facts(request.model, facts_wait_s)
-        return governed_context(
-            request,
-            client=client,
-            headers=headers,
+        key = (
+            facts.revision,
+            facts.settings,
+            facts.version,
+            facts.calibrations.revision,
+            model,
+            gpu,
+            self._sent_changes,
+            int(time.time() // SECONDS_PER_DAY),  # the residents read "forever" off the year
+        )
+        kept = self._hosts.get(name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        fields = host_fields(
             settings=facts.settings,
             version=facts.version,
-            gpu=self.gpu(),
+            gpu=gpu,
             model=model,
-            loaded=facts.loaded_model(request.model),
+            loaded=facts.loaded_model(name),
             all_loaded=facts.loaded,
-            prompt_tokens=self.estimate_tokens(request),
             calibration=facts.calibrations.get(facts.calibration_key(model)) if model else None,
             residents=residents(facts, self.sent_keep_alive),
         )
+        self._hosts.pop(name, None)
+        self._hosts[name] = (key, fields)
+        if len(self._hosts) > MAX_REMEMBERED_MODELS:
+            del self._hosts[next(iter(self._hosts))]
+        return fields
 
     def default_num_ctx(self, model: ModelFacts | None, gpu: GpuSnapshot | None) -> int:
         """``server_default_num_ctx`` with the facts' settings and version."""
@@ -196,7 +255,8 @@ class ContextFactory:
             seconds = keep_alive_seconds(keep_alive)
         except ValueError:  # a client's own bad value, forwarded as is: Ollama answers it
             return
-        self.sent_keep_alive.pop(model, None)
+        if self.sent_keep_alive.pop(model, None) != seconds:
+            self._sent_changes += 1
         self.sent_keep_alive[model] = seconds
         if len(self.sent_keep_alive) > MAX_REMEMBERED_MODELS:
             del self.sent_keep_alive[next(iter(self.sent_keep_alive))]
@@ -219,9 +279,10 @@ class ContextFactory:
             num_ctx = self.default_num_ctx(model, self.gpu())
         return self.facts.expect_loaded(request.model, num_ctx)
 
-    def predict(self, ctx: Context, num_ctx: int | None, keep_alive: KeepAlive | None) -> Prediction | None:
-        """What Ollama's scheduler will do with the request as sent (``policies.scheduler``), to be
-        checked against what it did; None without the model's facts or the server's."""
+    def predict(self, ctx: Context, num_ctx: int | None, keep_alive: KeepAlive | None) -> Expected | None:
+        """What Ollama's scheduler will do with the request as sent, and whom it unloads for it
+        (``policies.scheduler.predicted_action``), to be checked against what it did; None
+        without the model's facts or the server's."""
         model, server = ctx.model, ctx.server
         if model is None or server is None:
             return None
@@ -241,7 +302,7 @@ class ContextFactory:
             calibration=ctx.calibration,
         )
         try:
-            return predict(candidate, ctx.residents, Budget.from_snapshot(ctx.gpu), server)
+            return predicted_action(candidate, ctx.residents, Budget.from_snapshot(ctx.gpu), server)
         except ValueError:  # facts too thin to size the load (IncompleteModelFacts)
             return None
 
@@ -319,6 +380,8 @@ class ContextFactory:
         A model that left because its keep_alive ran out is not an eviction."""
         if seen.status != 200 or seen.reloaded is None:
             return None, ()
+        if not seen.reloaded:
+            return "reuse", ()
         this = canonical_model(seen.request.model)
         now = datetime.now(UTC)
         after = {canonical_model(model.name) for model in self.facts.loaded if not model.provisional}
@@ -331,8 +394,6 @@ class ContextFactory:
             and not _expired(model, now)
         )
         loaded = self.facts.loaded_model(seen.request.model)
-        if not seen.reloaded:
-            return "reuse", ()
         if loaded is not None and loaded.spilled:
             return "spill", evicted
         if evicted:

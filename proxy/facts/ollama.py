@@ -104,6 +104,8 @@ class Facts:
         self.detected_version: tuple[int, int, int] | None = None
         self._by_digest: dict[str, ModelFacts] = {}
         self._blob_paths: dict[str, str] = {}
+        self._facts_learnt = 0
+        """Counts the facts fetched into ``_by_digest`` (part of ``revision``)."""
         self._tags: dict[str, Mapping[str, Any]] | None = None
         self._tags_task: asyncio.Task[None] | None = None
         self._show_tasks: dict[str, asyncio.Task[ModelFacts | None]] = {}
@@ -182,6 +184,12 @@ class Facts:
         if self._ps_error is not None:
             raise self._ps_error
         return self._ps_answer
+
+    @property
+    def revision(self) -> tuple[object, ...]:
+        """Different (by ``==``) whenever ``loaded``, ``cached_facts`` or ``model_path`` may answer
+        differently: a key for what is derived from them."""
+        return (self.loaded, self._tags, self._facts_learnt)
 
     def loaded_model(self, name: str) -> LoadedModel | None:
         """This model as ``/api/ps`` last showed it, or None."""
@@ -375,6 +383,7 @@ class Facts:
             show = await asyncio.to_thread(json.loads, raw)
             facts = await asyncio.to_thread(ModelFacts.from_show, name, show, entry)
             self._by_digest[digest or name] = facts
+            self._facts_learnt += 1
             path = blob_path(show) if isinstance(show, dict) else None
             if path is not None:
                 self._blob_paths[digest or name] = path

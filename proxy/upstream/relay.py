@@ -61,9 +61,8 @@ def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict
     named = {
         token.strip().lower() for value in headers.getall(hdrs.CONNECTION, ()) for token in value.split(",")
     }
-    return CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
-    )
+    dropped = HOP_BY_HOP.union(named) if named else HOP_BY_HOP
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
 
 
 def upstream_request_headers(

@@ -18,7 +18,7 @@ import pytest
 from policies.context import LoadedModel
 from policies.decision import Decision
 from proxy.compat import ROUTES, NativeRequest
-from proxy.govern.pipeline import Decided
+from proxy.govern.pipeline import KEEP_PARSED_BODY_BYTES, Decided
 from proxy.govern.record import GovernedRequest
 from proxy.request.compat import COMPAT_PATHS
 from proxy.request.parse import parse_request
@@ -156,21 +156,28 @@ class TestDecisionAppliedToAResend:
         assert decided.applied_to({"model": "m", "messages": []}) is None
 
 
-class TestWithoutBody:
-    def test_only_the_body_is_left_out(self) -> None:
-        """``without_body`` keeps every other field of the request and of the decision."""
+class TestForRelay:
+    def decided(self) -> Decided:
         raw = b'{"model":"m","prompt":"p","keep_alive":"10m","stream":false,"options":{"num_ctx":4096}}'
         parsed = parse_request("generate", raw)
         assert parsed is not None
-        record = GovernedRequest(ts=0.0, model="m", endpoint="generate")
-        decided = Decided(
+        return Decided(
             parsed,
-            record,
+            GovernedRequest(ts=0.0, model="m", endpoint="generate"),
             b"sent",
             expects_load=True,
             loaded_before=(LoadedModel("m:latest", "d", 1, 1, 4096, None),),
             decision=Decision(num_ctx=8192),
         )
-        expected = dataclasses.replace(decided, request=dataclasses.replace(parsed, body={}))
-        assert decided.without_body() == expected
-        assert parsed.body  # the original keeps its body
+
+    def test_a_large_body_is_left_out(self) -> None:
+        """Past ``KEEP_PARSED_BODY_BYTES`` only the body goes; every other field stays."""
+        decided = self.decided()
+        expected = dataclasses.replace(decided, request=dataclasses.replace(decided.request, body={}))
+        assert decided.for_relay(KEEP_PARSED_BODY_BYTES + 1) == expected
+        assert decided.request.body  # the original keeps its body
+
+    def test_a_small_body_stays(self) -> None:
+        """Holding a small body costs less than copying the decision without it."""
+        decided = self.decided()
+        assert decided.for_relay(KEEP_PARSED_BODY_BYTES) is decided

@@ -34,6 +34,9 @@ from proxy.request.rewrite import rewrite_body
 
 log = structlog.get_logger("ollama_governor.pipeline")
 
+KEEP_PARSED_BODY_BYTES = 64 * 1024
+"""Up to this size the parsed body stays with a relayed decision (``Decided.for_relay``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Decided:
@@ -59,30 +62,14 @@ class Decided:
             return None
         return rewrite_body(dataclasses.replace(self.request, body=body), self.decision)
 
-    def without_body(self) -> Decided:
-        """This decision without the client's parsed body, which ``finish`` does not read: a
-        large body then costs its bytes once, not three times, while the answer streams."""
-        request = self.request
-        bodiless = ClientRequest(
-            endpoint=request.endpoint,
-            body={},
-            model=request.model,
-            num_ctx=request.num_ctx,
-            keep_alive=request.keep_alive,
-            num_predict=request.num_predict,
-            stream=request.stream,
-            prompt=request.prompt,
-        )
-        # Built directly: two ``dataclasses.replace`` cost twice as much, on every governed request.
-        return Decided(
-            request=bodiless,
-            record=self.record,
-            body=self.body,
-            rejection=self.rejection,
-            expects_load=self.expects_load,
-            loaded_before=self.loaded_before,
-            decision=self.decision,
-        )
+    def for_relay(self, body_bytes: int) -> Decided:
+        """This decision as it is kept while the answer streams (``finish`` never reads the
+        client's parsed body): a body larger than ``KEEP_PARSED_BODY_BYTES`` is left out, so it
+        costs its bytes once, not three times; a smaller one is kept, which costs less than
+        copying the decision without it."""
+        if body_bytes <= KEEP_PARSED_BODY_BYTES:
+            return self
+        return dataclasses.replace(self, request=dataclasses.replace(self.request, body={}))
 
 
 class Pipeline:

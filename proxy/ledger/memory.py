@@ -28,9 +28,9 @@ class MemoryBackend:
         self._current: dict[str, dict[str, Any]] = {}
         self._next_change_id = 1
 
-    def add(self, record: GovernedRequest) -> None:
+    def add(self, record: GovernedRequest, fields: Mapping[str, Any] | None = None) -> None:
         """Keep one result, opening a change when the ledger says it opened one."""
-        decision = decision_of(record)
+        decision = decision_of(record, fields)
         model = decision["model"]
         current = self._current.get(model)
         if current is None or record.change is not None:

@@ -13,9 +13,10 @@ POINT_FIELDS = ("ts", "applied_num_ctx", "eval_tokens_per_s", "load_ms", "reload
 """What the plots need of each result."""
 
 
-def decision_of(record: GovernedRequest) -> dict[str, Any]:
-    """A record as the status page lists it: its flat fields, the model keyed as Ollama does."""
-    decision = record.fields()
+def decision_of(record: GovernedRequest, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A record as the status page lists it: its flat fields (``fields``, when made already), the
+    model keyed as Ollama does."""
+    decision = record.fields() if fields is None else dict(fields)
     decision["model"] = canonical_model(record.model)
     decision["ts"] = float(record.ts or time.time())
     return decision

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,10 @@ def default_state_dir() -> Path:
 # order is the upgrade order. Never edit a released step: append a new one.
 
 
-def _row(record: GovernedRequest) -> dict[str, Any]:
-    """The record as SQLite-ready values (run on the event loop: plain dict work only)."""
-    row = record.fields()
+def _row(record: GovernedRequest, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The record as SQLite-ready values (run on the event loop: plain dict work only), from its
+    ``fields()`` when they were made already."""
+    row = record.fields() if fields is None else dict(fields)
     for name in JSON_COLUMNS:
         row[name] = json.dumps(row[name]) if row[name] else "[]"  # mostly empty: skip the encoder
     for name in BOOL_COLUMNS:
@@ -187,10 +188,11 @@ class ResultStore:
 
     # --- input ----------------------------------------------------------------------------------
 
-    def add(self, record: GovernedRequest) -> None:
-        """Queue one result; never blocks on I/O and never raises."""
+    def add(self, record: GovernedRequest, fields: Mapping[str, Any] | None = None) -> None:
+        """Queue one result (``fields``: its ``fields()``, when made already); never blocks on
+        I/O and never raises."""
         self._recent.append(record)
-        row = _row(record)
+        row = _row(record, fields)
         with self._cond:
             closed = self._closing
             overflow = False

@@ -106,7 +106,8 @@ class CompatHandler:
             self.pipeline.refuse(decided)
             return error_reply(route.error_from_native(400, native_error_body(decided.rejection), native))
         del raw, parsed
-        return await self._relay(request, route, native, native_bytes, decided.without_body(), started)
+        relayed = decided.for_relay(len(native_bytes))
+        return await self._relay(request, route, native, native_bytes, relayed, started)
 
     async def _relay(
         self,

@@ -127,7 +127,7 @@ class GovernedHandler:
             self.pipeline.refuse(decided)
             return error_response(400, decided.rejection)
         sent = raw if decided.body is None else decided.body
-        decided = decided.without_body()
+        decided = decided.for_relay(len(raw))
         del raw, parsed  # one copy of the body, the bytes sent, is kept while the answer streams
         tap = TailFiguresTap() if endpoint in EMBED_ENDPOINTS else FinalObjectTap()
         with self.pipeline.answering(decided):

@@ -23,9 +23,10 @@ WARMUP = 200
 CONCURRENCY = 4
 
 
-async def _drive(url: str, kind: str, count: int) -> None:
+async def drive(url: str, kind: str, count: int, concurrency: int = CONCURRENCY) -> None:
+    """Send ``count`` requests of ``kind`` (chat: a governed /api/chat, tags: a relayed /api/tags)."""
     body = payloads.chat_request(stream=False)
-    limit = asyncio.Semaphore(CONCURRENCY)
+    limit = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as http:
 
         async def one() -> None:
@@ -50,8 +51,8 @@ def measure(kind: str, count: int) -> tuple[float, float]:
         governor = targets.start_governor("governor", upstream.port, workdir, loop="uvloop", profile=profile)
         try:
             url = f"http://{targets.HOST}:{governor.port}"
-            asyncio.run(_drive(url, kind, WARMUP))
-            asyncio.run(_drive(url, kind, count))
+            asyncio.run(drive(url, kind, WARMUP))
+            asyncio.run(drive(url, kind, count))
         finally:
             governor.stop()  # SIGTERM: serve returns and cProfile writes the profile
     finally:

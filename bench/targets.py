@@ -193,8 +193,8 @@ def _child_setup() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _python(*args: str, **popen: Any) -> subprocess.Popen[Any]:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, preexec_fn=_child_setup, **popen)
+def _python(*args: str, under: tuple[str, ...] = (), cwd: Path = ROOT, **popen: Any) -> subprocess.Popen[Any]:
+    return subprocess.Popen([*under, sys.executable, *args], cwd=cwd, preexec_fn=_child_setup, **popen)
 
 
 def start_upstream() -> Process:
@@ -209,11 +209,21 @@ def start_upstream() -> Process:
 
 
 def launch_governor(
-    name: str, upstream_port: int, workdir: Path, *, loop: str, profile: Path | None = None, **switches: Any
+    name: str,
+    upstream_port: int,
+    workdir: Path,
+    *,
+    loop: str,
+    profile: Path | None = None,
+    under: tuple[str, ...] = (),
+    checkout: Path = ROOT,
+    **switches: Any,
 ) -> Process:
     """Start ``python -m proxy serve`` with the benchmark's config, without waiting for it; its JSON
     log goes to a file. ``ready`` waits for it, so several can start at once. With ``profile`` it
-    runs under cProfile, which writes there when the process stops."""
+    runs under cProfile, which writes there when the process stops; ``under`` is a command to run
+    it under (valgrind); ``checkout`` serves another checkout's governor (its ``proxy/``), with
+    this benchmark's config and upstream, to compare two commits."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = workdir / "config.toml"
@@ -223,15 +233,15 @@ def launch_governor(
     profiler = ("-m", "cProfile", "-o", str(profile)) if profile is not None else ()
     popen = _python(
         *profiler, "-m", "proxy", "serve", "--config", str(config), "--state-dir", str(workdir / "state"),
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        under=under, cwd=checkout, stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     return Process(name, popen, port, log)
 
 
-def ready(process: Process) -> Process:
+def ready(process: Process, timeout_s: float = 20.0) -> Process:
     """Wait until a launched governor listens and has reached the upstream."""
-    _wait_for_port(process.port, process.popen)
-    _wait_healthy(process.port)
+    _wait_for_port(process.port, process.popen, timeout_s)
+    _wait_healthy(process.port, max(10.0, timeout_s / 2))
     return process
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,3 +155,31 @@ class TestCallsSmoke:
         assert calls > 0 and micros > 0
         # start-up is spread over the requests: 250 of them leave hundreds of calls each
         assert calls > (1000 if kind == "chat" else 300)
+
+
+class TestInstructions:
+    """``python -m bench.instructions`` counts what one served request costs under valgrind."""
+
+    def test_two_runs_give_the_cost_of_one_request(self, tmp_path: Path) -> None:
+        """The figure is the difference of two runs' summaries over their extra requests."""
+        from bench.instructions import counted, per_request
+
+        few, more = tmp_path / "few.out", tmp_path / "more.out"
+        few.write_bytes(b"desc: I1 cache:\ncmd: python -m proxy serve\nevents: Ir\nsummary: 3000000\n")
+        more.write_bytes(b"events: Ir\nfl=x.c\nfn=f\n1 5\nsummary: 5000000\n")
+        assert per_request((200, counted(few)), (1200, counted(more))) == 2000.0
+        (tmp_path / "broken.out").write_bytes(b"events: Ir\n")
+        with pytest.raises(ValueError, match="summary"):
+            counted(tmp_path / "broken.out")
+        with pytest.raises(ValueError, match="more requests"):
+            per_request((200, 1), (200, 2))
+
+    @pytest.mark.timeout(300)
+    def test_a_governed_chat_costs_more_than_a_relayed_tags(self) -> None:
+        """Served under cachegrind for real (CI installs valgrind): both positive, chat above tags."""
+        if shutil.which("valgrind") is None:
+            pytest.skip("valgrind is not installed")
+        from bench.instructions import measure
+
+        chat, tags = measure("chat", 5, 25), measure("tags", 5, 25)
+        assert 0 < tags < chat

@@ -101,9 +101,10 @@ class Pipeline:
         loaded_before = self.contexts.facts.loaded
         start = Decision(num_ctx=request.num_ctx, keep_alive=request.keep_alive)
         policies = governor.policies_for(request.model, request.endpoint)
-        outcome = ChainOutcome(start)
         gpu = ctx = None
-        if policies:
+        if not policies:
+            outcome = ChainOutcome(start)
+        else:
             ctx = await safe_await(
                 "facts",
                 self.contexts.build(request, client=client, headers=headers, facts_wait_s=facts_wait_s),

@@ -62,7 +62,7 @@ def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict
         token.strip().lower() for value in headers.getall(hdrs.CONNECTION, ()) for token in value.split(",")
     }
     dropped = HOP_BY_HOP.union(named) if named else HOP_BY_HOP
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in dropped])
 
 
 def upstream_request_headers(

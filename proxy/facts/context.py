@@ -91,32 +91,12 @@ def governed_context(
     *,
     client: str | None = None,
     headers: Mapping[str, str] | None = None,
-    settings: OllamaSettings,
-    version: tuple[int, int, int] | None,
-    gpu: GpuSnapshot | None,
-    model: ModelFacts | None,
-    loaded: LoadedModel | None,
-    all_loaded: tuple[LoadedModel, ...],
     prompt_tokens: int | None,
-    calibration: Calibration | None,
-    residents: tuple[Resident, ...] = (),
+    host: Mapping[str, Any],
 ) -> Context:
-    """What ``request`` tells, with the gathered facts: the one place a policy's Context is
-    completed, for the proxy's requests and for ``plan``'s what-if alike."""
-    return Context(
-        **_asked(request, client, headers),
-        prompt_tokens=prompt_tokens,
-        **host_fields(
-            settings=settings,
-            version=version,
-            gpu=gpu,
-            model=model,
-            loaded=loaded,
-            all_loaded=all_loaded,
-            calibration=calibration,
-            residents=residents,
-        ),
-    )
+    """What ``request`` tells, with the facts of the host (``host_fields``): the one place a
+    policy's Context is completed, for the proxy's requests and for ``plan``'s what-if alike."""
+    return Context(**_asked(request, client, headers), prompt_tokens=prompt_tokens, **host)
 
 
 def host_fields(
@@ -200,10 +180,12 @@ class ContextFactory:
     ) -> Context:
         """The full context for one request."""
         model = await self.facts.model_facts(request.model, facts_wait_s)
-        return Context(
-            **_asked(request, client, headers),
+        return governed_context(
+            request,
+            client=client,
+            headers=headers,
             prompt_tokens=self.estimate_tokens(request),
-            **self._host(request.model, model, self.gpu()),
+            host=self._host(request.model, model, self.gpu()),
         )
 
     def _host(self, name: str, model: ModelFacts | None, gpu: GpuSnapshot | None) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from policies.scheduler import (
     working_set,
 )
 from proxy.config.settings import OllamaSettings
-from proxy.facts.context import governed_context, server_default_num_ctx
+from proxy.facts.context import governed_context, host_fields, server_default_num_ctx
 from proxy.facts.scheduling import ollama_server
 from proxy.request.parse import parse_request
 
@@ -234,18 +234,17 @@ def headroom_choice(
     assert request is not None  # a plain body always parses
     template = _candidate(model, 0)
     own = next((resident.loaded for resident in residents if same_runner(template, resident)), None)
-    ctx = governed_context(
-        request,
+    host = host_fields(
         settings=inputs.settings,
         version=inputs.settings.version,
         gpu=inputs.snapshot,
         model=facts,
         loaded=own,
         all_loaded=tuple(resident.loaded for resident in residents),
-        prompt_tokens=inputs.prompt_tokens,
         calibration=model.calibration,
         residents=tuple(residents),
     )
+    ctx = governed_context(request, prompt_tokens=inputs.prompt_tokens, host=host)
     decision = model.headroom.decide(ctx, Decision())
     prediction = None
     if decision.rejection is None and decision.num_ctx is not None:

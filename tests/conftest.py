@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,9 @@ async def start_fake() -> AsyncIterator[StartFake]:
     """Start fake Ollamas with the given options; each gets a ``url`` attribute."""
     running: list[Running] = []
 
-    async def start(port: int = 0, **options: Any) -> FakeOllama:
+    async def start(port: int = 0, *, middlewares: Sequence[Any] = (), **options: Any) -> FakeOllama:
         fake = FakeOllama(**options)
+        fake.app.middlewares.extend(middlewares)  # e.g. an endpoint made to fail
         server = await start_app(fake.app, port)
         fake.url = server.url  # type: ignore[attr-defined]
         running.append(server)

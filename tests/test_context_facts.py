@@ -4,6 +4,9 @@ which keep_alive, and what was learnt of it (the Context factory derives them on
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
 
 from policies.context import Context
 from policies.decision import Decision
@@ -26,6 +29,15 @@ def spy(ctx: Context, decision: Decision) -> Decision:
 STEADY_GPU = FakeNvml([FakeGpu("GPU-0", "NVIDIA GeForce RTX 4090", 24 * GIB, 0)])
 """Memory that never changes: what the Context shows of Ollama comes from ``/api/ps`` alone."""
 
+
+@web.middleware
+async def no_show(request: web.Request, handler: Any) -> web.StreamResponse:
+    """``/api/show`` answers 500: the governor learns no facts, so no calibration either."""
+    if request.path == "/api/show":
+        return web.json_response({"error": "boom"}, status=500)
+    return await handler(request)  # type: ignore[no-any-return]
+
+
 SPIED = '[[rules]]\nmodels = ["*"]\npolicies = [{ use = "tests.test_context_facts:spy" }]\n'
 
 
@@ -34,12 +46,19 @@ def residents(ctx: Context) -> list[tuple[str, float | None]]:
 
 
 async def spied(
-    start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    start_fake: StartFake,
+    start_proxy: StartProxy,
+    ollama_client: OllamaClients,
+    *,
+    show: bool = True,
 ) -> Callable[[str, str | None], Awaitable[None]]:
-    """A governor that keeps each Context, in front of a fake Ollama on a steady 24 GiB GPU; the
-    returned function sends one generate request and waits until its result is recorded."""
+    """A governor that keeps each Context, in front of a fake Ollama on a steady 24 GiB GPU (whose
+    ``/api/show`` fails unless ``show``); the returned function sends one generate request and
+    waits until its result is recorded."""
     SEEN.clear()
-    fake = await start_fake(vram_bytes=24 * GIB, models=[gemma3_4b(), llama3_1_8b()])
+    fake = await start_fake(
+        vram_bytes=24 * GIB, models=[gemma3_4b(), llama3_1_8b()], middlewares=() if show else (no_show,)
+    )
     proxy = await start_proxy(
         fake.url,  # type: ignore[attr-defined]
         SPIED,
@@ -76,6 +95,18 @@ async def test_a_load_is_in_the_next_context(
         4096,
     ]
     assert len(SEEN[-1].all_loaded) == 2
+
+
+async def test_a_load_shows_without_any_facts_of_the_model(
+    start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+) -> None:
+    """With ``/api/show`` failing nothing is learnt of the model, and the load alone changes what
+    the next Context shows."""
+    generate = await spied(start_fake, start_proxy, ollama_client, show=False)
+    for _ in range(3):
+        await generate("gemma3:4b", None)
+    assert [ctx.model for ctx in SEEN] == [None, None, None]
+    assert [ctx.loaded.context_length if ctx.loaded else None for ctx in SEEN] == [None, 4096, 4096]
 
 
 async def test_the_keep_alive_sent_is_in_the_next_context(

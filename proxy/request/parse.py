@@ -50,15 +50,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+"""Made once: ``json.loads`` with options builds a decoder per call."""
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any] | None:
     """A JSON object decoded as strictly as Go's ``encoding/json``, or None for anything else.
 
     NaN, Infinity and out-of-range numbers are refused (Python accepts them, Ollama does not),
     and a body nested too deep for the parser is refused instead of raising ``RecursionError``.
+    The bytes are decoded as ``json.loads`` decodes them.
     """
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError, _NotGoverned):
+        value = _STRICT.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except (ValueError, RecursionError, _NotGoverned):  # UnicodeDecodeError is a ValueError
         return None
     return value if isinstance(value, dict) else None
 

@@ -8,6 +8,9 @@ from typing import Any
 from policies.decision import Decision
 from proxy.request.parse import ClientRequest
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Made once: ``json.dumps`` with options builds an encoder per call."""
+
 
 def encode_json(body: Any) -> bytes:
     """Compact UTF-8 JSON; a lone surrogate (``"\\ud800"`` in the client's text) is escaped.
@@ -16,7 +19,7 @@ def encode_json(body: Any) -> bytes:
     body that cannot be written as UTF-8 falls back to ASCII escapes instead of failing.
     """
     try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return _COMPACT.encode(body).encode()
     except UnicodeEncodeError:
         return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode()
 

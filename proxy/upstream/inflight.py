@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -24,16 +23,35 @@ SHUTTING_DOWN = "ollama-governor is shutting down; retry the request"
 
 
 class Flight:
-    """One relay in progress: its task, Ollama's response once it has one, and why it was cut."""
+    """One relay in progress: its task, Ollama's response once it has one, and why it was cut.
 
-    __slots__ = ("cut_reason", "idle_s", "task", "upstream_response")
+    ``with flight:`` registers it with its ``InFlight`` for as long as the relay runs (a flight
+    with none, an untracked relay's, registers nowhere). A class, not ``@contextmanager``: the
+    generator per relay cost more than the rest of tracking it.
+    """
 
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
+    __slots__ = ("_inflight", "cut_reason", "idle_s", "task", "timer", "upstream_response")
+
+    def __init__(self, task: asyncio.Task[object] | None, inflight: InFlight | None = None) -> None:
         self.task = task
+        self._inflight = inflight
         self.upstream_response: aiohttp.ClientResponse | None = None
         self.idle_s: float | None = None
         """The longest pause allowed inside the answer (None: no bound), once it has started."""
+        self.timer: asyncio.TimerHandle | None = None
+        """The answer's idle timer (``proxy.upstream.relay.IdleWatch``), cancelled when the relay ends."""
         self.cut_reason: str | None = None
+
+    def __enter__(self) -> Flight:
+        if self._inflight is not None:
+            self._inflight.add(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self._inflight is not None:
+            self._inflight.discard(self)
 
     def cut(self, reason: str) -> None:
         """End this relay: close Ollama's stream (the relay then writes the route's error), or,
@@ -61,8 +79,8 @@ class InFlight:
 
     def __init__(self) -> None:
         self._flights: set[Flight] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None
+        """Set when the last flight ends, while a drain waits for that (None otherwise)."""
         self._draining = False
         self._cutting = False
 
@@ -79,21 +97,23 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._flights)
 
-    @contextlib.contextmanager
-    def track(self) -> Iterator[Flight]:
-        """Register the calling relay for as long as it runs. Once the drain is cutting, a new
-        relay is born cut: it answers 503 without asking Ollama."""
-        flight = Flight(asyncio.current_task())
+    def track(self) -> Flight:
+        """A flight for the calling relay, registered while ``with`` it runs. Once the drain is
+        cutting, a new relay is born cut: it answers 503 without asking Ollama."""
+        flight = Flight(asyncio.current_task(), self)
         if self._cutting:
             flight.cut_reason = SHUTTING_DOWN
+        return flight
+
+    def add(self, flight: Flight) -> None:
+        """Count ``flight`` in (``with flight:`` calls this)."""
         self._flights.add(flight)
-        self._idle.clear()
-        try:
-            yield flight
-        finally:
-            self._flights.discard(flight)
-            if not self._flights:
-                self._idle.set()
+
+    def discard(self, flight: Flight) -> None:
+        """Count ``flight`` out; the last one out wakes a waiting drain."""
+        self._flights.discard(flight)
+        if self._idle is not None and not self._flights:
+            self._idle.set()
 
     async def drain(self, wait_s: float, grace_s: float) -> DrainOutcome:
         """Let relays finish for ``wait_s``, cut the rest, and give them ``grace_s`` to end."""
@@ -112,5 +132,11 @@ class InFlight:
         return outcome
 
     async def _until_idle(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), max(timeout_s, 0.0))
+        if not self._flights:
+            return
+        self._idle = idle = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), max(timeout_s, 0.0))
+        finally:
+            self._idle = None

@@ -57,12 +57,19 @@ BAD_BODY = "the request body was malformed or cut off"
 
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """The headers without hop-by-hop ones, including those the Connection header names."""
-    named = {
-        token.strip().lower() for value in headers.getall(hdrs.CONNECTION, ()) for token in value.split(",")
-    }
-    dropped = HOP_BY_HOP.union(named) if named else HOP_BY_HOP
-    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in dropped])
+    """The headers without hop-by-hop ones, including those the Connection header names.
+
+    The names present are found in C (lower-cased and intersected), not header by header in
+    Python: this ran twice a request and was a tenth of relaying a small answer."""
+    kept = CIMultiDict(headers)
+    present = HOP_BY_HOP.intersection(map(str.lower, headers.keys()))
+    if "connection" in present:
+        for value in headers.getall(hdrs.CONNECTION):
+            for token in value.split(","):
+                kept.popall(token.strip(), None)
+    for name in present:
+        kept.popall(name, None)
+    return kept
 
 
 def upstream_request_headers(
@@ -170,9 +177,7 @@ async def relay(
         if isinstance(body, bytes | None)
         else ClientBody(body, body_timeout_s if is_bounded(request.path) else 0.0)
     )
-    if inflight is None:
-        return await _relay(request, upstream, Flight(None), sent, body_length, drop_headers, tap)
-    with inflight.track() as flight:
+    with Flight(None) if inflight is None else inflight.track() as flight:
         return await _relay(request, upstream, flight, sent, body_length, drop_headers, tap)
 
 
@@ -201,29 +206,70 @@ async def open_upstream(
     """
     if flight.cut_reason is not None:
         return NoAnswer(503, flight.cut_reason)
-    first_byte_s = upstream.first_byte_timeout_s if is_bounded(request.path) else 0.0
+    bounded = is_bounded(request.path)
+    first_byte_s = upstream.first_byte_timeout_s if bounded else 0.0
+    deadline = Deadline(first_byte_s) if first_byte_s else None
     try:
-        async with asyncio.timeout(first_byte_s or None):
-            response = await upstream.send(method, path_qs, headers=headers, data=body)
+        response = await upstream.send(method, path_qs, headers=headers, data=body)
     except UpstreamUnavailable as exc:
         if isinstance(body, ClientBody) and body.failure is not None:
             return NoAnswer(*body.failure)  # the client's body broke, not Ollama
         log.warning("upstream_unavailable", path=request.path, error=str(exc))
         return NoAnswer(502, str(exc))
-    except TimeoutError:
+    except asyncio.CancelledError:
+        if flight.cut_reason is not None:
+            _uncancel()
+            return NoAnswer(503, flight.cut_reason)
+        if deadline is None or not deadline.expired_here():
+            raise
         error = f"upstream Ollama at {upstream.base_url} did not answer within {duration_text(first_byte_s)}"
         log.warning("upstream_timeout", path=request.path, error=error)
         return NoAnswer(504, error)
-    except asyncio.CancelledError:
-        if flight.cut_reason is None:
-            raise
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return NoAnswer(503, flight.cut_reason)
+    finally:
+        if deadline is not None:
+            deadline.close()
     flight.upstream_response = response
-    flight.idle_s = (upstream.stream_idle_timeout_s if is_bounded(request.path) else 0.0) or None
+    flight.idle_s = (upstream.stream_idle_timeout_s if bounded else 0.0) or None
     return response
+
+
+class Deadline:
+    """``asyncio.timeout`` for the one wait on Ollama's answer to start, at a third of its cost
+    (it was a sixth of relaying a small answer): a timer that cancels the waiting task.
+
+    The wait catches the ``CancelledError`` and asks ``expired_here()``: True when the timer
+    fired and no other cancellation (the client went away) is pending, exactly as
+    ``asyncio.timeout`` turns it into ``TimeoutError``.
+    """
+
+    __slots__ = ("_cancelling", "_handle", "_task", "expired")
+
+    def __init__(self, delay_s: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a Deadline needs a running task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.expired = False
+        self._handle = asyncio.get_running_loop().call_later(delay_s, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def expired_here(self) -> bool:
+        """Whether the cancellation being handled is this deadline's alone (it is then withdrawn)."""
+        return self.expired and self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+def _uncancel() -> None:
+    """Withdraw the cancellation the drain's cut asked for: it is answered with a 503."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 class StreamBroken(Exception):
@@ -240,18 +286,20 @@ class IdleWatch:
     ``asyncio.timeout`` around each read cost ~10 of the ~33 µs a relayed line takes. This only
     notes when a read starts and ends; its timer, when it fires, re-arms at the deadline of the
     read in progress (or one idle period on, between reads), or closes Ollama's stream when that
-    read has waited too long, which ends the read as the drain's cut does.
+    read has waited too long, which ends the read as the drain's cut does. The timer is the
+    flight's (``Flight.timer``): it is cancelled when the relay ends, however it ends.
     """
 
-    __slots__ = ("_handle", "_loop", "_response", "_since", "expired", "idle_s")
+    __slots__ = ("_flight", "_loop", "_response", "_since", "expired", "idle_s")
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_s: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, flight: Flight, idle_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._response = response
+        self._flight = flight
         self.idle_s = idle_s
         self._since: float | None = None
         self.expired = False
-        self._handle = self._loop.call_later(idle_s, self._check)
+        flight.timer = self._loop.call_later(idle_s, self._check)
 
     def reading(self) -> None:
         """A read starts waiting now."""
@@ -261,9 +309,6 @@ class IdleWatch:
         """The read got its piece (time spent writing it to the client does not count)."""
         self._since = None
 
-    def close(self) -> None:
-        self._handle.cancel()
-
     def _check(self) -> None:
         now = self._loop.time()
         since = self._since
@@ -271,33 +316,42 @@ class IdleWatch:
             self.expired = True
             self._response.close()
             return
-        self._handle = self._loop.call_at((now if since is None else since) + self.idle_s, self._check)
+        self._flight.timer = self._loop.call_at((now if since is None else since) + self.idle_s, self._check)
 
 
-async def pieces(response: aiohttp.ClientResponse, flight: Flight) -> AsyncIterator[bytes]:
-    """Ollama's answer as it arrives, each wait bounded by the flight's stream idle timeout.
+class Pieces:
+    """Ollama's answer as it arrives (``async for chunk in Pieces(response, flight)``), each wait
+    bounded by the flight's stream idle timeout.
 
     What Ollama can do to a stream (close it, break its framing, fall silent) and the drain's cut
-    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is.
+    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is. A class,
+    not an async generator: the loop's bookkeeping of each generator (a weak set entry and its
+    finalizer) cost as much as the reads of a small answer.
     """
-    read = response.content.readany
-    watch = IdleWatch(response, flight.idle_s) if flight.idle_s else None
-    try:
-        while True:
-            if watch is not None:
-                watch.reading()
-            try:
-                chunk = await read()
-            except aiohttp.ClientError as exc:
-                raise StreamBroken(_why_broken(exc, flight, watch)) from None
-            if watch is not None:
-                watch.done()
-            if not chunk:
-                return
-            yield chunk
-    finally:
+
+    __slots__ = ("_flight", "_read", "_watch")
+
+    def __init__(self, response: aiohttp.ClientResponse, flight: Flight) -> None:
+        self._read = response.content.readany
+        self._flight = flight
+        self._watch = IdleWatch(response, flight, flight.idle_s) if flight.idle_s else None
+
+    def __aiter__(self) -> Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        watch = self._watch
         if watch is not None:
-            watch.close()
+            watch.reading()
+        try:
+            chunk = await self._read()
+        except aiohttp.ClientError as exc:
+            raise StreamBroken(_why_broken(exc, self._flight, watch)) from None
+        if watch is not None:
+            watch.done()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 async def _relay(
@@ -326,7 +380,7 @@ async def _relay(
         await response.prepare(request)
         relayed = Relayed(response, upstream_response.status, content_type=upstream_response.content_type)
         try:
-            async for chunk in pieces(upstream_response, flight):
+            async for chunk in Pieces(upstream_response, flight):
                 if relayed.first_byte_at is None:
                     relayed.first_byte_at = time.perf_counter()
                 if tap is not None:

@@ -8,7 +8,7 @@ whole answer is translated at once, and a stream goes line by line through the r
 more of the stream than one line.
 
 The waits on Ollama, the drain's cut and the errors caught are those of the plain relay
-(``open_upstream`` and ``pieces`` in ``proxy.upstream.relay``): a failure before the answer is the
+(``open_upstream`` and ``Pieces`` in ``proxy.upstream.relay``): a failure before the answer is the
 route's error with the relay's status (502, 504, 503), a stream that breaks is ended the way
 Ollama's writer ends one whose native handler sent an error line.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,10 @@ from proxy.upstream.inflight import Flight, InFlight
 from proxy.upstream.relay import (
     SSE,
     NoAnswer,
+    Pieces,
     StreamBroken,
     error_ending,
     open_upstream,
-    pieces,
     upstream_request_headers,
 )
 
@@ -135,13 +135,8 @@ async def relay_translated(
                     sent.close()
 
 
-@contextlib.contextmanager
-def _tracked(inflight: InFlight | None) -> Iterator[Flight]:
-    if inflight is None:
-        yield Flight(None)
-        return
-    with inflight.track() as flight:
-        yield flight
+def _tracked(inflight: InFlight | None) -> Flight:
+    return Flight(None) if inflight is None else inflight.track()
 
 
 def _broken_status(flight: Flight) -> int:
@@ -185,7 +180,7 @@ async def _read_capped(response: aiohttp.ClientResponse, flight: Flight, limit: 
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in pieces(response, flight):
+        async for chunk in Pieces(response, flight):
             chunks.append(chunk)
             size += len(chunk)
             if size >= limit:
@@ -206,7 +201,7 @@ async def _whole(
     first_byte_at = None
     chunks: list[bytes] = []
     try:
-        async for chunk in pieces(response, flight):
+        async for chunk in Pieces(response, flight):
             first_byte_at = first_byte_at or time.perf_counter()
             chunks.append(chunk)
     except StreamBroken as broken:
@@ -244,7 +239,7 @@ async def _stream(
     relayed = Translated(reply, 200)
     lines = LineSplitter()
     try:
-        async for chunk in pieces(response, flight):
+        async for chunk in Pieces(response, flight):
             relayed.first_byte_at = relayed.first_byte_at or time.perf_counter()
             frames = [frame for line in lines.feed(chunk) for frame in _feed(translator, line, relayed)]
             if frames:

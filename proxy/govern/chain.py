@@ -217,15 +217,13 @@ def _log_failure(name: str, ctx: Context, why: str, exc: BaseException | None) -
 
 
 def _change(name: str, before: Decision, after: Decision) -> PolicyChange | None:
-    fields = tuple(
-        f
-        for f, changed in (
-            ("num_ctx", before.num_ctx != after.num_ctx),
-            ("keep_alive", before.keep_alive != after.keep_alive),
-            ("rejection", before.rejection != after.rejection),
-        )
-        if changed
-    )
+    fields: tuple[str, ...] = ()
+    if before.num_ctx != after.num_ctx:
+        fields += ("num_ctx",)
+    if before.keep_alive != after.keep_alive:
+        fields += ("keep_alive",)
+    if before.rejection != after.rejection:
+        fields += ("rejection",)
     new_reasons = after.reasons[len(before.reasons) :]
     if not fields and not new_reasons:
         return None

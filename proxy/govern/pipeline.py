@@ -8,10 +8,9 @@ aiohttp handler, ``warm`` and the benchmarks all run requests through this one p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,19 +246,11 @@ class Pipeline:
         record = dataclasses.replace(decided.record, status=status, completed=False, error=error)
         return self.ledger.record(record)
 
-    @contextlib.contextmanager
-    def answering(self, decided: Decided) -> Iterator[None]:
-        """Around relaying a decided request: if the client goes away (499, Ollama's own word for
-        it) or relaying breaks (a bug of ours: 500), there is still one result; the exception goes
-        on to the caller (and the error middleware)."""
-        try:
-            yield
-        except (asyncio.CancelledError, ConnectionError):
-            self.abandon(decided, 499, "client disconnected")
-            raise
-        except Exception as exc:
-            self.abandon(decided, 500, f"internal error in ollama-governor: {type(exc).__name__}")
-            raise
+    def answering(self, decided: Decided) -> Answering:
+        """``with`` it around relaying a decided request: if the client goes away (499, Ollama's
+        own word for it) or relaying breaks (a bug of ours: 500), there is still one result; the
+        exception goes on to the caller (and the error middleware)."""
+        return Answering(self, decided)
 
     def refuse(self, decided: Decided) -> GovernedRequest:
         """Record a request a policy refused (the client gets a 400; nothing was sent)."""
@@ -276,6 +267,30 @@ class Pipeline:
             task.cancel()
         if late:
             await asyncio.gather(*late, return_exceptions=True)
+
+
+class Answering:
+    """``Pipeline.answering``: a class, not ``@contextmanager`` (its generator cost more than
+    what it guards)."""
+
+    __slots__ = ("_decided", "_pipeline")
+
+    def __init__(self, pipeline: Pipeline, decided: Decided) -> None:
+        self._pipeline = pipeline
+        self._decided = decided
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, asyncio.CancelledError | ConnectionError):
+            self._pipeline.abandon(self._decided, 499, "client disconnected")
+        elif isinstance(exc, Exception):
+            self._pipeline.abandon(
+                self._decided, 500, f"internal error in ollama-governor: {type(exc).__name__}"
+            )
 
 
 def _warn(request: ClientRequest, outcome: ChainOutcome) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,19 +212,17 @@ class GovernedRequest:
     def finished(self, answer: Answer, observed: Observation | None = None) -> GovernedRequest:
         """This record with Ollama's answer and what was observed after it, built in one step:
         each ``dataclasses.replace`` of these forty fields cost about 20 µs of a request."""
-        values = {name: getattr(self, name) for name in _DECIDED}
-        for name in _ANSWERED:
-            values[name] = getattr(answer, name)
+        values = dict(zip(_DECIDED, _decided_values(self), strict=True))
+        values.update(zip(_ANSWERED, _answered_values(answer), strict=True))
         if observed is None:
             values["reloaded"] = answer.reloaded
         else:
-            for name in _OBSERVED:
-                values[name] = getattr(observed, name)
+            values.update(zip(_OBSERVED, _observed_values(observed), strict=True))
         return GovernedRequest(**values)
 
     def fields(self) -> dict[str, Any]:
         """The flat, JSON-ready form: the documented shape of a result in logs, store and views."""
-        out = {name: getattr(self, name) for name in FIELD_NAMES}
+        out = dict(zip(FIELD_NAMES, _field_values(self), strict=True))
         out["changed_by"] = [change.as_dict() for change in self.changed_by]
         out["policy_errors"] = list(self.policy_errors)
         out["predicted_evictions"] = list(self.predicted_evictions)
@@ -248,13 +247,20 @@ _ANSWERED = tuple(f.name for f in dataclasses.fields(Answer))
 _OBSERVED = tuple(f.name for f in dataclasses.fields(Observation))
 _DECIDED = tuple(name for name in FIELD_NAMES if name not in {*_ANSWERED, *_OBSERVED})
 """What is settled before Ollama answers; ``finished`` adds the other two parts."""
+# Each reads its fields in one C call (a getattr per field in Python was a tenth of a record's cost).
+_field_values = operator.attrgetter(*FIELD_NAMES)
+_decided_values = operator.attrgetter(*_DECIDED)
+_answered_values = operator.attrgetter(*_ANSWERED)
+_observed_values = operator.attrgetter(*_OBSERVED)
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    """A finite float from a JSON number (never a bool), else None."""
+    if type(value) is int:
+        return float(value)
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    return None
 
 
 def _int(value: object) -> int | None:

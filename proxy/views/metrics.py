@@ -19,12 +19,13 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from policies.context import GpuSnapshot
 from proxy.govern.record import GovernedRequest
 from proxy.names import canonical_model
+from proxy.views.series import CounterFamily, CountSeries, HistogramFamily, HistogramSeries
 
 __all__ = ["CONTENT_TYPE", "OTHER", "GovernorMetrics"]
 
@@ -133,92 +134,82 @@ class GovernorMetrics:
         ns = "ollama_governor"
         reg = self.registry
 
-        requests = Counter(
-            "requests", "Governed requests", ["model", "endpoint", "status_class"], namespace=ns, registry=reg
+        requests = CounterFamily(
+            f"{ns}_requests", "Governed requests", ["model", "endpoint", "status_class"], registry=reg
         )
-        duration = Histogram(
-            "request_duration_seconds",
+        duration = HistogramFamily(
+            f"{ns}_request_duration_seconds",
             "Ollama's total_duration of governed requests",
             ["model", "endpoint"],
-            namespace=ns,
             registry=reg,
             buckets=REQUEST_SECONDS_BUCKETS,
         )
-        ttfb = Histogram(
-            "time_to_first_byte_seconds",
+        ttfb = HistogramFamily(
+            f"{ns}_time_to_first_byte_seconds",
             "Time from the request reaching the proxy to the first byte sent back",
             ["model", "endpoint"],
-            namespace=ns,
             registry=reg,
             buckets=TTFB_SECONDS_BUCKETS,
         )
-        upstream_errors = Counter(
-            "upstream_errors",
+        upstream_errors = CounterFamily(
+            f"{ns}_upstream_errors",
             "Requests that failed upstream: Ollama unreachable (502) or the stream broke",
             ["model", "endpoint"],
-            namespace=ns,
             registry=reg,
         )
-        load = Histogram(
-            "load_duration_seconds",
+        load = HistogramFamily(
+            f"{ns}_load_duration_seconds",
             "Ollama's load_duration of requests that (re)loaded the model",
             ["model", "num_ctx"],
-            namespace=ns,
             registry=reg,
             buckets=LOAD_SECONDS_BUCKETS,
         )
-        eval_rate = Histogram(
-            "eval_tokens_per_second",
+        eval_rate = HistogramFamily(
+            f"{ns}_eval_tokens_per_second",
             "Generation speed (eval_count / eval_duration)",
             ["model", "num_ctx"],
-            namespace=ns,
             registry=reg,
             buckets=TOKENS_PER_S_BUCKETS,
         )
-        prompt_rate = Histogram(
-            "prompt_tokens_per_second",
+        prompt_rate = HistogramFamily(
+            f"{ns}_prompt_tokens_per_second",
             "Prompt processing speed (prompt_eval_count / prompt_eval_duration)",
             ["model", "num_ctx"],
-            namespace=ns,
             registry=reg,
             buckets=(*TOKENS_PER_S_BUCKETS, 1000.0, 2500.0, 5000.0),
         )
-        changes = Counter(
-            "changes", "Changes of the applied num_ctx or keep_alive", ["model"], namespace=ns, registry=reg
+        changes = CounterFamily(
+            f"{ns}_changes", "Changes of the applied num_ctx or keep_alive", ["model"], registry=reg
         )
-        spills = Counter(
-            "spills", "Loads detected as spilled to system RAM", ["model"], namespace=ns, registry=reg
+        spills = CounterFamily(
+            f"{ns}_spills", "Loads detected as spilled to system RAM", ["model"], registry=reg
         )
-        spilled_requests = Counter(
-            "spilled_requests",
+        spilled_requests = CounterFamily(
+            f"{ns}_spilled_requests",
             "Requests that ran while the model was spilled to system RAM",
             ["model"],
-            namespace=ns,
             registry=reg,
         )
-        policy_errors = Counter(
-            "policy_errors",
+        policy_errors = CounterFamily(
+            f"{ns}_policy_errors",
             "Policies that raised, timed out or returned something other than a Decision",
             ["model"],
-            namespace=ns,
             registry=reg,
         )
-        actions = Counter(
-            "scheduler_actions",
+        actions = CounterFamily(
+            f"{ns}_scheduler_actions",
             "What Ollama's scheduler did for a request: reuse, load, reload, evict or spill",
             ["model", "action"],
-            namespace=ns,
             registry=reg,
         )
-        predictions = Counter(
-            "predictions",
+        predictions = CounterFamily(
+            f"{ns}_predictions",
             "Scheduler predictions checked against what Ollama did: held or surprise",
             ["model", "outcome"],
-            namespace=ns,
             registry=reg,
         )
-        self._actions: _Children[Counter] = _Children(lambda key: actions.labels(*key))
-        self._predictions: _Children[Counter] = _Children(lambda key: predictions.labels(*key))
+        self._actions: _Children[CountSeries] = _Children(lambda key: actions.labels(*key))
+        self._predictions: _Children[CountSeries] = _Children(lambda key: predictions.labels(*key))
         self._gpu_free = Gauge(
             "gpu_free_bytes",
             "Free GPU memory per device, from the last sample",
@@ -240,13 +231,13 @@ class GovernorMetrics:
             registry=reg,
         )
 
-        def by_endpoint(key: tuple[str, ...]) -> tuple[Histogram, Histogram, Counter]:
+        def by_endpoint(key: tuple[str, ...]) -> tuple[HistogramSeries, HistogramSeries, CountSeries]:
             return duration.labels(*key), ttfb.labels(*key), upstream_errors.labels(*key)
 
-        def by_num_ctx(key: tuple[str, ...]) -> tuple[Histogram, Histogram, Histogram]:
+        def by_num_ctx(key: tuple[str, ...]) -> tuple[HistogramSeries, HistogramSeries, HistogramSeries]:
             return load.labels(*key), eval_rate.labels(*key), prompt_rate.labels(*key)
 
-        def by_model(key: tuple[str, ...]) -> tuple[Counter, Counter, Counter, Counter]:
+        def by_model(key: tuple[str, ...]) -> tuple[CountSeries, CountSeries, CountSeries, CountSeries]:
             return (
                 changes.labels(*key),
                 spills.labels(*key),
@@ -254,10 +245,16 @@ class GovernorMetrics:
                 policy_errors.labels(*key),
             )
 
-        self._requests: _Children[Counter] = _Children(lambda key: requests.labels(*key))
-        self._by_endpoint: _Children[tuple[Histogram, Histogram, Counter]] = _Children(by_endpoint)
-        self._by_num_ctx: _Children[tuple[Histogram, Histogram, Histogram]] = _Children(by_num_ctx)
-        self._by_model: _Children[tuple[Counter, Counter, Counter, Counter]] = _Children(by_model)
+        self._requests: _Children[CountSeries] = _Children(lambda key: requests.labels(*key))
+        self._by_endpoint: _Children[tuple[HistogramSeries, HistogramSeries, CountSeries]] = _Children(
+            by_endpoint
+        )
+        self._by_num_ctx: _Children[tuple[HistogramSeries, HistogramSeries, HistogramSeries]] = _Children(
+            by_num_ctx
+        )
+        self._by_model: _Children[tuple[CountSeries, CountSeries, CountSeries, CountSeries]] = _Children(
+            by_model
+        )
         self._gpu_known.set(0)
 
     # --- labels -------------------------------------------------------------------------------

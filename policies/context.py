@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from policies.duration import KeepAlive
 from policies.model import ModelFacts, uses_llama_server
+from policies.records import cheap_init
 
 if TYPE_CHECKING:
     from policies.memory import Calibration
@@ -242,6 +243,7 @@ class Resident:
         return self.loaded.name
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Context:
     """Everything a policy may read about one ``/api/generate`` or ``/api/chat`` request.

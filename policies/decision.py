@@ -8,6 +8,7 @@ from dataclasses import replace as _dc_replace
 from itertools import repeat
 
 from policies.duration import KeepAlive, validate_keep_alive
+from policies.records import cheap_init
 
 
 class _Unset(enum.Enum):
@@ -17,6 +18,7 @@ class _Unset(enum.Enum):
 UNSET = _Unset.UNSET
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What will be sent to Ollama for one request.

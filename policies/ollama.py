@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from policies.model import uses_llama_server
+from policies.records import cheap_init
 
 Version = tuple[int, int, int]
 
@@ -146,6 +147,7 @@ NO_CONTEXT_SHIFT_ARCHITECTURES = frozenset({"deepseek2"})
 """``supportsContextShift`` is false only for these; every other model shifts by default."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class RunnerOptions:
     """The load-time options (``api.Runner``) that decide whether a loaded runner can be reused.

@@ -71,6 +71,7 @@ from policies.ollama import (
     needs_reload,
     preflight_evicts,
 )
+from policies.records import cheap_init
 
 Version = tuple[int, int, int]
 
@@ -110,6 +111,7 @@ _MAX_SCAN: Final = 512
 """``largest_loadable_ctx`` widens its step so that it predicts at most this many contexts."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Budget:
     """The memory Ollama loads into, as the governor's memory source reads it now.
@@ -152,6 +154,7 @@ class Budget:
         return self.kind in ("gpu", "unified")
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """A request that needs ``model`` loaded at ``num_ctx`` (per slot, before Ollama's clamps).

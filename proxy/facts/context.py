@@ -21,6 +21,7 @@ from policies.duration import KeepAlive, keep_alive_seconds
 from policies.memory import Calibration
 from policies.model import ModelFacts, uses_llama_server
 from policies.ollama import default_num_ctx
+from policies.records import cheap_init
 from policies.scheduler import Budget, Candidate, Expected, Resident, predicted_action
 from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
@@ -54,6 +55,7 @@ TRUNCATION_FILL = 0.95
 """A prompt that fills this much of the context may have been cut by Ollama without a word."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class _Seen:
     """What an observation of Ollama after an answer starts from."""

@@ -19,6 +19,7 @@ import structlog
 
 from policies.context import Context
 from policies.decision import Decision
+from policies.records import cheap_init
 from proxy.govern.boundary import being_cancelled, describe, trimmed_traceback
 from proxy.govern.loader import LoadedPolicy
 from proxy.govern.record import PolicyChange
@@ -31,6 +32,7 @@ BLOCKING_LOG_S = 0.05
 request waited for it."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class ChainOutcome:
     """The final decision, who changed what, and which policies failed."""

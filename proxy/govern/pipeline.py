@@ -20,6 +20,7 @@ from policies.context import GpuSnapshot, LoadedModel
 from policies.decision import Decision
 from policies.duration import format_keep_alive
 from policies.outcome import Outcome
+from policies.records import cheap_init
 from policies.scheduler import Expected
 from proxy.facts.context import ContextFactory, request_context
 from proxy.govern.boundary import safe_await, safecall
@@ -37,6 +38,7 @@ KEEP_PARSED_BODY_BYTES = 64 * 1024
 """Up to this size the parsed body stays with a relayed decision (``Decided.for_relay``)."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Decided:
     """What ``decide`` settled: the record so far, and what to send (or the refusal)."""

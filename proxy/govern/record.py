@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.records import cheap_init
+
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 RELOAD_THRESHOLD_MS = 500.0
@@ -30,6 +32,7 @@ RELOAD_THRESHOLD_MS = 500.0
 200-300 ms (0.24) when nothing loads; over a second for even a 270M model when it does."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Applied:
     """The pair a policy decides and a change moves: ``num_ctx`` and ``keep_alive`` (as text)."""
@@ -51,6 +54,7 @@ class Transition:
         return self.before is None
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class PolicyChange:
     """What one policy changed: its name, the fields, why, and its outcome (a stable token)."""
@@ -68,6 +72,7 @@ class PolicyChange:
         return out
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Answer:
     """How Ollama answered: the relay's view (status, first byte, completeness) and the figures
@@ -136,6 +141,7 @@ class Answer:
         return self.load_ms >= RELOAD_THRESHOLD_MS
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class Observation:
     """What the facts saw Ollama do for a request once it had answered (``proxy.facts.context``)."""
@@ -150,6 +156,7 @@ class Observation:
     observed_evictions: tuple[str, ...] = ()
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class GovernedRequest:
     """The result of one governed request. Frozen: each stage returns a new one."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from policies.context import Endpoint
 from policies.duration import KeepAlive, keep_alive_seconds
+from policies.records import cheap_init
 from proxy.request.prompt import EMBED_ENDPOINTS, PromptSize, measure
 
 INT64_MIN = -(2**63)
@@ -24,6 +25,7 @@ class _NotGoverned(Exception):
     """The body is something Ollama itself must answer."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
     """What the client asked for; ``body`` is kept for rewriting and never logged or stored."""

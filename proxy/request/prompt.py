@@ -10,12 +10,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from policies.records import cheap_init
+
 IMAGE_TOKENS = 768
 """Ollama budgets 768 tokens per image when it fits chat history into num_ctx."""
 TOKENS_PER_MESSAGE = 4
 """Chat templates wrap each message in a few role and turn tokens."""
 
 
+@cheap_init
 @dataclass(frozen=True, slots=True)
 class PromptSize:
     """What a request body holds, in the units the estimate needs."""

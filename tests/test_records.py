@@ -17,7 +17,7 @@ from policies.scheduler import Budget, Candidate
 from proxy.facts.context import _Seen
 from proxy.govern.chain import ChainOutcome
 from proxy.govern.pipeline import Decided
-from proxy.govern.record import Answer, Applied, GovernedRequest, Observation, PolicyChange
+from proxy.govern.record import Answer, Applied, Observation, PolicyChange
 from proxy.request.parse import ClientRequest
 from proxy.request.prompt import PromptSize
 
@@ -31,7 +31,6 @@ PER_REQUEST = (
     Context,
     Decided,
     Decision,
-    GovernedRequest,
     Observation,
     PolicyChange,
     PromptSize,

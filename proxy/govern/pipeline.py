@@ -245,7 +245,7 @@ class Pipeline:
     def abandon(self, decided: Decided, status: int, error: str) -> GovernedRequest:
         """Record a request that got no answer from Ollama to learn from (refused, or the client
         hung up: 499, Ollama's own word for it)."""
-        record = dataclasses.replace(decided.record, status=status, completed=False, error=error)
+        record = decided.record._replace(status=status, completed=False, error=error)
         return self.ledger.record(record)
 
     def answering(self, decided: Decided) -> Answering:
@@ -256,7 +256,7 @@ class Pipeline:
 
     def refuse(self, decided: Decided) -> GovernedRequest:
         """Record a request a policy refused (the client gets a 400; nothing was sent)."""
-        return self.ledger.record(dataclasses.replace(decided.record, status=400))
+        return self.ledger.record(decided.record._replace(status=400))
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Record every result still waiting for facts (at shutdown); past ``timeout_s`` the

@@ -8,7 +8,6 @@ error boundary: a failing one is logged, never raised into a request.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -74,7 +73,7 @@ class Ledger:
         """Publish one finished request; returns it with the change it opened, if any."""
         transition = self.changes.observe(record)
         if transition is not None:
-            record = dataclasses.replace(record, change=transition)
+            record = record._replace(change=transition)
             before = transition.before
             if before is not None:
                 for name, old, new in (

@@ -66,7 +66,9 @@ class Ledger:
 
     def __init__(self, backend: Backend, sinks: Sequence[Sink] = ()) -> None:
         self.backend = backend
-        self.sinks = list(sinks)
+        self._steps = [(f"sink {getattr(sink, '__qualname__', repr(sink))}", sink) for sink in sinks]
+        """Each sink with its step name for the boundary (named once, not per record)."""
+        self._backend_step = f"ledger {backend.name}"
         self.changes = ChangeDetector(safecall("ledger seed", backend.last_applied) or {})
 
     def record(self, record: GovernedRequest) -> GovernedRequest:
@@ -84,9 +86,9 @@ class Ledger:
                         log.info("change", model=record.model, field=name, **{"from": old, "to": new})
         fields = record.fields()  # a third of the cost of filing a record: made once
         log.info("result", **fields)
-        safecall(f"ledger {self.backend.name}", self.backend.add, record, fields, model=record.model)
-        for sink in self.sinks:
-            safecall(f"sink {getattr(sink, '__qualname__', repr(sink))}", sink, record, model=record.model)
+        safecall(self._backend_step, self.backend.add, record, fields, model=record.model)
+        for step, sink in self._steps:
+            safecall(step, sink, record, model=record.model)
         return record
 
     async def aclose(self, timeout_s: float | None = None) -> None:

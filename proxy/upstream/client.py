@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,6 +50,25 @@ REPLAY_SAFE_PATHS = frozenset(
 """Requests Ollama answers without changing anything but which model is loaded; one that found
 its connection dropped is sent again, as the client would, instead of failing with a 502."""
 DROPPED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE})
+
+
+def _retry_rule(method: str, url: URL, data: object) -> Callable[[BaseException], bool]:
+    """Which failures of this request to send again: any that never reached Ollama, and one
+    dropped connection when the body can be sent again and the request is safe to repeat."""
+    replays = int(
+        isinstance(data, bytes | None) and (method in IDEMPOTENT_METHODS or url.path in REPLAY_SAFE_PATHS)
+    )
+
+    def retryable(exc: BaseException) -> bool:
+        nonlocal replays
+        if _never_sent(exc):
+            return True
+        if replays and _dropped(exc):
+            replays -= 1  # once: a second drop is Ollama's answer, not a stale connection
+            return True
+        return False
+
+    return retryable
 
 
 def _never_sent(exc: BaseException) -> bool:
@@ -161,22 +180,10 @@ class Upstream:
         The caller owns the response and must ``release()`` or ``close()`` it.
         """
         url = self.url(path_qs)
-        replays = int(
-            isinstance(data, bytes | None) and (method in IDEMPOTENT_METHODS or url.path in REPLAY_SAFE_PATHS)
-        )
-
-        def retryable(exc: BaseException) -> bool:
-            nonlocal replays
-            if _never_sent(exc):
-                return True
-            if replays and _dropped(exc):
-                replays -= 1  # once: a second drop is Ollama's answer, not a stale connection
-                return True
-            return False
-
         try:
             return await self._request(method, url, headers, data)
         except Exception as exc:
+            retryable = _retry_rule(method, url, data)  # made on a failure only
             if not retryable(exc) or self.retry_window_s <= 0:
                 raise self._unavailable(exc) from exc
         try:

@@ -208,7 +208,7 @@ async def open_upstream(
         return NoAnswer(503, flight.cut_reason)
     bounded = is_bounded(request.path)
     first_byte_s = upstream.first_byte_timeout_s if bounded else 0.0
-    deadline = Deadline(first_byte_s) if first_byte_s else None
+    deadline = Deadline(first_byte_s, flight.task) if first_byte_s else None
     try:
         response = await upstream.send(method, path_qs, headers=headers, data=body)
     except UpstreamUnavailable as exc:
@@ -244,8 +244,9 @@ class Deadline:
 
     __slots__ = ("_cancelling", "_handle", "_task", "expired")
 
-    def __init__(self, delay_s: float) -> None:
-        task = asyncio.current_task()
+    def __init__(self, delay_s: float, task: asyncio.Task[object] | None = None) -> None:
+        """``task``: the one that waits (the relay's own, which its flight knows already)."""
+        task = task or asyncio.current_task()
         if task is None:
             raise RuntimeError("a Deadline needs a running task")
         self._task = task

@@ -15,7 +15,6 @@ apps (tests, reloads) never collide.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -81,14 +80,6 @@ class _Children(dict[tuple[str, ...], _Child]):
     def __missing__(self, key: tuple[str, ...]) -> _Child:
         child = self[key] = self.make(key)
         return child
-
-
-def _number(value: object) -> float | None:
-    """A finite float, or None for absent, boolean, non-numeric or NaN values."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 def _status_class(status: object) -> str:
@@ -279,26 +270,27 @@ class GovernorMetrics:
     # --- input --------------------------------------------------------------------------------
 
     def observe(self, record: GovernedRequest) -> None:
-        """Count one finished request (a ledger sink). Unknown figures are simply not observed."""
+        """Count one finished request (a ledger sink). Unknown figures are simply not observed (the
+        record's figures are finite numbers or None: ``Answer.of`` made them so)."""
         model = self._model_label(record.model)
         endpoint = record.endpoint or "unknown"
         self._requests[(model, endpoint, _status_class(record.status))].inc()
         duration, ttfb, upstream_errors = self._by_endpoint[(model, endpoint)]
-        if (total_ms := _number(record.total_ms)) is not None:
-            duration.observe(total_ms / _MS_PER_S)
-        if (ttfb_ms := _number(record.ttfb_ms)) is not None:
-            ttfb.observe(ttfb_ms / _MS_PER_S)
+        if record.total_ms is not None:
+            duration.observe(record.total_ms / _MS_PER_S)
+        if record.ttfb_ms is not None:
+            ttfb.observe(record.ttfb_ms / _MS_PER_S)
         if record.error or record.status == 502:
             upstream_errors.inc()
 
         num_ctx = self._num_ctx_label(record.applied_num_ctx)
         load, eval_rate, prompt_rate = self._by_num_ctx[(model, num_ctx)]
-        if record.reloaded is True and (load_ms := _number(record.load_ms)) is not None:
-            load.observe(load_ms / _MS_PER_S)
-        if (eval_tps := _number(record.eval_tokens_per_s)) is not None:
-            eval_rate.observe(eval_tps)
-        if (prompt_tps := _number(record.prompt_tokens_per_s)) is not None:
-            prompt_rate.observe(prompt_tps)
+        if record.reloaded is True and record.load_ms is not None:
+            load.observe(record.load_ms / _MS_PER_S)
+        if record.eval_tokens_per_s is not None:
+            eval_rate.observe(record.eval_tokens_per_s)
+        if record.prompt_tokens_per_s is not None:
+            prompt_rate.observe(record.prompt_tokens_per_s)
 
         change = record.change
         if record.spilled is True or record.policy_errors or (change is not None and not change.first_seen):

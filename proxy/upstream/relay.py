@@ -325,34 +325,45 @@ class Pieces:
     bounded by the flight's stream idle timeout.
 
     What Ollama can do to a stream (close it, break its framing, fall silent) and the drain's cut
-    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is. A class,
-    not an async generator: the loop's bookkeeping of each generator (a weak set entry and its
+    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is. A piece
+    that has arrived already is taken as it is; the idle timer starts at the first read that has
+    to wait (a small answer arrives whole with its headers and never starts one). A class, not an
+    async generator: the loop's bookkeeping of each generator (a weak set entry and its
     finalizer) cost as much as the reads of a small answer.
     """
 
-    __slots__ = ("_flight", "_read", "_watch")
+    __slots__ = ("_flight", "_response", "_watch")
 
     def __init__(self, response: aiohttp.ClientResponse, flight: Flight) -> None:
-        self._read = response.content.readany
+        self._response = response
         self._flight = flight
-        self._watch = IdleWatch(response, flight, flight.idle_s) if flight.idle_s else None
+        self._watch: IdleWatch | None = None
 
     def __aiter__(self) -> Pieces:
         return self
 
     async def __anext__(self) -> bytes:
-        watch = self._watch
-        if watch is not None:
-            watch.reading()
+        content = self._response.content
         try:
-            chunk = await self._read()
+            chunk = content.read_nowait()
+            if not chunk and not content.at_eof():
+                watch = self._watching()
+                if watch is not None:
+                    watch.reading()
+                chunk = await content.readany()
+                if watch is not None:
+                    watch.done()
         except aiohttp.ClientError as exc:
-            raise StreamBroken(_why_broken(exc, self._flight, watch)) from None
-        if watch is not None:
-            watch.done()
+            raise StreamBroken(_why_broken(exc, self._flight, self._watch)) from None
         if not chunk:
             raise StopAsyncIteration
         return chunk
+
+    def _watching(self) -> IdleWatch | None:
+        """The idle timer, started by the first read that has to wait (None: no bound)."""
+        if self._watch is None and self._flight.idle_s:
+            self._watch = IdleWatch(self._response, self._flight, self._flight.idle_s)
+        return self._watch
 
 
 async def _relay(

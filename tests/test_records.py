@@ -14,16 +14,12 @@ from policies.ollama import RunnerOptions
 from policies.records import _FACTORY as FACTORY
 from policies.records import cheap_init
 from policies.scheduler import Budget, Candidate
-from proxy.facts.context import _Seen
 from proxy.govern.chain import ChainOutcome
 from proxy.govern.pipeline import Decided
-from proxy.govern.record import Answer, Applied, Observation, PolicyChange
 from proxy.request.parse import ClientRequest
 from proxy.request.prompt import PromptSize
 
 PER_REQUEST = (
-    Answer,
-    Applied,
     Budget,
     Candidate,
     ChainOutcome,
@@ -31,11 +27,8 @@ PER_REQUEST = (
     Context,
     Decided,
     Decision,
-    Observation,
-    PolicyChange,
     PromptSize,
     RunnerOptions,
-    _Seen,
 )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -21,7 +20,6 @@ from policies.duration import KeepAlive, keep_alive_seconds
 from policies.memory import Calibration
 from policies.model import ModelFacts, uses_llama_server
 from policies.ollama import default_num_ctx
-from policies.records import cheap_init
 from policies.scheduler import Budget, Candidate, Expected, Resident, predicted_action
 from proxy.config.settings import OllamaSettings
 from proxy.facts.ollama import Facts
@@ -55,9 +53,7 @@ TRUNCATION_FILL = 0.95
 """A prompt that fills this much of the context may have been cut by Ollama without a word."""
 
 
-@cheap_init
-@dataclass(frozen=True, slots=True)
-class _Seen:
+class _Seen(NamedTuple):
     """What an observation of Ollama after an answer starts from."""
 
     request: ClientRequest

@@ -12,18 +12,18 @@ client sent, ``applied_num_ctx`` what the governor decided (and sent to Ollama, 
 ``dry_run``), ``loaded_num_ctx`` what Ollama then held (``/api/ps`` ``context_length``). The
 same prefixes apply to ``keep_alive``. ``predicted_*`` is what the governor's model of Ollama's
 scheduler expected the request to do, ``observed_*`` what Ollama did.
+
+The records made on every request are named tuples: immutable and typed like a frozen
+dataclass, but made in one step, where a frozen dataclass sets its fields one call at a time.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-from policies.records import cheap_init
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -32,9 +32,7 @@ RELOAD_THRESHOLD_MS = 500.0
 200-300 ms (0.24) when nothing loads; over a second for even a 270M model when it does."""
 
 
-@cheap_init
-@dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(NamedTuple):
     """The pair a policy decides and a change moves: ``num_ctx`` and ``keep_alive`` (as text)."""
 
     num_ctx: int | None
@@ -54,9 +52,7 @@ class Transition:
         return self.before is None
 
 
-@cheap_init
-@dataclass(frozen=True, slots=True)
-class PolicyChange:
+class PolicyChange(NamedTuple):
     """What one policy changed: its name, the fields, why, and its outcome (a stable token)."""
 
     policy: str
@@ -72,9 +68,7 @@ class PolicyChange:
         return out
 
 
-@cheap_init
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """How Ollama answered: the relay's view (status, first byte, completeness) and the figures
     of its final ``done: true`` object, in ms and tokens/s."""
 
@@ -141,9 +135,7 @@ class Answer:
         return self.load_ms >= RELOAD_THRESHOLD_MS
 
 
-@cheap_init
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """What the facts saw Ollama do for a request once it had answered (``proxy.facts.context``)."""
 
     reloaded: bool | None = None
@@ -253,8 +245,8 @@ class GovernedRequest(NamedTuple):
 
 FIELD_NAMES: tuple[str, ...] = tuple(name for name in GovernedRequest._fields if name != "change")
 """Every field of a result, in order; the store's columns and the views' keys are these names."""
-_ANSWERED = tuple(f.name for f in dataclasses.fields(Answer))
-_OBSERVED = tuple(f.name for f in dataclasses.fields(Observation))
+_ANSWERED = Answer._fields
+_OBSERVED = Observation._fields
 """What ``finished`` adds to the record the decision started."""
 # Each reads its fields in one C call (a getattr per field in Python was a tenth of a record's cost).
 _answered_values = operator.attrgetter(*_ANSWERED)

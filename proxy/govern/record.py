@@ -20,7 +20,6 @@ dataclass, but made in one step, where a frozen dataclass sets its fields one ca
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -176,7 +175,11 @@ class GovernedRequest(NamedTuple):
     # The facts the decision saw.
     memory_source: str | None = None
     free_bytes: int | None = None
-    # What Ollama answered.
+    # What Ollama's scheduler was expected to do with it (``proxy.facts.context``): reuse, load,
+    # reload, evict or spill; and which other models it would unload to make room.
+    predicted_action: str | None = None
+    predicted_evictions: tuple[str, ...] = ()
+    # What Ollama answered: ``Answer``'s fields, in its order.
     status: int | None = None
     completed: bool | None = None
     error: str | None = None
@@ -188,15 +191,12 @@ class GovernedRequest(NamedTuple):
     prompt_tokens_per_s: float | None = None
     eval_tokens: int | None = None
     eval_tokens_per_s: float | None = None
-    # What was observed after the answer.
+    # What was observed after the answer, what the scheduler did included: ``Observation``'s
+    # fields, in its order.
     reloaded: bool | None = None
     spilled: bool | None = None
     loaded_num_ctx: int | None = None
     truncation_suspect: bool | None = None
-    # What Ollama's scheduler was expected to do with it, and what it did (``proxy.facts.context``):
-    # reuse, load, reload, evict or spill; and which other models it unloaded to make room.
-    predicted_action: str | None = None
-    predicted_evictions: tuple[str, ...] = ()
     observed_action: str | None = None
     observed_evictions: tuple[str, ...] = ()
     # The change of the applied pair this request opened, if any (set by the ledger). Last: it is
@@ -214,19 +214,16 @@ class GovernedRequest(NamedTuple):
         return not self.dry_run and (self.status or 0) < 400
 
     def finished(self, answer: Answer, observed: Observation | None = None) -> GovernedRequest:
-        """This record with Ollama's answer and what was observed after it, in one ``_replace``
-        (without ``observed``, ``reloaded`` is the answer's own word)."""
-        values = dict(zip(_ANSWERED, _answered_values(answer), strict=True))
+        """This record with Ollama's answer and what was observed after it (without
+        ``observed``, ``reloaded`` is the answer's own word). The fields line up, so the record
+        is the decided ones, the answer's and the observation's, end to end."""
         if observed is None:
-            values["reloaded"] = answer.reloaded
-        else:
-            values.update(zip(_OBSERVED, _observed_values(observed), strict=True))
-        return self._replace(**values)
+            observed = Observation(reloaded=answer.reloaded)
+        return GovernedRequest._make((*self[:_DECIDED], *answer, *observed, self.change))
 
     def fields(self) -> dict[str, Any]:
         """The flat, JSON-ready form: the documented shape of a result in logs, store and views."""
-        out = self._asdict()
-        del out["change"]
+        out: dict[str, Any] = dict(zip(FIELD_NAMES, self, strict=False))  # not ``change``, the last
         out["changed_by"] = [change.as_dict() for change in self.changed_by]
         out["policy_errors"] = list(self.policy_errors)
         out["predicted_evictions"] = list(self.predicted_evictions)
@@ -243,14 +240,12 @@ class GovernedRequest(NamedTuple):
         )
 
 
-FIELD_NAMES: tuple[str, ...] = tuple(name for name in GovernedRequest._fields if name != "change")
+FIELD_NAMES: tuple[str, ...] = GovernedRequest._fields[:-1]
 """Every field of a result, in order; the store's columns and the views' keys are these names."""
-_ANSWERED = Answer._fields
-_OBSERVED = Observation._fields
-"""What ``finished`` adds to the record the decision started."""
-# Each reads its fields in one C call (a getattr per field in Python was a tenth of a record's cost).
-_answered_values = operator.attrgetter(*_ANSWERED)
-_observed_values = operator.attrgetter(*_OBSERVED)
+_DECIDED = GovernedRequest._fields.index(Answer._fields[0])
+"""How many fields are settled before Ollama answers; ``finished`` adds the rest."""
+if GovernedRequest._fields[_DECIDED:] != (*Answer._fields, *Observation._fields, "change"):
+    raise TypeError("GovernedRequest must end with Answer's fields, Observation's, then change")
 
 
 def _number(value: object) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from dataclasses import replace as _dc_replace
-from itertools import repeat
 
 from policies.duration import KeepAlive, validate_keep_alive
 from policies.records import cheap_init
@@ -49,10 +48,12 @@ class Decision:
         _checked_num_ctx(self.num_ctx)
         if self.keep_alive is not None:
             validate_keep_alive(self.keep_alive)
-        if not _all_text(self.reasons):
-            raise TypeError(f"reasons must be strings, not {self.reasons!r}")
-        if not _all_text(self.outcomes):
-            raise TypeError(f"outcomes must be strings, not {self.outcomes!r}")
+        for reason in self.reasons:  # a loop: most decisions carry none or one (map/all cost more)
+            if not isinstance(reason, str):
+                raise TypeError(f"reasons must be strings, not {self.reasons!r}")
+        for outcome in self.outcomes:
+            if not isinstance(outcome, str):
+                raise TypeError(f"outcomes must be strings, not {self.outcomes!r}")
         if self.rejection is not None and (not isinstance(self.rejection, str) or not self.rejection):
             raise ValueError(f"a rejection needs a message for the client, not {self.rejection!r}")
 
@@ -86,11 +87,6 @@ class Decision:
     def outcome(self) -> str | None:
         """The latest outcome a policy attached, or None."""
         return self.outcomes[-1] if self.outcomes else None
-
-
-def _all_text(values: tuple[object, ...]) -> bool:
-    """Whether every value is a ``str`` (checked in C: every decision a policy makes runs this)."""
-    return all(map(isinstance, values, repeat(str)))
 
 
 def _checked_num_ctx(value: object) -> None:

@@ -1,8 +1,8 @@
 """A cheaper ``__init__`` for the frozen dataclasses made on every request.
 
 A frozen dataclass sets each field with ``object.__setattr__(self, name, value)``, looked up
-and called anew per field; for the records one governed request builds (its ``GovernedRequest``
-twice, the ``Context``, the decisions, ...) that was a sixth of the governor's own cost. This
+and called anew per field; for the records one governed request builds (the ``Context``, the
+decisions, the scheduler's candidate, ...) that was a large part of the governor's own cost. This
 ``__init__`` binds the setter once per instance, the way ``attrs`` builds its frozen classes,
 and does nothing else differently: the same parameters and defaults, the same
 ``__post_init__``, and the class stays a frozen dataclass (``replace``, ``fields``, equality).

@@ -13,8 +13,9 @@ client sent, ``applied_num_ctx`` what the governor decided (and sent to Ollama, 
 same prefixes apply to ``keep_alive``. ``predicted_*`` is what the governor's model of Ollama's
 scheduler expected the request to do, ``observed_*`` what Ollama did.
 
-The records made on every request are named tuples: immutable and typed like a frozen
-dataclass, but made in one step, where a frozen dataclass sets its fields one call at a time.
+The records here are made on every request, so they are named tuples: immutable and typed like
+a frozen dataclass, but made in one step, where a frozen dataclass sets its fields one call at a
+time.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class GovernedRequest(NamedTuple):
     """The result of one governed request. Immutable: each stage returns a new one (``_replace``).
 
     A named tuple, not a frozen dataclass: it is built at the decision and again with the answer,
-    forty-five fields each time, and a frozen dataclass sets its fields one call at a time (that
+    thirty-six fields each time, and a frozen dataclass sets its fields one call at a time (that
     was the largest single cost of recording a request); a tuple is made in one step and read
     field by field in C. Equality compares every field, ``change`` included.
     """

@@ -12,7 +12,7 @@ from policies.context import Context
 from policies.decision import Decision
 from policies.ollama import RunnerOptions
 from policies.records import _FACTORY as FACTORY
-from policies.records import cheap_init
+from policies.records import cheap_init, unchecked_maker
 from policies.scheduler import Budget, Candidate
 from proxy.govern.chain import ChainOutcome
 from proxy.govern.pipeline import Decided
@@ -104,12 +104,51 @@ class TestSameBehaviour:
         original = KeywordsOnly.__init__
         assert cheap_init(KeywordsOnly).__init__ is original
 
+    def test_a_class_without_slots_is_set_through_object_setattr(self) -> None:
+        @cheap_init
+        @dataclass(frozen=True)
+        class Plain:
+            name: str
+            size: int = 3
+
+        assert "_set" in Plain.__init__.__code__.co_varnames
+        assert dataclasses.astuple(Plain("a")) == ("a", 3)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            Plain("a").size = 4  # type: ignore[misc]
+
+
+class TestUncheckedMaker:
+    def test_sets_every_field_in_order_without_post_init(self) -> None:
+        cheap = sample(cheap=True)
+        make = unchecked_maker(cheap)
+        made = make("a", -1, ("x",))  # __post_init__ would refuse the size
+        assert type(made) is cheap
+        assert dataclasses.astuple(made) == ("a", -1, ("x",))
+        assert made == make("a", -1, ("x",)) and made != cheap("a", 1)  # compares as a dataclass
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.size = 4  # type: ignore[misc]
+
+    def test_takes_exactly_the_fields(self) -> None:
+        make = unchecked_maker(sample(cheap=False))
+        with pytest.raises(TypeError):
+            make("a", 1)
+        assert list(inspect.signature(make).parameters) == ["name", "size", "tags"]
+
+    def test_refuses_a_class_that_is_not_a_frozen_dataclass(self) -> None:
+        @dataclass
+        class Mutable:
+            x: int
+
+        with pytest.raises(TypeError, match="frozen dataclasses"):
+            unchecked_maker(Mutable)
+
 
 @pytest.mark.parametrize("cls", PER_REQUEST, ids=lambda cls: cls.__name__)
 def test_per_request_records_have_the_cheap_init_and_their_signature(cls: type) -> None:
-    """Each record built on every request sets its fields through one bound setter, and takes
-    exactly its fields, in order, with their defaults."""
-    assert "_set" in cls.__init__.__code__.co_varnames
+    """Each record built on every request sets its fields through their slots' setters, and
+    takes exactly its fields, in order, with their defaults."""
+    setters = {f"_set_{f.name}" for f in dataclasses.fields(cls)}
+    assert setters <= set(cls.__init__.__code__.co_names)
 
     def default(p: inspect.Parameter) -> object:
         return dataclasses.MISSING if p.default in (inspect.Parameter.empty, FACTORY) else p.default

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as _dc_replace
 
 from policies.duration import KeepAlive, validate_keep_alive
-from policies.records import cheap_init
+from policies.records import cheap_init, unchecked_maker
 
 
 class _Unset(enum.Enum):
@@ -65,14 +65,27 @@ class Decision:
         reason: str | None = None,
         outcome: str | None = None,
     ) -> Decision:
-        """A new decision with the given fields changed, ``reason`` and ``outcome`` appended."""
-        return Decision(
-            num_ctx=self.num_ctx if num_ctx is UNSET else num_ctx,
-            keep_alive=self.keep_alive if keep_alive is UNSET else keep_alive,
-            reasons=(*self.reasons, reason) if reason else self.reasons,
-            outcomes=(*self.outcomes, str(outcome)) if outcome else self.outcomes,
-            rejection=self.rejection,
-        )
+        """A new decision with the given fields changed, ``reason`` and ``outcome`` appended.
+
+        Only what changes is checked: the rest was checked when this decision was made (a
+        policy chain makes a decision per policy, and each one re-checking every field was a
+        tenth of what deciding a request cost).
+        """
+        if num_ctx is UNSET:
+            num_ctx = self.num_ctx
+        else:
+            _checked_num_ctx(num_ctx)
+        if keep_alive is UNSET:
+            keep_alive = self.keep_alive
+        elif keep_alive is not None:
+            validate_keep_alive(keep_alive)
+        reasons = self.reasons
+        if reason:
+            if not isinstance(reason, str):
+                raise TypeError(f"reasons must be strings, not {reason!r}")
+            reasons = (*reasons, reason)
+        outcomes = (*self.outcomes, str(outcome)) if outcome else self.outcomes
+        return _unchecked(num_ctx, keep_alive, reasons, outcomes, self.rejection)
 
     def reject(self, message: str) -> Decision:
         """A decision that refuses the request with ``400 {"error": message}``."""
@@ -87,6 +100,10 @@ class Decision:
     def outcome(self) -> str | None:
         """The latest outcome a policy attached, or None."""
         return self.outcomes[-1] if self.outcomes else None
+
+
+_unchecked = unchecked_maker(Decision)
+"""A ``Decision`` of values already checked (``Decision.replace``), made without checking them again."""
 
 
 def _checked_num_ctx(value: object) -> None:

@@ -38,6 +38,22 @@ class TestDecision:
         with pytest.raises(ValueError, match="invalid duration '300'"):
             Decision().replace(keep_alive="300")
 
+    def test_replace_checks_the_reason(self) -> None:
+        """A reason that is not text is the policy's error."""
+        with pytest.raises(TypeError, match="reasons must be strings"):
+            Decision().replace(reason=42)  # type: ignore[arg-type]
+
+    def test_replace_is_the_decision_the_constructor_makes(self) -> None:
+        """What ``replace`` makes without checking again equals, field for field, the decision
+        made and checked whole; a rejection is carried over."""
+        first = Decision(num_ctx=4096, keep_alive="5m", reasons=("a",), outcomes=("fit",))
+        second = first.replace(keep_alive=300, reason="b", outcome="kept")
+        assert second == Decision(num_ctx=4096, keep_alive=300, reasons=("a", "b"), outcomes=("fit", "kept"))
+        assert type(second) is Decision and second.outcome == "kept"
+        assert first.reject("no").replace(num_ctx=1).rejection == "no"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            second.num_ctx = 1  # type: ignore[misc]
+
     def test_reject(self) -> None:
         """reject() carries the client's message."""
         rejected = Decision().reject("too long")

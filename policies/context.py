@@ -260,12 +260,12 @@ class Context:
         client_num_ctx: ``options.num_ctx`` the client sent, or None.
         client_keep_alive: ``keep_alive`` the client sent, or None.
         num_predict: ``options.num_predict`` the client sent, or None (room to keep for the reply).
+        prompt_tokens: an estimate of the prompt's tokens, or None when unknown.
         gpu: the last memory sample (GPU VRAM, unified memory or system RAM: ``gpu.kind``), or
             None when no sampler runs.
         model: facts about the model from ``/api/show`` and ``/api/tags``, or None when unknown.
         loaded: this model as ``/api/ps`` last showed it, or None when it is not loaded.
         all_loaded: every model Ollama holds, this one included.
-        prompt_tokens: an estimate of the prompt's tokens, or None when unknown.
         ollama_version: Ollama's version as (major, minor, patch), or None when unknown.
         default_num_ctx: the context Ollama loads this model at when a request names none (its
             Modelfile ``num_ctx``, else ``OLLAMA_CONTEXT_LENGTH``, else the server's VRAM tier,
@@ -291,11 +291,11 @@ class Context:
     client_num_ctx: int | None = None
     client_keep_alive: KeepAlive | None = None
     num_predict: int | None = None
+    prompt_tokens: int | None = None
     gpu: GpuSnapshot | None = None
     model: ModelFacts | None = None
     loaded: LoadedModel | None = None
     all_loaded: tuple[LoadedModel, ...] = ()
-    prompt_tokens: int | None = None
     ollama_version: tuple[int, int, int] | None = None
     default_num_ctx: int | None = None
     num_parallel: int = 1

@@ -36,6 +36,7 @@ footprints, ``policies.ollama`` Ollama's own rules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -637,14 +638,38 @@ def _needs_reload(own: Resident, candidate: Candidate, num_ctx: int, server: Oll
     loaded_ctx = own.loaded.context_length
     if loaded_ctx is None:
         return False  # an /api/ps before 0.9.7 hides the context: assume the runner is kept
-    loaded = RunnerOptions(num_ctx=loaded_ctx, num_ctx_auto=own.num_ctx_auto)
+    return _reloads(
+        loaded_ctx,
+        own.num_ctx_auto,
+        num_ctx,
+        candidate.num_ctx_auto,
+        candidate.num_batch,
+        server.version,
+        candidate.model.context_length,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _reloads(
+    loaded_ctx: int,
+    loaded_auto: bool,
+    num_ctx: int,
+    num_ctx_auto: bool,
+    num_batch: int | None,
+    version: Version | None,
+    trained_ctx: int | None,
+) -> bool:
+    """``needs_reload`` of the two sides ``_needs_reload`` compares. Remembered: every governed
+    request's prediction asks it of the same few values, and the two ``RunnerOptions`` it builds
+    were a sixth of what predicting cost."""
+    loaded = RunnerOptions(num_ctx=loaded_ctx, num_ctx_auto=loaded_auto)
     wanted = RunnerOptions(
         num_ctx=num_ctx,
-        num_ctx_auto=candidate.num_ctx_auto,
-        num_batch=candidate.num_batch or DEFAULT_NUM_BATCH,
-        num_batch_auto=candidate.num_batch is None,
+        num_ctx_auto=num_ctx_auto,
+        num_batch=num_batch or DEFAULT_NUM_BATCH,
+        num_batch_auto=num_batch is None,
     )
-    return needs_reload(loaded, wanted, server.version, trained_ctx=candidate.model.context_length)
+    return needs_reload(loaded, wanted, version, trained_ctx=trained_ctx)
 
 
 def _reuse(

@@ -10,8 +10,9 @@ import pytest
 from policies.memory import GIB
 from proxy.facts.memory import NvmlSource
 from proxy.govern.record import GovernedRequest
+from proxy.keys import MEMORY
 from tests.conftest import PASS_THROUGH, OllamaClients, StartFake, StartProxy, settled
-from tests.fake_nvml import following
+from tests.fake_nvml import FakeGpu, FakeNvml, following
 from tests.fake_ollama import gemma3_4b, gemma3_27b, llama3_1_8b, nomic_embed_text
 
 KEEPS_THE_CLIENTS_CONTEXT = """
@@ -125,6 +126,35 @@ class TestPredictedAction:
             models=[gemma3_27b()],
         )
         assert (records[0].predicted_action, records[0].prediction_held) == ("spill", True)
+
+    async def test_the_prediction_follows_each_memory_sample(
+        self, start_fake: StartFake, start_proxy: StartProxy, ollama_client: OllamaClients
+    ) -> None:
+        """Memory another process takes between two requests shows in the next prediction:
+        gemma3:4b and llama3.1:8b fit together on 24 GiB, but once 18 GiB of it are taken (by
+        gemma3:4b and another process), llama3.1:8b only loads after gemma3:4b is unloaded."""
+        upstream = await start_fake(vram_bytes=24 * GIB, models=[gemma3_4b(), llama3_1_8b()])
+        gpu = FakeGpu("GPU-0", "NVIDIA GeForce RTX 4090", 24 * GIB, 0)
+        recorded: list[GovernedRequest] = []
+        proxy = await start_proxy(
+            upstream.url,  # type: ignore[attr-defined]
+            KEEPS_THE_CLIENTS_CONTEXT,
+            memory_source=NvmlSource(nvml=FakeNvml([gpu])),
+            sinks=[recorded.append],
+        )
+        client = ollama_client(proxy.url)
+        sampler = proxy.app[MEMORY]
+
+        async def send(model: str, used_bytes: int) -> str | None:
+            gpu.used_bytes = used_bytes
+            await sampler.refresh()
+            await client.generate(model=model, prompt="hi", options={"num_ctx": 4096})
+            await settled(proxy)
+            return recorded[-1].predicted_action
+
+        assert await send("gemma3:4b", 0) == "load"
+        assert await send("llama3.1:8b", 18 * GIB) == "evict"
+        assert recorded[-1].predicted_evictions == ("gemma3:4b",)
 
     async def test_a_pass_through_request_predicts_nothing(self, observe: Observe) -> None:
         """No policy ran, so no facts were gathered for it: nothing is predicted, nothing is slowed."""

@@ -194,6 +194,8 @@ class ContextFactory:
         """Counts the changes of ``sent_keep_alive``'s values (what the residents show)."""
         self._hosts: dict[str, tuple[tuple[object, ...], HostFacts]] = {}
         """Each model's ``host_fields``, with the facts they were derived from (``_host``)."""
+        self._budget: tuple[GpuSnapshot | None, Budget] = (None, Budget.from_snapshot(None))
+        """The last memory sample's budget (``_budget_of``)."""
 
     async def build(
         self,
@@ -309,9 +311,18 @@ class ContextFactory:
             calibration=ctx.calibration,
         )
         try:
-            return predicted_action(candidate, ctx.residents, Budget.from_snapshot(ctx.gpu), server)
+            return predicted_action(candidate, ctx.residents, self._budget_of(ctx.gpu), server)
         except ValueError:  # facts too thin to size the load (IncompleteModelFacts)
             return None
+
+    def _budget_of(self, snapshot: GpuSnapshot | None) -> Budget:
+        """``Budget.from_snapshot``, made once per memory sample: the sampler reads the memory
+        every few seconds, a prediction is made per request, and the budget was a third of it."""
+        kept, budget = self._budget
+        if snapshot is not kept:
+            budget = Budget.from_snapshot(snapshot)
+            self._budget = (snapshot, budget)
+        return budget
 
     def learn(
         self,

@@ -177,8 +177,52 @@ async def relay(
         if isinstance(body, bytes | None)
         else ClientBody(body, body_timeout_s if is_bounded(request.path) else 0.0)
     )
+    # One function, streaming loop included: each piece resumes every coroutine it runs in.
     with Flight(None) if inflight is None else inflight.track() as flight:
-        return await _relay(request, upstream, flight, sent, body_length, drop_headers, tap)
+        headers = upstream_request_headers(request, body_length=body_length, drop=drop_headers)
+        opened = await open_upstream(
+            request,
+            upstream,
+            flight,
+            method=request.method,
+            path_qs=request.raw_path,
+            headers=headers,
+            body=sent,
+        )
+        if isinstance(opened, NoAnswer):
+            return await _refuse(request, opened.status, opened.message)
+        upstream_response = opened
+        completed = False
+        try:
+            response = web.StreamResponse(
+                status=upstream_response.status,
+                reason=upstream_response.reason,
+                headers=end_to_end(upstream_response.headers),
+            )
+            await response.prepare(request)
+            relayed = Relayed(response, upstream_response.status, content_type=upstream_response.content_type)
+            try:
+                async for chunk in Pieces(upstream_response, flight):
+                    if relayed.first_byte_at is None:
+                        relayed.first_byte_at = time.perf_counter()
+                    if tap is not None:
+                        tap.feed(chunk)
+                    await response.write(chunk)
+            except StreamBroken as broken:
+                await _end_broken_stream(request, response, relayed, str(broken))
+                if flight.cut_reason is not None:
+                    relayed.status = 503
+                return relayed
+            await response.write_eof()
+            completed = relayed.completed = True
+            return relayed
+        finally:
+            if completed:
+                upstream_response.release()
+            else:
+                # The client went away or the stream broke: close the connection so Ollama
+                # notices at once and stops generating.
+                upstream_response.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,35 +328,32 @@ TIMER_EARLY_S = 0.002
 class IdleWatch:
     """The stream idle timeout with one timer per stream instead of one per read.
 
-    ``asyncio.timeout`` around each read cost ~10 of the ~33 µs a relayed line takes. This only
-    notes when a read starts and ends; its timer, when it fires, re-arms at the deadline of the
-    read in progress (or one idle period on, between reads), or closes Ollama's stream when that
-    read has waited too long, which ends the read as the drain's cut does. The timer is the
-    flight's (``Flight.timer``): it is cancelled when the relay ends, however it ends.
+    ``asyncio.timeout`` around each read cost ~10 of the ~33 µs a relayed line takes. The reader
+    (``Pieces``) only sets ``since`` when a read starts waiting and clears it when the piece is
+    in; the timer, when it fires, re-arms at the deadline of the read in progress (or one idle
+    period on, between reads), or closes Ollama's stream when that read has waited too long, which
+    ends the read as the drain's cut does. The timer is the flight's (``Flight.timer``): it is
+    cancelled when the relay ends, however it ends.
     """
 
-    __slots__ = ("_flight", "_loop", "_response", "_since", "expired", "idle_s")
+    __slots__ = ("_flight", "_loop", "_response", "clock", "expired", "idle_s", "since")
 
     def __init__(self, response: aiohttp.ClientResponse, flight: Flight, idle_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._response = response
         self._flight = flight
         self.idle_s = idle_s
-        self._since: float | None = None
+        self.clock = self._loop.time
+        """The loop's clock, which ``since`` is read on."""
+        self.since: float | None = None
+        """When the read in progress started waiting; None between reads (time spent writing a
+        piece to the client does not count)."""
         self.expired = False
         flight.timer = self._loop.call_later(idle_s, self._check)
 
-    def reading(self) -> None:
-        """A read starts waiting now."""
-        self._since = self._loop.time()
-
-    def done(self) -> None:
-        """The read got its piece (time spent writing it to the client does not count)."""
-        self._since = None
-
     def _check(self) -> None:
         now = self._loop.time()
-        since = self._since
+        since = self.since
         if since is not None and now >= since + self.idle_s - TIMER_EARLY_S:
             self.expired = True
             self._response.close()
@@ -325,11 +366,12 @@ class Pieces:
     bounded by the flight's stream idle timeout.
 
     What Ollama can do to a stream (close it, break its framing, fall silent) and the drain's cut
-    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is. A piece
-    that has arrived already is taken as it is; the idle timer starts at the first read that has
-    to wait (a small answer arrives whole with its headers and never starts one). A class, not an
-    async generator: the loop's bookkeeping of each generator (a weak set entry and its
-    finalizer) cost as much as the reads of a small answer.
+    become ``StreamBroken``; anything else, a bug of ours included, is raised as it is. Until a
+    read has to wait, pieces that have arrived already are taken as they are, and the idle timer
+    starts at the first read that waits (a small answer arrives whole with its headers and never
+    starts one); from then on each read is timed. A class, not an async generator: the loop's
+    bookkeeping of each generator (a weak set entry and its finalizer) cost as much as the reads
+    of a small answer.
     """
 
     __slots__ = ("_flight", "_response", "_watch")
@@ -344,15 +386,18 @@ class Pieces:
 
     async def __anext__(self) -> bytes:
         content = self._response.content
+        watch = self._watch
         try:
-            chunk = content.read_nowait()
-            if not chunk and not content.at_eof():
-                watch = self._watching()
-                if watch is not None:
-                    watch.reading()
+            if watch is None:  # no read has waited yet: take what has arrived
+                chunk = content.read_nowait()
+                if not chunk and not content.at_eof():
+                    watch = self._watching()
+                    if watch is None:  # no idle bound
+                        chunk = await content.readany()
+            if watch is not None:
+                watch.since = watch.clock()
                 chunk = await content.readany()
-                if watch is not None:
-                    watch.done()
+                watch.since = None
         except aiohttp.ClientError as exc:
             raise StreamBroken(_why_broken(exc, self._flight, self._watch)) from None
         if not chunk:
@@ -361,58 +406,9 @@ class Pieces:
 
     def _watching(self) -> IdleWatch | None:
         """The idle timer, started by the first read that has to wait (None: no bound)."""
-        if self._watch is None and self._flight.idle_s:
+        if self._flight.idle_s:
             self._watch = IdleWatch(self._response, self._flight, self._flight.idle_s)
         return self._watch
-
-
-async def _relay(
-    request: web.Request,
-    upstream: Upstream,
-    flight: Flight,
-    body: bytes | ClientBody | None,
-    body_length: int | None,
-    drop_headers: tuple[str, ...],
-    tap: Tap | None,
-) -> Relayed:
-    headers = upstream_request_headers(request, body_length=body_length, drop=drop_headers)
-    opened = await open_upstream(
-        request, upstream, flight, method=request.method, path_qs=request.raw_path, headers=headers, body=body
-    )
-    if isinstance(opened, NoAnswer):
-        return await _refuse(request, opened.status, opened.message)
-    upstream_response = opened
-    completed = False
-    try:
-        response = web.StreamResponse(
-            status=upstream_response.status,
-            reason=upstream_response.reason,
-            headers=end_to_end(upstream_response.headers),
-        )
-        await response.prepare(request)
-        relayed = Relayed(response, upstream_response.status, content_type=upstream_response.content_type)
-        try:
-            async for chunk in Pieces(upstream_response, flight):
-                if relayed.first_byte_at is None:
-                    relayed.first_byte_at = time.perf_counter()
-                if tap is not None:
-                    tap.feed(chunk)
-                await response.write(chunk)
-        except StreamBroken as broken:
-            await _end_broken_stream(request, response, relayed, str(broken))
-            if flight.cut_reason is not None:
-                relayed.status = 503
-            return relayed
-        await response.write_eof()
-        completed = relayed.completed = True
-        return relayed
-    finally:
-        if completed:
-            upstream_response.release()
-        else:
-            # The client went away or the stream broke: close the connection so Ollama
-            # notices at once and stops generating.
-            upstream_response.close()
 
 
 def _why_broken(exc: BaseException, flight: Flight, watch: IdleWatch | None) -> str:

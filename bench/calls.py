@@ -23,15 +23,24 @@ WARMUP = 200
 CONCURRENCY = 4
 
 
+STREAM_LINES = 100
+STREAM_INTERVAL_MS = 3.0
+"""A ``stream`` request: a governed chat of this many lines, paced so that each is its own read."""
+
+
 async def drive(url: str, kind: str, count: int, concurrency: int = CONCURRENCY) -> None:
-    """Send ``count`` requests of ``kind`` (chat: a governed /api/chat, tags: a relayed /api/tags)."""
-    body = payloads.chat_request(stream=False)
+    """Send ``count`` requests of ``kind`` (chat: a governed /api/chat, tags: a relayed /api/tags,
+    stream: a governed /api/chat streamed ``STREAM_LINES`` lines, one per read)."""
+    if kind == "stream":
+        body = payloads.chat_request(stream=True, lines=STREAM_LINES, interval_ms=STREAM_INTERVAL_MS)
+    else:
+        body = payloads.chat_request(stream=False)
     limit = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession() as http:
 
         async def one() -> None:
             async with limit:
-                if kind == "chat":
+                if kind in ("chat", "stream"):
                     answer = await http.post(url + "/api/chat", data=body)
                 else:
                     answer = await http.get(url + "/api/tags")

@@ -1,10 +1,11 @@
-"""Machine instructions per request of a served governor: ``python -m bench.instructions [chat|tags]``.
+"""Machine instructions per request of a served governor: ``python -m bench.instructions [chat|tags|stream]``.
 
 The one cost figure that does not move with the machine's load: valgrind (cachegrind) counts the
 instructions the governor's process executes, every thread included (the results store's writer
 too). The benchmark's governor is served twice under it, from the same start: once for a few
 requests, once for more; the difference divided by the extra requests is what one request costs,
-start-up excluded. Requests go one at a time, as one client sends them. Two checkouts compared
+start-up excluded. Requests go one at a time, as one client sends them. ``stream`` is a governed
+chat streamed in 100 lines 3 ms apart, each its own read (what relaying a line costs, summed). Two checkouts compared
 this way (``--checkout DIR`` serves another one's governor with this harness) differ by what their
 code does; runs of one commit agree to a fraction of a percent. Needs
 ``valgrind`` on the PATH (``apt-get install valgrind``); about a minute.
@@ -26,7 +27,10 @@ from bench.calls import drive
 
 FEW, MORE = 200, 1200
 """Requests sent in the two runs (after the same warm-up); the figure is their difference."""
+STREAMS_FEW, STREAMS_MORE = 5, 25
+"""The same for ``stream`` (each takes a third of a second of pacing)."""
 WARMUP = 50
+STREAMS_WARMUP = 5
 START_S = 300.0
 """How long a governor under valgrind may take to listen (it runs some 50 times slower)."""
 SUMMARY = re.compile(rb"^summary: (\d+)$", re.MULTILINE)
@@ -58,15 +62,20 @@ def _run(kind: str, requests: int, upstream_port: int, workdir: Path, checkout: 
     try:
         targets.ready(governor, START_S)
         url = f"http://{targets.HOST}:{governor.port}"
-        asyncio.run(drive(url, kind, WARMUP + requests, concurrency=1))
+        warmup = STREAMS_WARMUP if kind == "stream" else WARMUP
+        asyncio.run(drive(url, kind, warmup + requests, concurrency=1))
     finally:
         governor.stop()  # SIGTERM: serve returns and valgrind writes its counts
     return counted(out)
 
 
-def measure(kind: str, few: int = FEW, more: int = MORE, checkout: Path = targets.ROOT) -> float:
-    """Instructions per request of ``kind`` (chat: governed, tags: relayed) of the governor in
-    ``checkout``."""
+def measure(
+    kind: str, few: int | None = None, more: int | None = None, checkout: Path = targets.ROOT
+) -> float:
+    """Instructions per request of ``kind`` (chat: governed, tags: relayed, stream: a governed
+    stream of 100 lines) of the governor in ``checkout``."""
+    if few is None or more is None:
+        few, more = (STREAMS_FEW, STREAMS_MORE) if kind == "stream" else (FEW, MORE)
     if shutil.which("valgrind") is None:
         raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="governor-instructions-"))
@@ -85,7 +94,7 @@ def measure(kind: str, few: int = FEW, more: int = MORE, checkout: Path = target
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("kind", nargs="?", choices=("chat", "tags"), default="chat")
+    parser.add_argument("kind", nargs="?", choices=("chat", "tags", "stream"), default="chat")
     parser.add_argument("--checkout", type=Path, default=targets.ROOT, help="serve this checkout's governor")
     args = parser.parse_args()
     try:

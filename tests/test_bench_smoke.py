@@ -176,10 +176,11 @@ class TestInstructions:
 
     @pytest.mark.timeout(300)
     def test_a_governed_chat_costs_more_than_a_relayed_tags(self) -> None:
-        """Served under cachegrind for real (CI installs valgrind): both positive, chat above tags."""
+        """Served under cachegrind for real (CI installs valgrind): all positive, chat above tags,
+        a stream of 100 lines above one chat."""
         if shutil.which("valgrind") is None:
             pytest.skip("valgrind is not installed")
         from bench.instructions import measure
 
-        chat, tags = measure("chat", 5, 25), measure("tags", 5, 25)
-        assert 0 < tags < chat
+        chat, tags, stream = measure("chat", 5, 25), measure("tags", 5, 25), measure("stream", 1, 3)
+        assert 0 < tags < chat < stream

@@ -83,7 +83,7 @@ def unchecked_maker(cls: type[T]) -> Callable[..., T]:
 def _frozen_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen:
-        raise TypeError(f"cheap_init is for frozen dataclasses, not {cls.__qualname__}")
+        raise TypeError(f"cheap_init and unchecked_maker are for frozen dataclasses, not {cls.__qualname__}")
     return dataclasses.fields(cls)
 
 

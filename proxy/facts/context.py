@@ -74,7 +74,7 @@ def request_context(
 
 class HostFacts(NamedTuple):
     """The Context's fields that the host and the model tell, not the request, in the Context's
-    own order (checked below), so that a Context is made from them positionally."""
+    own order (checked below, with ``_ASKED``), so that a Context is made from them positionally."""
 
     gpu: GpuSnapshot | None
     model: ModelFacts | None
@@ -90,9 +90,21 @@ class HostFacts(NamedTuple):
     calibration: Calibration | None
 
 
+_ASKED = (
+    "endpoint",
+    "model_name",
+    "body",
+    "client",
+    "headers",
+    "client_num_ctx",
+    "client_keep_alive",
+    "num_predict",
+    "prompt_tokens",
+)
+"""The Context's fields the request tells, in the order ``governed_context`` passes them."""
 _CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(Context))
-if _CONTEXT_FIELDS[-len(HostFacts._fields) :] != HostFacts._fields:
-    raise TypeError(f"HostFacts must be the Context's last fields, in order: {_CONTEXT_FIELDS}")
+if _ASKED + HostFacts._fields != _CONTEXT_FIELDS:
+    raise TypeError(f"governed_context passes the Context's fields in another order than {_CONTEXT_FIELDS}")
 
 _BARE = Context("generate", "", {})
 NO_HOST = HostFacts(*(getattr(_BARE, name) for name in HostFacts._fields))

@@ -5,10 +5,11 @@ instructions the governor's process executes, every thread included (the results
 too). The benchmark's governor is served twice under it, from the same start: once for a few
 requests, once for more; the difference divided by the extra requests is what one request costs,
 start-up excluded. Requests go one at a time, as one client sends them. ``stream`` is a governed
-chat streamed in 100 lines 3 ms apart, each its own read (what relaying a line costs, summed). Two checkouts compared
-this way (``--checkout DIR`` serves another one's governor with this harness) differ by what their
-code does; runs of one commit agree to a fraction of a percent. Needs
-``valgrind`` on the PATH (``apt-get install valgrind``); about a minute.
+chat streamed in ``bench.calls.STREAM_LINES`` paced lines, each its own read (what relaying a
+line costs, summed). Two checkouts compared this way (``--checkout DIR`` serves another one's
+governor with this harness) differ by what their code does; runs of one commit agree to a
+fraction of a percent. Needs ``valgrind`` on the PATH (``apt-get install valgrind``); about a
+minute.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def measure(
     kind: str, few: int | None = None, more: int | None = None, checkout: Path = targets.ROOT
 ) -> float:
     """Instructions per request of ``kind`` (chat: governed, tags: relayed, stream: a governed
-    stream of 100 lines) of the governor in ``checkout``."""
+    stream of ``STREAM_LINES`` lines) of the governor in ``checkout``."""
     if few is None or more is None:
         few, more = (STREAMS_FEW, STREAMS_MORE) if kind == "stream" else (FEW, MORE)
     if shutil.which("valgrind") is None:

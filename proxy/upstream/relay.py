@@ -352,7 +352,7 @@ class IdleWatch:
         flight.timer = self._loop.call_later(idle_s, self._check)
 
     def _check(self) -> None:
-        now = self._loop.time()
+        now = self.clock()
         since = self.since
         if since is not None and now >= since + self.idle_s - TIMER_EARLY_S:
             self.expired = True
